@@ -1,0 +1,148 @@
+"""finetune: import pretrained ONNX models into a numpy autograd engine, fine-tune, export to ONNX.
+
+The surface reads like PyTorch on purpose: ``import finetune as torch`` runs PyTorch autograd code.
+"""
+
+from __future__ import annotations
+
+from . import dtypes
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .creation import (
+    BoolTensor,
+    DoubleTensor,
+    FloatTensor,
+    IntTensor,
+    LongTensor,
+    arange,
+    as_tensor,
+    empty,
+    empty_like,
+    eye,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    randperm,
+    tensor,
+    zeros,
+    zeros_like,
+)
+from .dtypes import (
+    bool_ as bool,  # noqa: A004
+    double,
+    dtype,
+    float16,
+    float32,
+    float64,
+    half,
+    int8,
+    int16,
+    int32,
+    int64,
+    long,
+    uint8,
+)
+from .dtypes import float as float  # noqa: A004, PLC0414
+from .dtypes import int as int  # noqa: A004, PLC0414
+from .functions import (
+    abs,
+    add,
+    amax,
+    amin,
+    argmax,
+    argmin,
+    argsort,
+    cat,
+    chunk,
+    clamp,
+    clip,
+    clone,
+    concat,
+    cos,
+    div,
+    exp,
+    expand,
+    flatten,
+    gather,
+    index_select,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    mm,
+    mul,
+    neg,
+    norm,
+    permute,
+    pow,
+    prod,
+    relu,
+    reshape,
+    sigmoid,
+    sin,
+    softmax,
+    sort,
+    split,
+    sqrt,
+    squeeze,
+    stack,
+    std,
+    sub,
+    sum,
+    t,
+    tanh,
+    topk,
+    transpose,
+    unsqueeze,
+    var,
+    where,
+)
+from .random import get_rng_state, manual_seed, seed, set_rng_state
+from .tensor import Size, Tensor, is_tensor
+
+__version__ = "0.1.0"
+
+
+def numel(t: Tensor) -> int:
+    return t.numel()
+
+
+def is_floating_point(t: Tensor) -> bool:
+    return t.is_floating_point()
+
+
+def allclose(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-8, equal_nan=False):
+    return a.allclose(b, rtol=rtol, atol=atol, equal_nan=equal_nan)
+
+
+def equal(a: Tensor, b: Tensor) -> bool:
+    return a.equal(b)
+
+
+def get_default_dtype():
+    return float32
+
+
+def __getattr__(name: str):
+    # subpackages load on first use so `import finetune` stays light
+    import importlib
+
+    if name in {"nn", "optim", "onnx", "models", "data", "train", "utils"}:
+        return importlib.import_module(f".{name}", __name__)
+    if name in {"save", "load"}:
+        from . import serialization
+
+        return getattr(serialization, name)
+    raise AttributeError(f"module 'finetune' has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""Finite-difference gradient checking in float64 (``torch.autograd.gradcheck``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import AutogradError
+
+
+def _flat_outputs(out) -> list:
+    from ..tensor import Tensor
+
+    if isinstance(out, Tensor):
+        return [out]
+    return [o for o in out if isinstance(o, Tensor)]
+
+
+def gradcheck(
+    fn,
+    inputs,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    raise_exception: bool = True,
+) -> bool:
+    """Compare analytical gradients of ``fn(*inputs)`` with central differences.
+
+    Every floating input that requires grad should be float64, as in PyTorch. Each output element
+    is back-propagated in turn (the full Jacobian), so keep the inputs small.
+    """
+    from ..autograd import grad
+    from ..tensor import Tensor
+
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    diff_inputs = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
+    for t in diff_inputs:
+        if t._data.dtype != np.float64:
+            raise AutogradError(
+                f"gradcheck expects float64 inputs that require grad, got {t._data.dtype}"
+            )
+
+    def evaluate() -> list[np.ndarray]:
+        return [o._data.astype(np.float64).copy() for o in _flat_outputs(fn(*inputs))]
+
+    outputs = _flat_outputs(fn(*inputs))
+    # numerical Jacobian, column by column
+    numerical = []
+    for t in diff_inputs:
+        flat = t._data.reshape(-1)
+        cols = []
+        for i in range(flat.size):
+            orig = flat[i]
+            flat[i] = orig + eps
+            plus = evaluate()
+            flat[i] = orig - eps
+            minus = evaluate()
+            flat[i] = orig
+            cols.append(np.concatenate([((p - m) / (2 * eps)).ravel() for p, m in zip(plus, minus)]))
+        numerical.append(np.stack(cols, axis=1) if cols else np.zeros((0, 0)))
+    # analytical Jacobian, row by row
+    n_out = sum(o.numel() for o in outputs)
+    analytical = [np.zeros((n_out, t.numel())) for t in diff_inputs]
+    row = 0
+    for o in outputs:
+        if not o.requires_grad:
+            row += o.numel()
+            continue
+        for j in range(o.numel()):
+            seed = np.zeros(o.shape, dtype=o._data.dtype)
+            seed.reshape(-1)[j] = 1
+            grads = grad([o], diff_inputs, [Tensor._from_array(seed)], retain_graph=True,
+                         allow_unused=True)
+            for k, g in enumerate(grads):
+                if g is not None:
+                    analytical[k][row + j] = g._data.reshape(-1)
+        row += o.numel()
+    for k, (a, n) in enumerate(zip(analytical, numerical)):
+        if a.shape != n.shape or not np.allclose(a, n, atol=atol, rtol=rtol):
+            if raise_exception:
+                worst = np.abs(a - n).max() if a.shape == n.shape else float("nan")
+                raise AutogradError(
+                    f"Jacobian mismatch for output 0 with respect to input {k},\n"
+                    f"numerical:{n}\nanalytical:{a}\n(max abs difference {worst})"
+                )
+            return False
+    return True
