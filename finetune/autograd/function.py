@@ -143,6 +143,17 @@ class _InertContext:
         pass
 
 
+_tracer = None
+
+
+def set_tracer(tracer) -> object:
+    """Install ``tracer`` (an object with ``record(function, args, kwargs, results)``) and return
+    the previous one. The ONNX exporter uses it to see every primitive a forward runs."""
+    global _tracer
+    previous, _tracer = _tracer, tracer
+    return previous
+
+
 class Function:
     """Base of every primitive op. Subclasses set ``name`` (PyTorch's grad_fn class name)."""
 
@@ -179,6 +190,8 @@ class Function:
         multi = isinstance(out, tuple)
         outs = out if multi else (out,)
         results = tuple(Tensor._from_array(o) for o in outs)
+        if _tracer is not None:
+            _tracer.record(cls, args, kwargs, results)
         if record:
             ctx.next_functions = tuple(
                 edge_of(a) if isinstance(a, Tensor) else (None, 0) for a in args
