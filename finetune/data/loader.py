@@ -122,12 +122,23 @@ class DataLoader:
         self.num_workers = num_workers
         self.collate_fn = collate_fn or default_collate
         self.epoch = 0
+        self.start_batch = 0
         self._started = False
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch``'s order (used when resuming)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch``'s batches from ``start_batch`` on
+        (used when resuming a run, even one interrupted mid-epoch)."""
         self.epoch = epoch
+        self.start_batch = start_batch
         self._started = False
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The dataset indices of each batch of ``epoch``."""
+        order = self.order(epoch).tolist()
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -147,11 +158,8 @@ class DataLoader:
         if self._started:
             self.epoch += 1
         self._started = True
-        epoch = self.epoch
-        order = self.order(epoch).tolist()
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        epoch, start, self.start_batch = self.epoch, self.start_batch, 0
+        batches = self.batches(epoch)[start:]
         skipped_before = len(getattr(self.dataset, "skipped", ()))
         pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
         try:
