@@ -1,12 +1,12 @@
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test example bench fuzz lint clean
+.PHONY: test example walkthrough bench fuzz lint clean
 
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -15,10 +15,17 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 example: $(STAMP)
+	$(PY) examples/demo_job.py
+
+walkthrough: $(STAMP)
 	$(PY) examples/seed_walkthrough.py
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/compare.py
+
+fuzz: $(STAMP)
+	FINETUNE_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz_onnx.py -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check finetune tests examples benchmarks
