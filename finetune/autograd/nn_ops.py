@@ -1,0 +1,338 @@
+"""Fused primitives for layers and losses: linear, batch norm, dropout, nll, mse, bce-with-logits.
+
+Each is one ``Function`` (one graph node, PyTorch's grad_fn name) with its forward next to its
+backward. A fused node saves only what its backward needs for the inputs that need a gradient:
+a frozen ``Linear`` keeps no copy of its input, an eval-mode BatchNorm with frozen affine
+parameters keeps nothing at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from .function import Function
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """Collapse every leading dimension: ``(..., f) -> (rows, f)``."""
+    return x.reshape(-1, x.shape[-1])
+
+
+# -- linear ----------------------------------------------------------------------------------------
+
+
+class Linear(Function):
+    """``x @ weight.T + bias``: x (..., in), weight (out, in), bias (out) -> (..., out)."""
+
+    name = "AddmmBackward0"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        ctx.save_for_backward(
+            x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None
+        )
+        out = np.matmul(x, weight.T)
+        if bias is not None:
+            out += bias
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx = np.matmul(grad, weight) if needs[0] else None
+        gw = np.matmul(_rows(grad).T, _rows(x)) if needs[1] else None
+        gb = _rows(grad).sum(axis=0) if len(needs) > 2 and needs[2] else None
+        return gx, gw, gb
+
+
+class LinearNoBias(Linear):
+    name = "MmBackward0"
+
+
+class LinearNd(Linear):
+    """Linear on input with more than two dimensions (PyTorch reshapes after addmm)."""
+
+    name = "ViewBackward0"
+
+
+class LinearNdNoBias(Linear):
+    name = "UnsafeViewBackward0"
+
+
+# -- batch norm ------------------------------------------------------------------------------------
+
+
+def _channel_view(ndim: int) -> tuple:
+    """Shape that broadcasts a per-channel vector over ``(N, C, *spatial)``."""
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def _reduce_axes(ndim: int) -> tuple:
+    return (0,) + tuple(range(2, ndim))
+
+
+class BatchNormTrain(Function):
+    """Normalise with batch statistics and update the running averages in place.
+
+    x (N, C, *), weight and bias (C) or None, running_mean and running_var (C) or None.
+    The biased batch variance normalises; the unbiased one feeds ``running_var``.
+    """
+
+    name = "NativeBatchNormBackward0"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        axes, view = _reduce_axes(x.ndim), _channel_view(x.ndim)
+        count = x.size // x.shape[1]
+        if count <= 1:
+            raise ShapeError(
+                f"Expected more than 1 value per channel when training, got input size "
+                f"{list(x.shape)}"
+            )
+        mean = x.mean(axis=axes)
+        centered = x - mean.reshape(view)
+        var = np.mean(centered * centered, axis=axes)
+        invstd = 1.0 / np.sqrt(var + eps)
+        x_hat = centered * invstd.reshape(view)
+        out = x_hat * weight.reshape(view) if weight is not None else x_hat.copy()
+        if bias is not None:
+            out += bias.reshape(view)
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean.astype(running_mean.dtype)
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += momentum * (var * (count / (count - 1))).astype(running_var.dtype)
+        ctx.save_for_backward(x_hat, invstd, weight)
+        return out.astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, invstd, weight = ctx.saved_tensors
+        axes, view = _reduce_axes(grad.ndim), _channel_view(grad.ndim)
+        needs = ctx.needs_input_grad
+        sum_g = grad.sum(axis=axes)
+        sum_g_xhat = (grad * x_hat).sum(axis=axes)
+        gx = None
+        if needs[0]:
+            count = grad.size // grad.shape[1]
+            scale = invstd if weight is None else weight * invstd
+            gx = (scale / count).reshape(view) * (
+                count * grad - sum_g.reshape(view) - x_hat * sum_g_xhat.reshape(view)
+            )
+        gw = sum_g_xhat if needs[1] else None
+        gb = sum_g if needs[2] else None
+        return gx, gw, gb, None, None
+
+
+class BatchNormEval(Function):
+    """Normalise with running statistics: a per-channel ``x * scale + shift``.
+
+    It saves the normalised input only when the weight needs a gradient and the scale only when
+    the input does, so a frozen BatchNorm in eval mode keeps nothing for backward.
+    """
+
+    name = "NativeBatchNormBackward0"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps):
+        view = _channel_view(x.ndim)
+        invstd = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
+        scale = invstd if weight is None else weight * invstd
+        shift = -running_mean * scale if bias is None else bias - running_mean * scale
+        out = x * scale.reshape(view) + shift.reshape(view)
+        needs = ctx.needs_input_grad
+        x_hat = (x - running_mean.reshape(view)) * invstd.reshape(view) if needs[1] else None
+        ctx.save_for_backward(x_hat, scale if needs[0] else None)
+        return out.astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, scale = ctx.saved_tensors
+        axes, view = _reduce_axes(grad.ndim), _channel_view(grad.ndim)
+        needs = ctx.needs_input_grad
+        gx = grad * scale.reshape(view) if needs[0] else None
+        gw = (grad * x_hat).sum(axis=axes) if needs[1] else None
+        gb = grad.sum(axis=axes) if needs[2] else None
+        return gx, gw, gb, None, None
+
+
+# -- activations with a parameter ------------------------------------------------------------------
+
+
+class Hardtanh(Function):
+    """Clip to ``[min_val, max_val]``; ``relu6`` is ``Hardtanh(0, 6)`` as in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x, min_val, max_val):
+        ctx.save_for_backward((x > min_val) & (x < max_val))
+        return np.clip(x, min_val, max_val).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside
+
+
+class LeakyRelu(Function):
+    @staticmethod
+    def forward(ctx, x, negative_slope):
+        positive = x > 0
+        ctx.save_for_backward(positive)
+        ctx.negative_slope = negative_slope
+        return np.where(positive, x, x * negative_slope).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (positive,) = ctx.saved_tensors
+        return np.where(positive, grad, grad * ctx.negative_slope).astype(grad.dtype, copy=False)
+
+
+# -- dropout ---------------------------------------------------------------------------------------
+
+
+class Dropout(Function):
+    """Multiply by a saved mask of 0 and ``1 / (1 - p)``: x * mask, mask drawn by the caller."""
+
+    name = "NativeDropoutBackward0"
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+# -- losses ----------------------------------------------------------------------------------------
+
+
+def _reduce(loss: np.ndarray, reduction: str, denominator=None) -> np.ndarray:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return np.asarray(total, dtype=loss.dtype)
+    count = loss.size if denominator is None else denominator
+    return np.asarray(total / count, dtype=loss.dtype)
+
+
+def _grad_scale(grad: np.ndarray, shape: tuple, reduction: str, denominator) -> np.ndarray:
+    """The incoming gradient spread back over the unreduced loss of ``shape``."""
+    if reduction == "none":
+        return grad
+    if reduction == "sum":
+        return np.broadcast_to(grad, shape)
+    return np.broadcast_to(grad / denominator, shape)
+
+
+class NllLoss(Function):
+    """Negative log-likelihood: log_probs (N, C, *) or (C,), class indices (N, *) or ()."""
+
+    name = "NllLossBackward0"
+
+    @staticmethod
+    def forward(ctx, log_probs, target, weight, reduction, ignore_index):
+        n_classes = log_probs.shape[1] if log_probs.ndim > 1 else log_probs.shape[0]
+        batched = log_probs.ndim > 1
+        lp = log_probs if batched else log_probs[None]
+        tgt = target if batched else target[None]
+        valid = tgt != ignore_index
+        bad = valid & ((tgt < 0) | (tgt >= n_classes))
+        if bad.any():
+            raise ShapeError(
+                f"Target {int(tgt[bad].flat[0])} is out of bounds: the input of shape "
+                f"{list(log_probs.shape)} has {n_classes} classes"
+            )
+        safe = np.where(valid, tgt, 0)[:, None]
+        picked = np.take_along_axis(lp, safe, axis=1)[:, 0]
+        w = valid.astype(lp.dtype) if weight is None else np.where(valid, weight[safe[:, 0]], 0)
+        w = w.astype(lp.dtype, copy=False)
+        loss = -picked * w
+        denominator = w.sum() if reduction == "mean" else None
+        ctx.save_for_backward(safe, w)
+        ctx.meta = (lp.shape, batched, reduction, denominator)
+        out = _reduce(loss, reduction, denominator)
+        return out if batched or reduction != "none" else out[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        safe, w = ctx.saved_tensors
+        shape, batched, reduction, denominator = ctx.meta
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        g = grad if batched or reduction != "none" else grad[None]
+        per_item = -_grad_scale(g, w.shape, reduction, denominator) * w
+        out = np.zeros(shape, dtype=w.dtype)
+        np.put_along_axis(out, safe, per_item[:, None].astype(w.dtype), axis=1)
+        return (out if batched else out[0]), None, None
+
+
+class MseLoss(Function):
+    """Mean (or summed) squared error; the target broadcasts against the input."""
+
+    name = "MseLossBackward0"
+
+    @staticmethod
+    def forward(ctx, x, target, reduction):
+        diff = x - target
+        ctx.save_for_backward(diff)
+        ctx.shapes = (x.shape, target.shape, reduction)
+        return _reduce(diff * diff, reduction)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .ops import sum_to_shape
+
+        (diff,) = ctx.saved_tensors
+        x_shape, t_shape, reduction = ctx.shapes
+        g = 2 * diff * _grad_scale(grad, diff.shape, reduction, diff.size)
+        gx = sum_to_shape(g, x_shape) if ctx.needs_input_grad[0] else None
+        gt = sum_to_shape(-g, t_shape) if ctx.needs_input_grad[1] else None
+        return gx, gt
+
+
+def _softplus_neg(x: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(-x))`` without overflow."""
+    return np.logaddexp(0, -x)
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    """``-w [pw y log s(x) + (1 - y) log(1 - s(x))]`` computed stably from logits."""
+
+    name = "BinaryCrossEntropyWithLogitsBackward0"
+
+    @staticmethod
+    def forward(ctx, x, target, weight, pos_weight, reduction):
+        soft = _softplus_neg(x)
+        log_weight = 1 if pos_weight is None else 1 + (pos_weight - 1) * target
+        loss = (1 - target) * x + log_weight * soft
+        if weight is not None:
+            loss = loss * weight
+        ctx.save_for_backward(x, target, weight, pos_weight)
+        ctx.meta = (loss.shape, reduction)
+        return _reduce(np.asarray(loss, dtype=x.dtype), reduction)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .ops import sum_to_shape
+
+        x, target, weight, pos_weight = ctx.saved_tensors
+        shape, reduction = ctx.meta
+        g = _grad_scale(grad, shape, reduction, int(np.prod(shape)))
+        if weight is not None:
+            g = g * weight
+        log_weight = 1 if pos_weight is None else 1 + (pos_weight - 1) * target
+        sig_neg = np.exp(-np.logaddexp(0, x))  # sigmoid(-x)
+        gx = gt = None
+        if ctx.needs_input_grad[0]:
+            gx = sum_to_shape(g * ((1 - target) - log_weight * sig_neg), x.shape)
+        if ctx.needs_input_grad[1]:
+            d_target = -x if pos_weight is None else -x + (pos_weight - 1) * _softplus_neg(x)
+            gt = sum_to_shape(g * d_target, target.shape)
+        return gx, gt, None, None

@@ -1,0 +1,534 @@
+"""``torch.nn.functional``: the stateless forms of the layers and losses.
+
+Each function checks its arguments (raising ``ShapeError`` with both shapes before numpy can
+fail) and calls one primitive: ``autograd/nn_ops.py`` for linear, batch norm, dropout and
+losses, ``autograd/conv.py`` for convolution and pooling, ``autograd/ops.py`` for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import functions, random
+from ..autograd import engine, nn_ops, ops
+from ..errors import DataError, ShapeError
+from ..tensor import Tensor
+
+_IntOrTuple = int | Sequence[int]
+_SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _ntuple(value: _IntOrTuple, n: int, name: str = "argument") -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * n
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value * n
+    if len(value) != n:
+        raise ShapeError(f"expected {name} to be a single int or a tuple of {n} ints, got {value}")
+    return value
+
+
+def _shape(x: Tensor) -> list[int]:
+    return list(x.shape)
+
+
+# -- linear ----------------------------------------------------------------------------------------
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight.T + bias`` as one node; a frozen weight gets no gradient computed."""
+    if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:
+        rows = math.prod(input.shape[:-1]) if input.ndim else 1
+        cols = input.shape[-1] if input.ndim else 1
+        raise ShapeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({rows}x{cols} and "
+            f"{weight.shape[1]}x{weight.shape[0]})"
+        )
+    if input.ndim == 2:
+        primitive = nn_ops.Linear if bias is not None else nn_ops.LinearNoBias
+    else:
+        primitive = nn_ops.LinearNd if bias is not None else nn_ops.LinearNdNoBias
+    return primitive.apply(input, weight, bias)
+
+
+# -- batch norm ------------------------------------------------------------------------------------
+
+
+def _writable_buffer(buffer: Tensor | None) -> Tensor | None:
+    """Running statistics are updated in place; a read-only array (a loaded file) is copied once."""
+    if buffer is not None:
+        if not buffer._data.flags.writeable:
+            buffer._data = buffer._data.copy()
+        buffer._version.value += 1
+    return buffer
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalise each channel of ``(N, C, *)`` input: batch statistics when training (updating
+    the running ones), running statistics otherwise."""
+    if input.ndim < 2:
+        raise ShapeError(f"batch_norm expects input of shape (N, C, *), got {_shape(input)}")
+    channels = input.shape[1]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if t is not None and t.numel() != channels:
+            raise ShapeError(
+                f"batch_norm: {name} should contain {channels} elements (the channels of input "
+                f"{_shape(input)}), not {t.numel()}"
+            )
+    if training or running_mean is None or running_var is None:
+        return nn_ops.BatchNormTrain.apply(
+            input,
+            weight,
+            bias,
+            _writable_buffer(running_mean) if training else None,
+            _writable_buffer(running_var) if training else None,
+            momentum=0.0 if momentum is None else float(momentum),
+            eps=float(eps),
+        )
+    return nn_ops.BatchNormEval.apply(
+        input, weight, bias, running_mean, running_var, eps=float(eps)
+    )
+
+
+# -- convolution and pooling -----------------------------------------------------------------------
+
+
+def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple:
+    """``int``, tuple, ``'valid'`` or ``'same'`` → one ``(before, after)`` pair per dimension."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * len(kernel)
+        if padding != "same":
+            raise ValueError(
+                f"Invalid padding string '{padding}', should be one of ('valid', 'same')"
+            )
+        if any(s != 1 for s in stride):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    return tuple((p, p) for p in _ntuple(padding, len(kernel), "padding"))
+
+
+def _convnd(input, weight, bias, stride, padding, dilation, groups, spatial: int) -> Tensor:
+    from ..autograd import conv
+
+    name = f"conv{spatial}d"
+    if input.ndim != spatial + 2:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if input.ndim == spatial + 1 else ""
+        raise ShapeError(
+            f"{name} expects a {spatial + 2}-D input (N, C, {_SPATIAL_NAMES[spatial]}), "
+            f"got shape {_shape(input)}{hint}"
+        )
+    if weight.ndim != spatial + 2:
+        raise ShapeError(f"{name}: weight should be {spatial + 2}-D, got shape {_shape(weight)}")
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    if input.shape[1] != in_per_group * groups:
+        raise ShapeError(
+            f"Given groups={groups}, weight of size {_shape(weight)}, expected input"
+            f"{_shape(input)} to have {in_per_group * groups} channels, but got {input.shape[1]} "
+            "channels instead"
+        )
+    if out_channels % groups:
+        raise ShapeError(
+            f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})"
+        )
+    kernel = tuple(weight.shape[2:])
+    stride = _ntuple(stride, spatial, "stride")
+    dilation = _ntuple(dilation, spatial, "dilation")
+    pads = _conv_padding(padding, kernel, dilation, stride)
+    padded = [s + lo + hi for s, (lo, hi) in zip(input.shape[2:], pads)]
+    effective = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    if any(p < e for p, e in zip(padded, effective)):
+        raise ShapeError(
+            f"{name}: calculated padded input size per channel: ({' x '.join(map(str, padded))}). "
+            f"Kernel size: ({' x '.join(map(str, effective))}). Kernel size can't be greater than "
+            f"actual input size (input {_shape(input)}, weight {_shape(weight)})"
+        )
+    if bias is not None and bias.shape != (out_channels,):
+        raise ShapeError(f"{name}: bias should have shape [{out_channels}], got {_shape(bias)}")
+    return conv.conv(
+        input, weight, bias, stride=stride, padding=pads, dilation=dilation, groups=groups
+    )
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution of ``(N, C, H, W)`` input with ``(O, C/groups, kH, kW)`` weights."""
+    return _convnd(input, weight, bias, stride, padding, dilation, groups, 2)
+
+
+def conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """1-D convolution of ``(N, C, L)`` input with ``(O, C/groups, k)`` weights."""
+    return _convnd(input, weight, bias, stride, padding, dilation, groups, 1)
+
+
+def _pool_args(name, input, kernel_size, stride, padding, dilation, spatial=2):
+    if input.ndim != spatial + 2:
+        raise ShapeError(
+            f"{name} expects a {spatial + 2}-D input (N, C, H, W), got shape {_shape(input)}"
+        )
+    kernel = _ntuple(kernel_size, spatial, "kernel_size")
+    stride = (
+        kernel
+        if stride is None or stride == [] or stride == ()
+        else _ntuple(stride, spatial, "stride")
+    )
+    padding = _ntuple(padding, spatial, "padding")
+    dilation = _ntuple(dilation, spatial, "dilation")
+    for p, k, d in zip(padding, kernel, dilation):
+        if p > (d * (k - 1) + 1) // 2:
+            raise ShapeError(
+                f"{name}: pad should be at most half of effective kernel size, but got pad={p}, "
+                f"kernel_size={k} and dilation={d}"
+            )
+    return kernel, stride, padding, dilation
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: _IntOrTuple,
+    stride: _IntOrTuple | None = None,
+    padding: _IntOrTuple = 0,
+    dilation: _IntOrTuple = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor:
+    """Maximum over each window of ``(N, C, H, W)`` input; padding never wins the maximum."""
+    from ..autograd import conv
+
+    if return_indices:
+        raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
+    kernel, stride, padding, dilation = _pool_args(
+        "max_pool2d", input, kernel_size, stride, padding, dilation
+    )
+    return conv.max_pool(
+        input,
+        kernel_size=kernel,
+        stride=stride,
+        padding=tuple((p, p) for p in padding),
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+    )
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: _IntOrTuple,
+    stride: _IntOrTuple | None = None,
+    padding: _IntOrTuple = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """Mean over each window of ``(N, C, H, W)`` input."""
+    from ..autograd import conv
+
+    if divisor_override is not None:
+        raise NotImplementedError("avg_pool2d(divisor_override=...) is not supported")
+    kernel, stride, padding, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding, 1)
+    return conv.avg_pool(
+        input,
+        kernel_size=kernel,
+        stride=stride,
+        padding=tuple((p, p) for p in padding),
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: _IntOrTuple | None) -> Tensor:
+    """Average into an ``output_size`` grid; ``(1, 1)`` is a plain mean over H and W."""
+    if input.ndim not in (3, 4):
+        raise ShapeError(
+            f"adaptive_avg_pool2d expects (N, C, H, W) input, got shape {_shape(input)}"
+        )
+    h, w = input.shape[-2:]
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+    if (oh, ow) == (1, 1):
+        return functions.mean(input, dim=(-2, -1), keepdim=True)
+    if (oh, ow) == (h, w):
+        return input
+    rows = [_adaptive_slice(i, h, oh) for i in range(oh)]
+    cols = [_adaptive_slice(j, w, ow) for j in range(ow)]
+    cells = [functions.mean(input[..., r, c], dim=(-2, -1)) for r in rows for c in cols]
+    out = functions.stack(cells, dim=-1)
+    return functions.reshape(out, (*input.shape[:-2], oh, ow))
+
+
+def _adaptive_slice(i: int, size: int, out: int) -> slice:
+    """PyTorch's adaptive window: ``[floor(i*size/out), ceil((i+1)*size/out))``."""
+    return slice((i * size) // out, -((-(i + 1) * size) // out))
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+
+def _inplace_ok(x: Tensor) -> bool:
+    """In-place without a graph: overwrite the array directly and skip the copy."""
+    return not (engine.is_grad_enabled() and x.requires_grad) and x._data.flags.writeable
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    if inplace:
+        if _inplace_ok(input):
+            np.maximum(input._data, 0, out=input._data)
+            input._version.value += 1
+            return input
+        return input.relu_()
+    return ops.Relu.apply(input)
+
+
+def hardtanh(
+    input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
+) -> Tensor:
+    if inplace and _inplace_ok(input):
+        np.clip(input._data, min_val, max_val, out=input._data)
+        input._version.value += 1
+        return input
+    out = nn_ops.Hardtanh.apply(input, min_val=min_val, max_val=max_val)
+    return input._inplace(out) if inplace else out
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    return hardtanh(input, 0.0, 6.0, inplace)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    out = nn_ops.LeakyRelu.apply(input, negative_slope=negative_slope)
+    return input._inplace(out) if inplace else out
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return ops.Sigmoid.apply(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return ops.Tanh.apply(input)
+
+
+def _softmax_dim(ndim: int) -> int:
+    """PyTorch's legacy choice when ``dim`` is not given."""
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
+    return functions.softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
+    return functions.log_softmax(input, _softmax_dim(input.ndim) if dim is None else dim, dtype)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    dtype = input._data.dtype
+    if p == 1.0:
+        mask = np.zeros(input.shape, dtype=dtype)
+    else:
+        keep = random.generator().random(input.shape) >= p
+        mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+    out = nn_ops.Dropout.apply(input, mask)
+    return input._inplace(out) if inplace else out
+
+
+pad = functions.pad
+flatten = functions.flatten
+
+
+# -- losses ----------------------------------------------------------------------------------------
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def nll_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Negative log-likelihood of class indices ``target`` under log-probabilities ``input``."""
+    _check_reduction(reduction)
+    target_data = target._data if isinstance(target, Tensor) else np.asarray(target)
+    if target_data.dtype.kind not in "iu":
+        raise DataError(
+            f"nll_loss/cross_entropy expects integer class indices as target, got dtype "
+            f"{target_data.dtype} with shape {list(target_data.shape)}"
+        )
+    if input.ndim == 1:
+        expected = ()
+    elif input.ndim >= 2:
+        expected = (input.shape[0], *input.shape[2:])
+    else:
+        raise ShapeError("nll_loss expects input of shape (C,), (N, C) or (N, C, *), got []")
+    if target_data.shape != expected:
+        if input.ndim >= 2 and target_data.ndim >= 1 and target_data.shape[0] != input.shape[0]:
+            raise ShapeError(
+                f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+                f"({target_data.shape[0]}) (input {_shape(input)}, "
+                f"target {list(target_data.shape)})"
+            )
+        raise ShapeError(
+            f"nll_loss: target shape {list(target_data.shape)} does not fit input shape "
+            f"{_shape(input)}; expected target shape {list(expected)}"
+        )
+    n_classes = input.shape[1] if input.ndim > 1 else input.shape[0]
+    weight_data = None
+    if weight is not None:
+        if weight.numel() != n_classes:
+            raise ShapeError(
+                f"nll_loss: weight should have {n_classes} elements (the classes of input "
+                f"{_shape(input)}), got {weight.numel()}"
+            )
+        weight_data = weight._data.astype(input._data.dtype, copy=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return nn_ops.NllLoss.apply(
+            input, target_data, weight_data, reduction=reduction, ignore_index=int(ignore_index)
+        )
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    ignore_index: int = -100,
+    reduce=None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``nll_loss(log_softmax(input, 1), target)`` for class indices, or the soft-label form
+    when ``target`` holds probabilities of the same shape as ``input``."""
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    class_dim = 1 if input.ndim > 1 else 0
+    n_classes = input.shape[class_dim]
+    log_probs = functions.log_softmax(input, class_dim)
+    if isinstance(target, Tensor) and target.is_floating_point():
+        return _soft_cross_entropy(log_probs, target, weight, reduction, label_smoothing, class_dim)
+    loss = nll_loss(log_probs, target, weight, ignore_index, reduction)
+    if label_smoothing == 0.0:
+        return loss
+    target_data = target._data if isinstance(target, Tensor) else np.asarray(target)
+    ignored = target_data == ignore_index
+    if weight is not None:
+        view = [1] * input.ndim
+        view[class_dim] = n_classes
+        smooth = -functions.sum(log_probs * functions.reshape(weight, view), dim=class_dim)
+    else:
+        smooth = -functions.sum(log_probs, dim=class_dim)
+    if ignored.any():
+        smooth = functions.where(Tensor._from_array(ignored), 0.0, smooth)
+    if reduction == "mean":
+        if weight is not None:
+            kept = target_data[~ignored]
+            denominator = weight._data[kept].sum()
+        else:
+            denominator = (~ignored).sum()
+        smooth = functions.sum(smooth) / float(denominator)
+    elif reduction == "sum":
+        smooth = functions.sum(smooth)
+    return (1 - label_smoothing) * loss + smooth * (label_smoothing / n_classes)
+
+
+def _soft_cross_entropy(log_probs, target, weight, reduction, label_smoothing, class_dim):
+    if target.shape != log_probs.shape:
+        raise ShapeError(
+            f"cross_entropy with probability targets needs target shape {_shape(log_probs)}, "
+            f"got {_shape(target)}"
+        )
+    n_classes = log_probs.shape[class_dim]
+    if label_smoothing > 0:
+        target = target * (1 - label_smoothing) + label_smoothing / n_classes
+    product = log_probs * target
+    if weight is not None:
+        view = [1] * log_probs.ndim
+        view[class_dim] = n_classes
+        product = product * functions.reshape(weight, view)
+    loss = -functions.sum(product, dim=class_dim)
+    if reduction == "mean":
+        return functions.sum(loss) / float(log_probs.numel() // n_classes)
+    if reduction == "sum":
+        return functions.sum(loss)
+    return loss
+
+
+def mse_loss(
+    input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean"
+) -> Tensor:
+    """Mean squared error; shapes must match or broadcast (PyTorch warns, we broadcast too)."""
+    _check_reduction(reduction)
+    try:
+        np.broadcast_shapes(tuple(input.shape), tuple(target.shape))
+    except ValueError:
+        raise ShapeError(
+            f"mse_loss: input shape {_shape(input)} and target shape {_shape(target)} do not "
+            "broadcast"
+        ) from None
+    return nn_ops.MseLoss.apply(input, target, reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """Sigmoid and binary cross-entropy in one stable step."""
+    _check_reduction(reduction)
+    if target.shape != input.shape:
+        raise ShapeError(
+            f"Target size ({target.shape}) must be the same as input size ({input.shape})"
+        )
+    return nn_ops.BinaryCrossEntropyWithLogits.apply(
+        input,
+        target,
+        None if weight is None else weight._data,
+        None if pos_weight is None else pos_weight._data,
+        reduction=reduction,
+    )
