@@ -194,6 +194,20 @@ class Tensor:
             return format(self.item(), spec)
         return repr(self)
 
+    def __deepcopy__(self, memo: dict) -> Tensor:
+        """Copy a leaf with its data, ``requires_grad`` and ``grad``: ``copy.deepcopy(model)``
+        and ``copy.deepcopy(model.state_dict())`` work as in PyTorch."""
+        if self.grad_fn is not None:
+            raise AutogradError(
+                "Only Tensors created explicitly by the user (graph leaves) support the deepcopy "
+                "protocol at the moment."
+            )
+        t = type(self)._from_array(self._data.copy(), self._requires_grad)
+        memo[id(self)] = t
+        if self.grad is not None:
+            t.grad = self.grad.__deepcopy__(memo)
+        return t
+
     def __reduce_ex__(self, protocol):
         raise TypeError("finetune tensors are not pickled; use finetune.save (safe .npz format)")
 

@@ -30,10 +30,3 @@ class Parameter(Tensor):
 
     def __init__(self, data=None, requires_grad: bool = True) -> None:
         """Everything happens in ``__new__``; this only stops ``Tensor.__init__`` from refusing."""
-
-    def __deepcopy__(self, memo: dict) -> Parameter:
-        copy = Parameter(self._data.copy(), self.requires_grad)
-        if self.grad is not None:
-            copy.grad = Tensor._from_array(self.grad._data.copy())
-        memo[id(self)] = copy
-        return copy
