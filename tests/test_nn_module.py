@@ -33,7 +33,9 @@ class TinyResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(8)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        down = nn.Sequential(nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(16))
+        down = nn.Sequential(
+            nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(16)
+        )
         self.layer1 = nn.Sequential(BasicBlock(8, 16, 2, down))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(16, num_classes)
@@ -115,7 +117,13 @@ def test_named_parameters_and_modules_use_dotted_prefixes():
     assert module_names[:3] == ["", "conv1", "bn1"]
     assert "layer1.0.downsample.0" in module_names
     assert [n for n, _ in model.named_children()] == [
-        "conv1", "bn1", "relu", "maxpool", "layer1", "avgpool", "fc",
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1",
+        "avgpool",
+        "fc",
     ]
     assert [n for n, _ in model.named_buffers()][:2] == ["bn1.running_mean", "bn1.running_var"]
     assert model.get_submodule("layer1.0.bn2") is model.layer1[0].bn2
@@ -260,7 +268,7 @@ def test_forward_hooks_and_call():
     pre.remove()
     layer(torch.ones(1, 2))
     assert len(calls) == 1
-    with pytest.raises(NotImplementedError, match="missing the required \"forward\""):
+    with pytest.raises(NotImplementedError, match='missing the required "forward"'):
         nn.Module()(1)
 
 

@@ -221,7 +221,7 @@ def _saved_versions(saved, args, arrays, results, outs) -> tuple:
         if not isinstance(s, np.ndarray):
             continue
         for tensor, arr in zip((*args, *results), (*arrays, *outs)):
-            if arr is s:
+            if arr is s and not isinstance(tensor, np.ndarray):  # a raw array has no version
                 stamps.append((tensor._version, tensor._version.value, s))
                 break
     return tuple(stamps)
