@@ -188,7 +188,10 @@ class Function:
         arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         out = cls.forward(ctx, *arrays, **kwargs)
         multi = isinstance(out, tuple)
-        outs = out if multi else (out,)
+        # numpy turns 0-d results into scalars (np.float64); a tensor always holds an ndarray
+        outs = tuple(
+            o if isinstance(o, np.ndarray) else np.asarray(o) for o in (out if multi else (out,))
+        )
         results = tuple(Tensor._from_array(o) for o in outs)
         if _tracer is not None:
             _tracer.record(cls, args, kwargs, results)

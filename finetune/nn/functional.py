@@ -446,7 +446,7 @@ def cross_entropy(
     class_dim = 1 if input.ndim > 1 else 0
     n_classes = input.shape[class_dim]
     log_probs = functions.log_softmax(input, class_dim)
-    if isinstance(target, Tensor) and target.is_floating_point():
+    if isinstance(target, Tensor) and target.is_floating_point() and target.shape == input.shape:
         return _soft_cross_entropy(log_probs, target, weight, reduction, label_smoothing, class_dim)
     loss = nll_loss(log_probs, target, weight, ignore_index, reduction)
     if label_smoothing == 0.0:
