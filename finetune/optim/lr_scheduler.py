@@ -92,11 +92,18 @@ class LRScheduler:
         for i, (group, lr) in enumerate(zip(self.optimizer.param_groups, values)):
             group["lr"] = lr
             if self.verbose:
-                print(f"Adjusting learning rate of group {i} to {lr:.4e}.")
+                print(_verbose_line(i, lr, epoch))
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _group_lrs(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _verbose_line(group: int, lr: float, epoch: int | float | None) -> str:
+    if epoch is None:
+        return f"Adjusting learning rate of group {group} to {lr:.4e}."
+    epoch_str = f"{epoch:.2f}" if isinstance(epoch, float) else f"{epoch:05d}"
+    return f"Epoch {epoch_str}: adjusting learning rate of group {group} to {lr:.4e}."
 
 
 _LRScheduler = LRScheduler  # the pre-2.0 name, still imported by older code
