@@ -216,6 +216,12 @@ def test_load_state_dict_reports_every_problem_at_once():
     assert result.unexpected_keys == ["fc2.weight"]
 
 
+def test_checkpoints_without_batchnorm_counters_load_strictly():
+    model = TinyResNet()
+    sd = {k: v for k, v in TinyResNet().state_dict().items() if "num_batches_tracked" not in k}
+    assert repr(model.load_state_dict(sd)) == "<All keys matched successfully>"
+
+
 def test_load_state_dict_size_mismatch_is_a_shape_error_naming_both_shapes():
     model = TinyResNet(num_classes=10)
     sd = TinyResNet(num_classes=4).state_dict()

@@ -66,6 +66,8 @@ class Module:
     """Base of every layer and model: set attributes in ``__init__``, compute in ``forward``."""
 
     training: bool
+    # state a checkpoint may lack without being incomplete (PyTorch's BatchNorm counter)
+    _optional_state: tuple[str, ...] = ()
     _parameters: dict[str, Parameter | None]
     _buffers: dict[str, Tensor | None]
     _modules: dict[str, Module | None]
@@ -423,10 +425,14 @@ class Module:
                 f"Expected state_dict to be dict-like, got {type(state_dict).__name__}."
             )
         expected: dict[str, tuple[Module, str, Tensor]] = {}
+        optional: set[str] = set()
         for prefix, module in self.named_modules(remove_duplicate=False):
             for name, value in module._local_state():
-                expected[f"{prefix}.{name}" if prefix else name] = (module, name, value)
-        missing = [key for key in expected if key not in state_dict]
+                key = f"{prefix}.{name}" if prefix else name
+                expected[key] = (module, name, value)
+                if name in module._optional_state:
+                    optional.add(key)
+        missing = [key for key in expected if key not in state_dict and key not in optional]
         unexpected = [key for key in state_dict if key not in expected]
         mismatches = []
         updates = []

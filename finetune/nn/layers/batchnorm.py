@@ -16,6 +16,7 @@ class _BatchNorm(Module):
     """Shared by the 1-D and 2-D forms, which differ only in the input ranks they accept."""
 
     _ranks: tuple[int, ...] = ()
+    _optional_state = ("num_batches_tracked",)  # older and converted checkpoints lack it
     _layout = ""
 
     def __init__(
