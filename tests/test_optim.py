@@ -385,3 +385,114 @@ def test_adam_step_is_a_float32_scalar_tensor_counting_updates():
     step = opt.state[p]["step"]
     assert step.dtype == torch.float32 and step.shape == () and step.item() == 3.0
     assert math.isclose(opt.param_groups[0]["lr"], 1e-3)
+
+
+# -- float32: PyTorch 2.1's sequence of ATen ops, each with its scalar kernel's rounding ----------
+# ATen casts a Python scalar to the tensor's dtype before using it; these helpers are the scalar
+# (non-vectorised) kernels of add(alpha=), addcmul, addcdiv and lerp.
+
+
+def _f32(x: float) -> np.float32:
+    return np.float32(x)
+
+
+def _add(a, b, alpha=1.0):  # a.add(b, alpha=alpha)
+    return a + _f32(alpha) * b
+
+
+def _addcmul(a, t1, t2, value):  # a.addcmul(t1, t2, value=value)
+    return a + _f32(value) * t1 * t2
+
+
+def _addcdiv(a, t1, t2, value):  # a.addcdiv(t1, t2, value=value)
+    return a + _f32(value) * t1 / t2
+
+
+def _lerp(start, end, weight):  # start.lerp(end, weight)
+    w = _f32(weight)
+    return start + w * (end - start) if abs(w) < 0.5 else end - (end - start) * (_f32(1) - w)
+
+
+def _run_f32(make_optimizer) -> list[np.ndarray]:
+    """Like ``_run`` in float32, with the gradient set directly so it has one rounding."""
+    p = torch.tensor(THETA0, dtype=torch.float32, requires_grad=True)
+    c, d = C.astype(np.float32), D.astype(np.float32)
+    opt = make_optimizer([p])
+    trajectory = []
+    for _ in range(STEPS):
+        p.grad = torch.from_numpy(c * p.detach().numpy() + d)
+        opt.step()
+        trajectory.append(p.detach().numpy().copy())
+    return trajectory
+
+
+def _torch_sgd_f32(lr, momentum, dampening, weight_decay, nesterov, maximize):
+    param, buf, out = THETA0.astype(np.float32), None, []
+    c, d = C.astype(np.float32), D.astype(np.float32)
+    for _ in range(STEPS):
+        grad = c * param + d
+        d_p = -grad if maximize else grad
+        if weight_decay != 0:
+            d_p = _add(d_p, param, alpha=weight_decay)
+        if momentum != 0:
+            buf = d_p.copy() if buf is None else _add(buf * _f32(momentum), d_p, 1 - dampening)
+            d_p = _add(d_p, buf, alpha=momentum) if nesterov else buf
+        param = _add(param, d_p, alpha=-lr)
+        out.append(param)
+    return out
+
+
+def _torch_adam_f32(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+    param, step_t = THETA0.astype(np.float32), np.float32(0)
+    c, d = C.astype(np.float32), D.astype(np.float32)
+    exp_avg, exp_avg_sq = np.zeros_like(param), np.zeros_like(param)
+    max_exp_avg_sq, out = np.zeros_like(param), []
+    for _ in range(STEPS):
+        grad = c * param + d
+        grad = -grad if maximize else grad
+        step_t += np.float32(1)
+        if decoupled:
+            param = param * _f32(1 - lr * weight_decay)
+        elif weight_decay != 0:
+            grad = _add(grad, param, alpha=weight_decay)
+        exp_avg = _lerp(exp_avg, grad, 1 - betas[0])
+        exp_avg_sq = _addcmul(exp_avg_sq * _f32(betas[1]), grad, grad, value=1 - betas[1])
+        step = float(step_t)
+        bias_correction1 = 1 - betas[0] ** step
+        bias_correction2_sqrt = math.sqrt(1 - betas[1] ** step)
+        step_size = lr / bias_correction1
+        if amsgrad:
+            max_exp_avg_sq = np.maximum(max_exp_avg_sq, exp_avg_sq)
+            denom = np.sqrt(max_exp_avg_sq) / _f32(bias_correction2_sqrt) + _f32(eps)
+        else:
+            denom = np.sqrt(exp_avg_sq) / _f32(bias_correction2_sqrt) + _f32(eps)
+        param = _addcdiv(param, exp_avg, denom, value=-step_size)
+        out.append(param)
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.1, nesterov=True, maximize=False),
+        dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.1, nesterov=True, maximize=True),
+        dict(
+            lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.0, nesterov=False, maximize=False
+        ),
+    ],
+    ids=str,
+)
+def test_float32_sgd_is_bit_identical_to_pytorch_op_sequence(options):
+    actual = _run_f32(lambda ps: optim.SGD(ps, **options))
+    for a, e in zip(actual, _torch_sgd_f32(**options), strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["adam", "adamw"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.9)])
+def test_float32_adam_is_bit_identical_to_pytorch_op_sequence(decoupled, betas):
+    options = dict(lr=0.05, betas=betas, eps=1e-6, weight_decay=0.2, amsgrad=True, maximize=True)
+    cls = optim.AdamW if decoupled else optim.Adam
+    actual = _run_f32(lambda ps: cls(ps, **options))
+    for a, e in zip(actual, _torch_adam_f32(**options, decoupled=decoupled), strict=True):
+        np.testing.assert_array_equal(a, e)
