@@ -44,7 +44,9 @@ def save(obj: Any, f: str | os.PathLike | IO[bytes]) -> None:
     arrays: dict[str, np.ndarray] = {}
     root = _Encoder(arrays).encode(obj, "obj")
     document = {"format": FORMAT, "version": VERSION, "root": root}
-    arrays[_STRUCTURE] = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
+    arrays[_STRUCTURE] = np.frombuffer(
+        json.dumps(document, allow_nan=False).encode("utf-8"), dtype=np.uint8
+    )
     if isinstance(f, (str, os.PathLike)):
         with atomic_write(f, "wb") as fh:
             np.savez(fh, allow_pickle=False, **arrays)
@@ -60,7 +62,7 @@ def load(
     ``map_location`` and ``weights_only`` are accepted for PyTorch compatibility: everything lives
     on the CPU, and loading is always as safe as ``weights_only=True``.
     """
-    if map_location not in (None, "cpu") and str(map_location) != "cpu":
+    if map_location is not None and str(map_location) != "cpu":
         raise CheckpointError(f"map_location={map_location!r}: finetune only has the CPU device")
     if isinstance(f, (str, os.PathLike)):
         with open(f, "rb") as fh:
@@ -83,8 +85,7 @@ def _load_from(fh: IO[bytes], name: str) -> Any:
         )
     try:
         with np.load(fh, allow_pickle=False) as archive:
-            entries = set(archive.files)
-            if _STRUCTURE not in entries:
+            if _STRUCTURE not in archive.files:
                 raise CheckpointError(_foreign_archive_message(name, archive.zip.namelist()))
             document = json.loads(archive[_STRUCTURE].tobytes().decode("utf-8"))
             if not isinstance(document, dict) or document.get("format") != FORMAT:
