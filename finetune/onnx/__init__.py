@@ -1,0 +1,6 @@
+"""``finetune.onnx``: import ONNX graphs as trainable modules (and export them back)."""
+
+from .graph import OnnxModule, find_head, replace_head
+from .load import load
+
+__all__ = ["OnnxModule", "find_head", "load", "replace_head"]

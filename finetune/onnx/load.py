@@ -1,0 +1,355 @@
+"""``finetune.onnx.load``: read an ONNX model safely and convert it into an ``OnnxModule``.
+
+Everything a file can get wrong is reported at load time as one ``OnnxImportError`` naming the
+file: unreadable or non-ONNX bytes, external data outside the model's folder, and every
+operator the library cannot convert (with node names and opset), never a ``KeyError`` later.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from ..errors import OnnxImportError
+from ..nn.parameter import Parameter
+from ..tensor import Tensor
+from . import naming
+from .graph import GraphInput, OnnxModule, Scope, Step
+from .ops.gemm import fuse_matmul_add
+from .registry import Built, NodeView, _load_converters, converter_for, lookup
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | onnx.ModelProto
+
+
+def load(source: Source, freeze: bool = True) -> OnnxModule:
+    """Import an ONNX model (path, bytes, binary file object or ``ModelProto``) as a module in
+    eval mode; its weights are ``nn.Parameter``s, frozen unless ``freeze=False``."""
+    model, folder, label = read_model(source)
+    module = convert(model, label)
+    for param in module.parameters():
+        param.requires_grad = not freeze
+    return module.eval()
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_model(source: Source) -> tuple[onnx.ModelProto, Path | None, str]:
+    """Parse ``source``; follow external data only inside the model's folder. Returns
+    ``(model, folder, label)`` where ``label`` names the source in messages."""
+    if isinstance(source, onnx.ModelProto):
+        model, folder, label = source, None, "<ModelProto>"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        model, folder, label = _parse(bytes(source), "<bytes>"), None, "<bytes>"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise OnnxImportError(f"{label}: no such file; check the path to the .onnx model")
+        if not path.is_file():
+            raise OnnxImportError(f"{label}: is a directory, not an .onnx file")
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise OnnxImportError(f"{label}: cannot be read ({error})") from error
+        model, folder = _parse(data, label), path.resolve().parent
+    elif hasattr(source, "read"):
+        label = str(getattr(source, "name", "<file object>"))
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise OnnxImportError(f"{label}: open the model in binary mode ('rb'), got text")
+        model = _parse(data, label)
+        folder = (
+            Path(label).resolve().parent if isinstance(getattr(source, "name", None), str) else None
+        )
+    else:
+        raise OnnxImportError(
+            f"cannot load an ONNX model from a {type(source).__name__}; pass a path, bytes, a "
+            "binary file object or an onnx.ModelProto"
+        )
+    _load_external_data(model, folder, label)
+    return model, folder, label
+
+
+def _parse(data: bytes, label: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise OnnxImportError(
+            f"{label}: not a readable ONNX model (corrupt or truncated protobuf: {error}); "
+            "re-download or re-export the file"
+        ) from error
+    if not model.HasField("graph") or model.ir_version <= 0 or not model.graph.node:
+        raise OnnxImportError(
+            f"{label}: not an ONNX model (no graph, IR version or nodes); is this the right file?"
+        )
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [
+        t
+        for t in onnx.external_data_helper._get_all_tensors(model)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+
+
+def _load_external_data(model: onnx.ModelProto, folder: Path | None, label: str) -> None:
+    tensors = _external_tensors(model)
+    if not tensors:
+        return
+    if folder is None:
+        raise OnnxImportError(
+            f"{label}: weights are stored in external data files, which only a path tells where to "
+            "find; load the model from its path"
+        )
+    for tensor in tensors:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise OnnxImportError(
+                f"{label}: tensor {tensor.name!r} points to external data {location!r} outside "
+                f"the model's folder {folder}; refusing to read it"
+            )
+        if not target.is_file():
+            raise OnnxImportError(
+                f"{label}: tensor {tensor.name!r} needs external data file {location!r}, which "
+                f"is missing from {folder}; copy it next to the model"
+            )
+        size = target.stat().st_size
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        if offset > size or (length is not None and offset + int(length) > size):
+            raise OnnxImportError(
+                f"{label}: tensor {tensor.name!r} reads past the end of {location!r} "
+                f"(offset {offset}, length {length}, file size {size}); the file is truncated"
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as error:
+        raise OnnxImportError(f"{label}: cannot read external data ({error})") from error
+
+
+# -- converting ---------------------------------------------------------------------------------
+
+
+def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
+    """Convert a parsed model into an ``OnnxModule`` (weights trainable; ``load`` freezes them)."""
+    _load_converters()
+    graph = model.graph
+    opset = _default_opset(model, label)
+    _check(model, label)
+    _refuse_unsupported(graph, opset, label)
+    initializers = _initializers(graph, label)
+    constants = dict(initializers)
+    constants.update(_constant_node_values(graph))
+    ranks = _ranks(model)
+    root = OnnxModule([], [], [], {})
+    steps: list[Step] = []
+    nodes = list(graph.node)
+    graph_outputs = {o.name for o in graph.output}
+    fused = fuse_matmul_add(nodes, constants, graph_outputs)
+    skip: set[int] = set()
+    for index, node in enumerate(nodes):
+        if index in skip:
+            continue
+        if index in fused:
+            partner, built, weight_name = fused[index]
+            skip.add(partner)
+            last = nodes[partner]
+            path = _place(root, node, weight_name, index, built)
+            steps.append(
+                Step(
+                    node.name or last.name,
+                    "MatMul+Add",
+                    (node.input[0],),
+                    tuple(last.output),
+                    built.call,
+                    path,
+                )
+            )
+            continue
+        converter = converter_for(node, opset)
+        attributes = _attributes(node)
+        built = None
+        if converter.module is not None:
+            view = NodeView(
+                node,
+                opset,
+                attributes,
+                tuple(constants.get(name) if name else None for name in node.input),
+                tuple(ranks.get(name) for name in node.input),
+            )
+            built = converter.module(view)
+        if built is not None:
+            weight = next(
+                (node.input[i] for i in range(1, len(node.input)) if node.input[i] in initializers),
+                None,
+            )
+            path = _place(root, node, weight, index, built)
+            used = tuple(node.input[i] if i < len(node.input) else "" for i in built.inputs)
+            steps.append(Step(node.name, node.op_type, used, tuple(node.output), built.call, path))
+        else:
+            if converter.wants_output_count():
+                attributes["_outputs"] = len(node.output)
+            run = functools.partial(converter.run, **attributes)
+            steps.append(Step(node.name, node.op_type, tuple(node.input), tuple(node.output), run))
+    still_read = {n for s in steps for n in s.inputs} | graph_outputs
+    kept = {n: a for n, a in initializers.items() if n in still_read}
+    attributes = _register_constants(root, kept)
+    inputs = [_graph_input(v) for v in graph.input if v.name not in initializers]
+    module = OnnxModule(
+        steps,
+        inputs,
+        [o.name for o in graph.output],
+        attributes,
+        {p.key: p.value for p in model.metadata_props},
+        label,
+    )
+    for name, child in root._modules.items():
+        module.add_module(name, child)
+    for name, param in root._parameters.items():
+        module.register_parameter(name, param)
+    for name, buffer in root._buffers.items():
+        module.register_buffer(name, buffer, persistent=False)
+    return module
+
+
+def _default_opset(model: onnx.ModelProto, label: str) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    if model.ir_version <= 2:
+        return 1
+    raise OnnxImportError(f"{label}: the model imports no default-domain opset")
+
+
+def _check(model: onnx.ModelProto, label: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise OnnxImportError(f"{label}: fails onnx.checker: {error}") from error
+
+
+def _refuse_unsupported(graph: onnx.GraphProto, opset: int, label: str) -> None:
+    missing: dict[str, list[str]] = {}
+    bad_attributes: list[str] = []
+    for index, node in enumerate(graph.node):
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        converter = lookup(node.op_type, opset, node.domain if node.domain != "ai.onnx" else "")
+        if converter is None:
+            missing.setdefault(op, []).append(node.name or f"#{index}")
+            continue
+        unknown = {a.name for a in node.attribute} - converter.attribute_names()
+        if unknown:
+            bad_attributes.append(
+                f"{op} node {node.name or f'#{index}'!r} has attributes {sorted(unknown)} the "
+                "library does not implement"
+            )
+    if missing or bad_attributes:
+        lines = [f"{op} (nodes {', '.join(map(repr, names))})" for op, names in missing.items()]
+        parts = []
+        if lines:
+            parts.append(f"unsupported operators at opset {opset}: " + "; ".join(lines))
+        parts.extend(bad_attributes)
+        raise OnnxImportError(f"{label}: cannot import: " + "; ".join(parts))
+
+
+def _initializers(graph: onnx.GraphProto, label: str) -> dict[str, np.ndarray]:
+    values = {}
+    for tensor in graph.initializer:
+        try:
+            values[tensor.name] = numpy_helper.to_array(tensor)
+        except (ValueError, TypeError) as error:
+            raise OnnxImportError(
+                f"{label}: initializer {tensor.name!r} cannot be read ({error})"
+            ) from error
+    return values
+
+
+def _constant_node_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1:
+            attribute = node.attribute[0]
+            if attribute.name == "value":
+                values[node.output[0]] = numpy_helper.to_array(attribute.t)
+    return values
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Known ranks of the graph's values, from shape inference when it succeeds."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - ranks are a hint; a graph shape inference cannot follow still loads
+        inferred = model.graph
+    ranks = {}
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        kind = info.type.WhichOneof("value")
+        if kind == "tensor_type" and info.type.tensor_type.HasField("shape"):
+            ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    for tensor in model.graph.initializer:
+        ranks[tensor.name] = len(tensor.dims)
+    return ranks
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    values = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode("utf-8") for v in value]
+        values[attribute.name] = value
+    return values
+
+
+def _place(
+    root: OnnxModule, node: onnx.NodeProto, weight: str | None, index: int, built: Built
+) -> str:
+    path = naming.candidate_path(node.name, node.op_type, weight, index)
+    return naming.place(root, path, built.module, Scope)
+
+
+def _register_constants(root: OnnxModule, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Initializers that no module absorbed: float ones become parameters, others buffers."""
+    attributes = {}
+    for name, array in arrays.items():
+        attribute, n = naming.sanitise(name), 0
+        while hasattr(root, attribute) or attribute in root._modules:
+            n += 1
+            attribute = f"{naming.sanitise(name)}_{n}"
+        if array.dtype.kind == "f":
+            root.register_parameter(attribute, Parameter(np.array(array)))
+        else:
+            root.register_buffer(attribute, Tensor._from_array(np.array(array)), persistent=False)
+        attributes[name] = attribute
+    return attributes
+
+
+def _graph_input(info: onnx.ValueInfoProto) -> GraphInput:
+    tensor = info.type.tensor_type
+    dtype = None
+    if info.type.WhichOneof("value") == "tensor_type" and tensor.elem_type:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        except (KeyError, TypeError):
+            dtype = None
+    shape = None
+    if tensor.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return GraphInput(info.name, dtype, shape)
+
+
+__all__ = ["Source", "convert", "load", "read_model"]

@@ -1,0 +1,74 @@
+"""Activations: Relu, LeakyRelu, Clip, Sigmoid, Tanh, Softmax, LogSoftmax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import functions as fn
+from ...autograd import ops
+from ...nn import functional as F
+from ..registry import register
+from ._common import axis_of, scalar
+
+
+@register("Relu", 6, 13, 14)
+def relu(x):
+    return fn.relu(x)
+
+
+@register("LeakyRelu", 6, 16)
+def leaky_relu(x, *, alpha=0.01):
+    return F.leaky_relu(x, alpha)
+
+
+@register("Sigmoid", 6, 13)
+def sigmoid(x):
+    return fn.sigmoid(x)
+
+
+@register("Tanh", 6, 13)
+def tanh(x):
+    return fn.tanh(x)
+
+
+@register("Clip", 6)
+def clip_6(x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):  # noqa: A002
+    """Before opset 11 the bounds are attributes."""
+    return ops.Clamp.apply(x, min=min, max=max)
+
+
+@register("Clip", 11, 12, 13)
+def clip(x, min=None, max=None):  # noqa: A002
+    """From opset 11 the bounds are optional inputs (either may be omitted)."""
+    return ops.Clamp.apply(x, min=scalar(min), max=scalar(max))
+
+
+def _coerced(x, axis: int, op):
+    """Before opset 13, softmax saw its input flattened to 2-D at ``axis``."""
+    axis = axis_of(axis, x.ndim)
+    shape = tuple(x.shape)
+    rows = math.prod(shape[:axis])
+    flat = fn.reshape(x, (rows, int(np.prod(shape[axis:], dtype=np.int64))))
+    return fn.reshape(op.apply(flat, dim=1), shape)
+
+
+@register("Softmax", 1, 11)
+def softmax_1(x, *, axis=1):
+    return _coerced(x, axis, ops.Softmax)
+
+
+@register("Softmax", 13)
+def softmax(x, *, axis=-1):
+    return ops.Softmax.apply(x, dim=axis_of(axis, x.ndim))
+
+
+@register("LogSoftmax", 1, 11)
+def log_softmax_1(x, *, axis=1):
+    return _coerced(x, axis, ops.LogSoftmax)
+
+
+@register("LogSoftmax", 13)
+def log_softmax(x, *, axis=-1):
+    return ops.LogSoftmax.apply(x, dim=axis_of(axis, x.ndim))

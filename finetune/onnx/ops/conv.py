@@ -1,0 +1,78 @@
+"""Conv (1-, 2- and 3-D). A constant 1-D or 2-D weight makes it a real ``nn.Conv1d`` /
+``nn.Conv2d``; padding the module cannot express (asymmetric, ``SAME_*``) is applied first."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import functions as fn
+from ...nn.layers.conv import Conv1d, Conv2d
+from ...nn.parameter import Parameter
+from ..registry import Built, NodeView, register
+from ._padding import is_static, spatial_pads
+
+
+class _PadFirst:
+    """Pads the input as the ONNX node says, then calls the module (with zero padding)."""
+
+    def __init__(self, attributes: dict, kernel: tuple, strides: tuple, dilations: tuple):
+        self.auto_pad = attributes.get("auto_pad", "NOTSET")
+        self.pads = attributes.get("pads")
+        self.kernel, self.strides, self.dilations = kernel, strides, dilations
+
+    def __call__(self, module, x):
+        pairs = spatial_pads(
+            self.auto_pad, self.pads, tuple(x.shape[2:]), self.kernel, self.strides, self.dilations
+        )
+        flat = [p for pair in reversed(pairs) for p in pair]
+        return module(fn.pad(x, flat))
+
+
+def _conv_module(view: NodeView) -> Built | None:
+    w, b = view.constant(1), view.constant(2) if view.has_input(2) else None
+    if view.constant(0) is not None or w is None or w.dtype.kind != "f" or w.ndim not in (3, 4):
+        return None
+    if view.has_input(2) and b is None:
+        return None
+    a = view.attributes
+    n = w.ndim - 2
+    kernel = tuple(w.shape[2:])
+    strides = tuple(a.get("strides") or (1,) * n)
+    dilations = tuple(a.get("dilations") or (1,) * n)
+    group = a.get("group", 1)
+    auto_pad = a.get("auto_pad", "NOTSET")
+    padding, call = (0,) * n, _PadFirst(a, kernel, strides, dilations)
+    if is_static(auto_pad):
+        pairs = spatial_pads(auto_pad, a.get("pads"), (0,) * n, kernel, strides, dilations)
+        if all(lo == hi for lo, hi in pairs):
+            padding, call = tuple(lo for lo, _ in pairs), None
+    layer = (Conv2d if n == 2 else Conv1d)(
+        w.shape[1] * group, w.shape[0], kernel, strides, padding, dilations, group, b is not None
+    )
+    layer.weight = Parameter(np.ascontiguousarray(w))
+    if b is not None:
+        layer.bias = Parameter(np.ascontiguousarray(b))
+    return Built(layer, (0,), call)
+
+
+@register("Conv", 1, 11, 22, module=_conv_module)
+def conv(
+    x,
+    w,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    from ...autograd import conv as kernels
+
+    n = w.ndim - 2
+    kernel = tuple(kernel_shape) if kernel_shape else tuple(w.shape[2:])
+    strides = tuple(strides) if strides else (1,) * n
+    dilations = tuple(dilations) if dilations else (1,) * n
+    padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    return kernels.conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)

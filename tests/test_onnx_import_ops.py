@@ -1,0 +1,184 @@
+"""Every supported op in a small graph, checked against onnxruntime at batch 1 and 4."""
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_builders import make_model, random_weights, run_onnxruntime, value_info
+
+import finetune as ft
+
+RNG = np.random.default_rng(0)
+I64 = np.int64
+
+
+def node(op, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), name=f"{op}_{outputs[0]}", **attrs)
+
+
+def i64(*values):
+    return np.array(values, dtype=I64)
+
+
+def w(*shape):
+    return random_weights(RNG, shape)
+
+
+# (id, nodes, input shape after the batch dimension, constants, opset[, output shape when
+# shape inference cannot tell])
+CASES = [
+    ("add", [node("Add", ["x", "c"])], (3, 4), {"c": w(4)}, 13),
+    ("sub", [node("Sub", ["c", "x"])], (3, 4), {"c": w(3, 1)}, 7),
+    ("mul", [node("Mul", ["x", "x"])], (3, 4), {}, 14),
+    ("div", [node("Div", ["x", "c"])], (3, 4), {"c": 1.5 + np.abs(w(4))}, 13),
+    ("pow", [node("Abs", ["x"], ("a",)), node("Pow", ["a", "c"], ("y",))], (3, 4),
+     {"c": np.array(1.7, np.float32)}, 13),
+    ("sqrt", [node("Abs", ["x"], ("a",)), node("Sqrt", ["a"])], (5,), {}, 13),
+    ("exp", [node("Exp", ["x"])], (5,), {}, 6 + 7),
+    ("log", [node("Abs", ["x"], ("a",)), node("Log", ["a"])], (5,), {}, 7),
+    ("neg", [node("Neg", ["x"])], (5,), {}, 13),
+    ("relu", [node("Relu", ["x"])], (2, 3), {}, 14),
+    ("leaky_relu", [node("LeakyRelu", ["x"], alpha=0.2)], (2, 3), {}, 16),
+    ("clip_6", [node("Clip", ["x"], min=-0.3, max=0.4)], (2, 3), {}, 7),
+    ("clip_13_min_only", [node("Clip", ["x", "lo"])], (2, 3),
+     {"lo": np.array(-0.2, np.float32)}, 13),
+    ("sigmoid", [node("Sigmoid", ["x"])], (2, 3), {}, 13),
+    ("tanh", [node("Tanh", ["x"])], (2, 3), {}, 13),
+    ("softmax_11_coerced", [node("Softmax", ["x"], axis=1)], (2, 3), {}, 11),
+    ("softmax_13", [node("Softmax", ["x"], axis=1)], (2, 3), {}, 13),
+    ("log_softmax_7", [node("LogSoftmax", ["x"])], (2, 3), {}, 7),
+    ("log_softmax_13", [node("LogSoftmax", ["x"], axis=-1)], (2, 3), {}, 13),
+    ("flatten", [node("Flatten", ["x"], axis=2)], (2, 3, 2), {}, 13),
+    ("reshape_zero_minus_one", [node("Reshape", ["x", "s"])], (2, 3, 2), {"s": i64(0, -1, 2)},
+     14),
+    ("transpose", [node("Transpose", ["x"], perm=[0, 2, 1])], (2, 3), {}, 13),
+    ("squeeze_11", [node("Squeeze", ["x"], axes=[2])], (3, 1, 2), {}, 11),
+    ("squeeze_13", [node("Squeeze", ["x", "a"])], (3, 1, 2), {"a": i64(-2)}, 13),
+    ("unsqueeze_11", [node("Unsqueeze", ["x"], axes=[1, 3])], (3, 2), {}, 11),
+    ("unsqueeze_13", [node("Unsqueeze", ["x", "a"])], (3, 2), {"a": i64(1, -1)}, 13),
+    ("concat", [node("Concat", ["x", "x", "x"], axis=-1)], (2, 3), {}, 13),
+    ("split_13", [node("Split", ["x", "s"], ("y", "z"), axis=2), node("Sub", ["y", "z"], ("o",))],
+     (2, 4), {"s": i64(2, 2)}, 13),
+    ("split_18_num_outputs", [node("Split", ["x"], ("y", "z"), axis=1, num_outputs=2),
+                              node("Concat", ["z", "y"], ("o",), axis=1)], (5, 2), {}, 18),
+    ("slice_steps", [node("Slice", ["x", "b", "e", "a", "s"])], (5, 4),
+     {"b": i64(-1, 0), "e": i64(-100, 3), "a": i64(1, 2), "s": i64(-2, 2)}, 13),
+    ("slice_1", [node("Slice", ["x"], starts=[1], ends=[1000], axes=[2])], (3, 4), {}, 7),
+    ("gather", [node("Gather", ["x", "i"], axis=1)], (4, 2), {"i": i64(3, -1, 0)}, 13),
+    ("shape_chain_reshape", [
+        node("Shape", ["x"], ("s",)),
+        node("Gather", ["s", "zero"], ("n",), axis=0),
+        node("Unsqueeze", ["n", "ax"], ("n1",)),
+        node("Concat", ["n1", "m1"], ("shape",), axis=0),
+        node("Reshape", ["x", "shape"]),
+    ], (2, 3), {"zero": np.array(0, I64), "ax": i64(0), "m1": i64(-1)}, 13, ["N", 6]),
+    ("shape_15_start", [node("Shape", ["x"], ("s",), start=1), node("Cast", ["s"], to=1)],
+     (2, 3), {}, 15),
+    ("constant", [node("Constant", [], ("c",), value_floats=[1.0, 2.0, 3.0]),
+                  node("Mul", ["x", "c"])], (3,), {}, 13),
+    ("constant_of_shape", [
+        node("Shape", ["x"], ("s",)),
+        node("ConstantOfShape", ["s"], ("k",),
+             value=helper.make_tensor("v", 1, [1], [0.5])),
+        node("Add", ["x", "k"]),
+    ], (3,), {}, 13),
+    ("identity_dropout", [node("Identity", ["x"], ("i",)), node("Dropout", ["i"])], (3,), {}, 13),
+    ("dropout_7", [node("Dropout", ["x"], ratio=0.3)], (3,), {}, 7),
+    ("pad_reflect", [node("Pad", ["x", "p"], mode="reflect")], (2, 4),
+     {"p": i64(0, 1, 2, 0, 0, 1)}, 13),
+    ("pad_2_constant", [node("Pad", ["x"], pads=[0, 0, 1, 0, 0, 2], value=1.5)], (2, 3), {}, 7),
+    ("pad_18_axes", [node("Pad", ["x", "p", "v", "a"], mode="edge")], (2, 3),
+     {"p": i64(1, 2), "v": np.array(0.0, np.float32), "a": i64(-1)}, 18),
+    ("reduce_mean_13", [node("ReduceMean", ["x"], axes=[1, 2], keepdims=0)], (2, 3), {}, 13),
+    ("reduce_mean_18", [node("ReduceMean", ["x", "a"])], (2, 3), {"a": i64(-1)}, 18),
+    ("reduce_sum_13", [node("ReduceSum", ["x", "a"], keepdims=0)], (2, 3), {"a": i64(1)}, 13),
+    ("reduce_sum_11_all", [node("ReduceSum", ["x"])], (2, 3), {}, 11),
+    ("cast_roundtrip", [node("Cast", ["x"], ("d",), to=11), node("Cast", ["d"], to=1)],
+     (2,), {}, 19),
+    ("matmul_const", [node("MatMul", ["x", "m"])], (2, 3), {"m": w(3, 5)}, 13),
+    ("matmul_add_linear", [node("MatMul", ["x", "m"], ("h",)), node("Add", ["h", "b"])], (2, 3),
+     {"m": w(3, 5), "b": w(5)}, 13),
+    ("matmul_dynamic", [node("Transpose", ["x"], ("t",), perm=[0, 2, 1]),
+                        node("MatMul", ["x", "t"])], (2, 3), {}, 9),
+    ("gemm_linear", [node("Gemm", ["x", "g", "c"], alpha=0.5, beta=2.0, transB=1)], (3,),
+     {"g": w(4, 3), "c": w(4)}, 13),
+    ("gemm_trans_a", [node("Transpose", ["x"], ("t",)),
+                      node("Gemm", ["t", "g"], transA=1)], (3,), {"g": w(3, 4)}, 11),
+    ("gemm_matrix_c", [node("Gemm", ["x", "g", "c"], beta=0.5)], (3,),
+     {"g": w(3, 2), "c": w(1, 2)}, 7),
+    ("conv_symmetric", [node("Conv", ["x", "k", "b"], pads=[1, 1, 1, 1])], (2, 5, 5),
+     {"k": w(3, 2, 3, 3), "b": w(3)}, 11),
+    ("conv_asymmetric_strided", [node("Conv", ["x", "k"], pads=[0, 1, 2, 0], strides=[2, 1])],
+     (2, 5, 6), {"k": w(3, 2, 3, 2)}, 13),
+    ("conv_same_lower_grouped", [
+        node("Conv", ["x", "k"], auto_pad="SAME_LOWER", group=2, strides=[2, 2])], (4, 7, 6),
+     {"k": w(4, 2, 2, 3)}, 22),
+    ("conv_dilated_valid", [node("Conv", ["x", "k"], auto_pad="VALID", dilations=[2, 1])],
+     (2, 7, 6), {"k": w(3, 2, 2, 3)}, 11),
+    ("conv_1d", [node("Conv", ["x", "k", "b"], pads=[1, 0])], (2, 7), {"k": w(3, 2, 2), "b": w(3)},
+     13),
+    ("conv_3d", [node("Conv", ["x", "k"], pads=[1, 0, 0, 1, 0, 0])], (2, 3, 4, 3),
+     {"k": w(2, 2, 2, 2, 2)}, 13),
+    ("conv_dynamic_weight", [node("Mul", ["k", "two"], ("k2",)), node("Conv", ["x", "k2"])],
+     (2, 4, 4), {"k": w(3, 2, 3, 3), "two": np.array(2, np.float32)}, 13),
+    ("batchnorm_7", [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
+     (3, 4, 4), {"s": w(3), "b": w(3), "m": w(3), "v": 1 + np.abs(w(3))}, 7),
+    ("batchnorm_15_1d", [node("BatchNormalization", ["x", "s", "b", "m", "v"], momentum=0.8)],
+     (3, 5), {"s": w(3), "b": w(3), "m": w(3), "v": 1 + np.abs(w(3))}, 15),
+    ("batchnorm_7_per_activation", [
+        node("BatchNormalization", ["x", "s", "b", "m", "v"], spatial=0)],
+     (2, 3), {"s": w(2, 3), "b": w(2, 3), "m": w(2, 3), "v": 1 + np.abs(w(2, 3))}, 7),
+    ("maxpool_pads_ceil", [node("MaxPool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 0, 0],
+                                strides=[2, 2], ceil_mode=1)], (2, 6, 7), {}, 12),
+    ("maxpool_same_upper_dilated", [node("MaxPool", ["x"], kernel_shape=[2, 2],
+                                         auto_pad="SAME_UPPER", dilations=[2, 1])],
+     (2, 5, 5), {}, 12),
+    ("maxpool_1d", [node("MaxPool", ["x"], kernel_shape=[3], strides=[2])], (2, 9), {}, 8),
+    ("avgpool_exclude_pad", [node("AveragePool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                  strides=[2, 2])], (2, 5, 5), {}, 11),
+    ("avgpool_include_pad_ceil", [node("AveragePool", ["x"], kernel_shape=[2, 2], pads=[1, 0, 1, 0],
+                                       count_include_pad=1, ceil_mode=1, strides=[2, 2])],
+     (2, 5, 6), {}, 19),
+    ("avgpool_3d_same_upper", [node("AveragePool", ["x"], kernel_shape=[2, 2, 2],
+                                    auto_pad="SAME_UPPER")], (2, 3, 3, 3), {}, 7),
+    ("global_average_pool", [node("GlobalAveragePool", ["x"])], (3, 4, 5), {}, 13),
+    ("global_max_pool", [node("GlobalMaxPool", ["x"])], (3, 4, 5), {}, 22),
+]
+
+
+def _model(nodes, shape, constants, opset, output_shape=None):
+    produced = {o for n in nodes for o in n.output}
+    consumed = {i for n in nodes for i in n.input}
+    outputs = [o for n in nodes for o in n.output if o not in consumed] or [nodes[-1].output[0]]
+    inits = [helper.make_tensor(k, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                np.shape(v), np.asarray(v).reshape(-1).tolist())
+             for k, v in constants.items()]
+    assert "x" not in produced
+    return make_model(
+        nodes,
+        [value_info("x", ["N", *shape])],
+        [helper.make_empty_tensor_value_info(o) if output_shape is None
+         else value_info(o, output_shape) for o in outputs],
+        inits,
+        opset=opset,
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_op_matches_onnxruntime(case, batch):
+    model = _model(*case[1:])
+    shape = case[2]
+    x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+    expected = run_onnxruntime(model, x)
+    got = ft.onnx.load(model)(ft.from_numpy(x))
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.numpy().dtype == e.dtype
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g.numpy(), e, atol=1e-4, rtol=1e-3)
+
+
+def test_every_listed_operator_has_a_case():
+    ops = {n.op_type for case in CASES for n in case[1]}
+    assert set(ft.onnx.registry.supported()) <= ops
