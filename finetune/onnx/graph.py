@@ -161,7 +161,9 @@ def _check_input(spec: GraphInput, value: Tensor, source: str) -> None:
             raise OnnxImportError(
                 f"{source}: input {spec.name!r} expects shape {want} (? is free), got {list(shape)}"
             )
-    if spec.dtype is not None and value._data.dtype != spec.dtype:
+    got = value._data.dtype
+    if spec.dtype is not None and got != spec.dtype and not (got.kind == spec.dtype.kind == "f"):
+        # any float width is fine: a model converted with .double() takes float64 input
         raise OnnxImportError(
             f"{source}: input {spec.name!r} expects {spec.dtype} elements, got {value._data.dtype}"
         )
