@@ -61,7 +61,8 @@ class FinetuneBackend(Backend):
         outputs_info: Sequence[tuple[np.dtype, tuple]] | None = None,
         **kwargs: Any,
     ) -> tuple[np.ndarray, ...]:
-        """Run one node on ``inputs`` (one array per non-empty node input, in order)."""
+        """Run one node on ``inputs`` (one array per non-empty node input, in order); output
+        types come from shape inference."""
         arrays = [np.asarray(x) for x in inputs]
         names = [name for name in node.input if name]
         graph_inputs = [
@@ -76,7 +77,7 @@ class FinetuneBackend(Backend):
             onnx.helper.make_graph([node], "run_node", graph_inputs, graph_outputs),
             opset_imports=[onnx.helper.make_opsetid("", opset)],
         )
-        return cls.run_model(model, arrays, device)
+        return cls.run_model(onnx.shape_inference.infer_shapes(model), arrays, device)
 
 
 prepare = FinetuneBackend.prepare
