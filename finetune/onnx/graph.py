@@ -107,7 +107,14 @@ class OnnxModule(Module):
                     out = step.run(self.get_submodule(step.module), *args)
                 else:
                     out = step.run(*args)
-            except (FinetuneError, ValueError, IndexError, TypeError, AttributeError) as error:
+            except (
+                FinetuneError,
+                ValueError,
+                IndexError,
+                TypeError,
+                AttributeError,
+                MemoryError,
+            ) as error:
                 if isinstance(error, OnnxImportError):
                     raise
                 shapes = [list(a.shape) if isinstance(a, Tensor) else a for a in args]

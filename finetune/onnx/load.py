@@ -286,9 +286,11 @@ def _constant_node_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Known ranks of the graph's values, from shape inference when it succeeds."""
+    """Known ranks of the graph's values, from shape inference when it succeeds. Inference runs
+    on a copy whose float weights are declared as inputs, not copied: ranks need no values."""
+    light = _without_float_weights(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
+        inferred = onnx.shape_inference.infer_shapes(light).graph
     except Exception:  # noqa: BLE001 - ranks are a hint; a graph shape inference cannot follow still loads
         inferred = model.graph
     ranks = {}
@@ -299,6 +301,32 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     for tensor in model.graph.initializer:
         ranks[tensor.name] = len(tensor.dims)
     return ranks
+
+
+def _without_float_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = model.graph
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
+    declared = {i.name for i in graph.input}
+    kept = [t for t in graph.initializer if t.data_type not in _FLOAT_TYPES]
+    stubs = [
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in graph.initializer
+        if t.data_type in _FLOAT_TYPES and t.name not in declared
+    ]
+    light.graph.CopyFrom(
+        onnx.helper.make_graph(
+            graph.node,
+            graph.name,
+            [*graph.input, *stubs],
+            graph.output,
+            kept,
+            value_info=graph.value_info,
+        )
+    )
+    return light
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
