@@ -130,6 +130,50 @@ def test_names_without_dots_come_from_mxnet_weights_or_node_names():
                                atol=1e-5)
 
 
+def test_model_zoo_layout_ir3_opset7_batchnorm_spatial():
+    """The zoo's resnet18-v1-7 shape: MXNet names, weights listed as inputs, BN ``spatial``."""
+    rng = np.random.default_rng(3)
+    weights = {
+        "resnetv15_conv0_weight": random_weights(rng, (4, 3, 3, 3)),
+        "resnetv15_batchnorm0_gamma": random_weights(rng, (4,)),
+        "resnetv15_batchnorm0_beta": random_weights(rng, (4,)),
+        "resnetv15_batchnorm0_running_mean": random_weights(rng, (4,)),
+        "resnetv15_batchnorm0_running_var": 1 + np.abs(random_weights(rng, (4,))),
+        "resnetv15_dense0_weight": random_weights(rng, (3, 4)),
+        "resnetv15_dense0_bias": random_weights(rng, (3,)),
+    }
+    bn = [f"resnetv15_batchnorm0_{k}" for k in ("gamma", "beta", "running_mean", "running_var")]
+    nodes = [
+        helper.make_node("Conv", ["data", "resnetv15_conv0_weight"], ["c"],
+                         name="resnetv15_conv0_fwd", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c", *bn], ["b"], name="resnetv15_batchnorm0_fwd",
+                         epsilon=1e-5, momentum=0.9, spatial=1),
+        helper.make_node("Relu", ["b"], ["r"], name="resnetv15_relu0_fwd"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="resnetv15_pool1_fwd"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten_170"),
+        helper.make_node("Gemm", ["f", "resnetv15_dense0_weight", "resnetv15_dense0_bias"],
+                         ["y"], name="resnetv15_dense0_fwd", alpha=1.0, beta=1.0, transA=0,
+                         transB=1),
+    ]
+    model = make_model(nodes, [value_info("data", [1, 3, 8, 8])], [value_info("y", [1, 3])],
+                       [initializer(k, v) for k, v in weights.items()], opset=7)
+    assert model.ir_version == 3 and len(model.graph.input) == 1 + len(weights)
+    imported = ft.onnx.load(model)
+    assert imported.input_names == ("data",)
+    assert isinstance(imported.resnetv15_conv0, nn.Conv2d)
+    assert isinstance(imported.resnetv15_batchnorm0, nn.BatchNorm2d)
+    assert ft.onnx.find_head(imported)[0] == "resnetv15_dense0"
+    x = _input(1)
+    np.testing.assert_allclose(imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0],
+                               atol=1e-4, rtol=1e-3)
+    batch = _input(3)  # declared batch 1, yet any batch runs
+    rows = np.concatenate([run_onnxruntime(model, batch[i : i + 1])[0] for i in range(3)])
+    np.testing.assert_allclose(imported(ft.from_numpy(batch)).numpy(), rows, atol=1e-4, rtol=1e-3)
+    imported.replace_head(7)
+    assert imported(ft.from_numpy(x)).shape == (1, 7)
+
+
 def test_metadata_props_become_a_dict(cnn):
     model = onnx.ModelProto()
     model.CopyFrom(cnn)

@@ -158,13 +158,15 @@ class OnnxModule(Module):
 
 
 def _check_input(spec: GraphInput, value: Tensor, source: str) -> None:
+    """Rank and the non-batch dimensions must match; the first dimension is free, since files
+    exported at a fixed batch size (the model zoo's [1, 3, 224, 224]) run at any batch size."""
     shape = tuple(value.shape)
     if spec.shape is not None:
         mismatch = len(shape) != len(spec.shape) or any(
-            want is not None and want != got for want, got in zip(spec.shape, shape)
+            want is not None and want != got for want, got in zip(spec.shape[1:], shape[1:])
         )
         if mismatch:
-            want = ["?" if d is None else d for d in spec.shape]
+            want = ["?" if d is None or i == 0 else d for i, d in enumerate(spec.shape)]
             raise OnnxImportError(
                 f"{source}: input {spec.name!r} expects shape {want} (? is free), got {list(shape)}"
             )

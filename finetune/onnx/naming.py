@@ -2,7 +2,8 @@
 
 PyTorch exports name initializers by ``state_dict`` key (``layer1.0.conv1.weight``) or, once
 folded, name nodes by module scope (``/layer1/layer1.0/conv1/Conv``); MXNet names weights
-``resnetv15_dense0_weight``. Each gives a dotted path; anything else a sanitised node name.
+``resnetv15_dense0_weight`` / ``resnetv15_batchnorm0_gamma``. Each gives a dotted path;
+anything else a sanitised node name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def candidate_path(node_name: str, op_type: str, weight_name: str | None, index:
     if scoped:
         return scoped
     if weight_name:
-        for suffix in ("_weight", "_W"):
+        for suffix in ("_weight", "_gamma", "_W"):
             if weight_name.endswith(suffix) and len(weight_name) > len(suffix):
                 return sanitise(weight_name[: -len(suffix)])
     if node_name:
