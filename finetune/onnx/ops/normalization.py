@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functions as fn
+from ... import random
 from ...nn.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ...nn.layers.dropout import Dropout
 from ...nn.parameter import Parameter
@@ -93,10 +94,15 @@ def _dropout_module(view: NodeView) -> Built | None:
 
 
 def _dropout(x, ratio: float, training: bool, seed, outputs: int):
+    """A node's ``seed`` draws its mask as the ONNX reference does (numpy's legacy generator),
+    so seeded graphs reproduce; without one the library's generator (``manual_seed``) draws."""
     if not training or ratio == 0:
         return (x, wrap(np.ones(x.shape, dtype=bool)))[:outputs]
-    rng = np.random.default_rng(seed)
-    keep = rng.random(x.shape) >= ratio
+    if seed is None:
+        uniform = random.generator().random(x.shape)
+    else:
+        uniform = np.random.RandomState(seed).uniform(0, 1.0, x.shape)
+    keep = uniform >= ratio
     scale = np.asarray(1.0 / (1.0 - ratio), x._data.dtype)
     y = fn.mul(x, wrap(keep.astype(x._data.dtype) * scale))
     return (y, wrap(keep))[:outputs]
