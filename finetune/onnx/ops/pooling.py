@@ -85,7 +85,8 @@ def _argmax_indices(x, outs, kernel, strides, dilations, padding, storage_order)
     base = np.arange(x.shape[0] * x.shape[1], dtype=np.int64) * math.prod(spatial)
     positions = base.reshape(x.shape[:2] + (1,) * len(spatial)) + flat.reshape(spatial)
     pads = [(0, 0), (0, 0), *_grown_pads(spatial, outs, kernel, strides, dilations, padding)]
-    values = np.pad(x, pads, constant_values=-np.inf)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    values = np.pad(x, pads, constant_values=lowest)
     positions = np.pad(positions, pads, constant_values=-1)
     best = best_at = None
     for index in _window_slices(outs, kernel, strides, dilations):
