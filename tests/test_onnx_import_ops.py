@@ -6,6 +6,7 @@ from onnx import helper
 from onnx_builders import make_model, random_weights, run_onnxruntime, value_info
 
 import finetune as ft
+from finetune.onnx import registry
 
 RNG = np.random.default_rng(0)
 I64 = np.int64
@@ -182,4 +183,24 @@ def test_op_matches_onnxruntime(case, batch):
 
 def test_every_listed_operator_has_a_case():
     ops = {n.op_type for case in CASES for n in case[1]}
-    assert set(ft.onnx.registry.supported()) <= ops
+    assert set(registry.supported()) <= ops
+
+
+LISTED = (
+    "Conv BatchNormalization Relu LeakyRelu Clip Sigmoid Tanh Softmax LogSoftmax MaxPool "
+    "AveragePool GlobalAveragePool GlobalMaxPool Gemm MatMul Add Sub Mul Div Pow Sqrt Exp Log Neg "
+    "Abs Flatten Reshape Transpose Squeeze Unsqueeze Concat Split Slice Gather Shape Constant "
+    "ConstantOfShape Identity Dropout Pad ReduceMean ReduceSum Cast"
+).split()
+
+
+@pytest.mark.parametrize("op", LISTED)
+def test_every_opset_from_7_to_28_reaches_a_converter(op):
+    first = 9 if op == "ConstantOfShape" else 7  # ConstantOfShape starts at opset 9
+    assert all(registry.lookup(op, opset) is not None for opset in range(first, 29))
+
+
+def test_registry_refuses_a_duplicate_and_unknown_schema_versions():
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("Relu", 14)(lambda x: x)
+    assert registry.lookup("Relu", 5) is None  # schema 1 (before opset 6) is not converted
