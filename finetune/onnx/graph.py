@@ -63,24 +63,26 @@ class Scope(Module):
 class OnnxModule(Module):
     """An imported ONNX graph. ``forward(*inputs)`` takes the graph's inputs in order and returns
     its output (a tuple when the graph has several). ``metadata`` holds the model's
-    ``metadata_props``."""
+    ``metadata_props``. The loader registers the submodules, then sets the walk."""
 
     def __init__(
         self,
-        steps: list[Step],
         inputs: list[GraphInput],
         outputs: list[str],
-        constants: dict[str, str],
         metadata: dict[str, str] | None = None,
         source: str = "<model>",
     ) -> None:
         super().__init__()
-        self._steps = tuple(steps)
         self._graph_inputs = tuple(inputs)
         self._graph_outputs = tuple(outputs)
-        self._constants = dict(constants)  # value name -> attribute holding it
         self.metadata = dict(metadata or {})
         self.source = source
+        self._set_walk([], {})
+
+    def _set_walk(self, steps: list[Step], constants: dict[str, str]) -> None:
+        """The nodes to run, and which attribute holds each constant value the walk reads."""
+        self._steps = tuple(steps)
+        self._constants = dict(constants)
         self._last_use = _last_uses(self._steps, self._graph_outputs)
 
     @property

@@ -144,83 +144,73 @@ def _load_external_data(model: onnx.ModelProto, folder: Path | None, label: str)
 def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
     """Convert a parsed model into an ``OnnxModule`` (weights trainable; ``load`` freezes them)."""
     _load_converters()
-    graph = model.graph
     opset = _default_opset(model, label)
     _check(model, label)
-    _refuse_unsupported(graph, opset, label)
-    initializers = _initializers(graph, label)
-    constants = dict(initializers)
-    constants.update(_constant_node_values(graph))
-    ranks = _ranks(model)
-    root = OnnxModule([], [], [], {})
-    steps: list[Step] = []
-    nodes = list(graph.node)
-    graph_outputs = {o.name for o in graph.output}
-    fused = fuse_matmul_add(nodes, constants, graph_outputs)
-    skip: set[int] = set()
-    for index, node in enumerate(nodes):
-        if index in skip:
-            continue
-        if index in fused:
-            partner, built, weight_name = fused[index]
-            skip.add(partner)
-            last = nodes[partner]
-            path = _place(root, node, weight_name, index, built)
-            steps.append(
-                Step(
-                    node.name or last.name,
-                    "MatMul+Add",
-                    (node.input[0],),
-                    tuple(last.output),
-                    built.call,
-                    path,
+    _refuse_unsupported(model.graph, opset, label)
+    return _Importer(model, opset, label).run()
+
+
+class _Importer:
+    """Turns each node into a step of the walk, and nodes with weights into submodules."""
+
+    def __init__(self, model: onnx.ModelProto, opset: int, label: str) -> None:
+        graph = model.graph
+        self.opset = opset
+        self.nodes = list(graph.node)
+        self.initializers = _initializers(graph, label)
+        self.constants = {**self.initializers, **_constant_node_values(graph)}
+        self.ranks = _ranks(model)
+        self.outputs = [o.name for o in graph.output]
+        inputs = [_graph_input(v) for v in graph.input if v.name not in self.initializers]
+        metadata = {p.key: p.value for p in model.metadata_props}
+        self.module = OnnxModule(inputs, self.outputs, metadata, label)
+
+    def run(self) -> OnnxModule:
+        fused = fuse_matmul_add(self.nodes, self.constants, set(self.outputs))
+        absorbed = {add for add, _, _ in fused.values()}
+        steps = []
+        for index, node in enumerate(self.nodes):
+            if index in fused:
+                add, built, weight = fused[index]
+                path = self._place(node, weight, index, built)
+                outputs = tuple(self.nodes[add].output)
+                steps.append(
+                    Step(node.name, "MatMul+Add", (node.input[0],), outputs, built.call, path)
                 )
-            )
-            continue
-        converter = converter_for(node, opset)
+            elif index not in absorbed:
+                steps.append(self._step(index, node))
+        read = {name for step in steps for name in step.inputs} | set(self.outputs)
+        kept = {n: a for n, a in self.initializers.items() if n in read}
+        self.module._set_walk(steps, _register_constants(self.module, kept))
+        return self.module
+
+    def _step(self, index: int, node: onnx.NodeProto) -> Step:
+        converter = converter_for(node, self.opset)
         attributes = _attributes(node)
         built = None
         if converter.module is not None:
             view = NodeView(
                 node,
-                opset,
+                self.opset,
                 attributes,
-                tuple(constants.get(name) if name else None for name in node.input),
-                tuple(ranks.get(name) for name in node.input),
+                tuple(self.constants.get(name) if name else None for name in node.input),
+                tuple(self.ranks.get(name) for name in node.input),
             )
             built = converter.module(view)
-        if built is not None:
-            weight = next(
-                (node.input[i] for i in range(1, len(node.input)) if node.input[i] in initializers),
-                None,
-            )
-            path = _place(root, node, weight, index, built)
-            used = tuple(node.input[i] if i < len(node.input) else "" for i in built.inputs)
-            steps.append(Step(node.name, node.op_type, used, tuple(node.output), built.call, path))
-        else:
+        outputs = tuple(node.output)
+        if built is None:
             if converter.wants_output_count():
                 attributes["_outputs"] = len(node.output)
             run = functools.partial(converter.run, **attributes)
-            steps.append(Step(node.name, node.op_type, tuple(node.input), tuple(node.output), run))
-    still_read = {n for s in steps for n in s.inputs} | graph_outputs
-    kept = {n: a for n, a in initializers.items() if n in still_read}
-    attributes = _register_constants(root, kept)
-    inputs = [_graph_input(v) for v in graph.input if v.name not in initializers]
-    module = OnnxModule(
-        steps,
-        inputs,
-        [o.name for o in graph.output],
-        attributes,
-        {p.key: p.value for p in model.metadata_props},
-        label,
-    )
-    for name, child in root._modules.items():
-        module.add_module(name, child)
-    for name, param in root._parameters.items():
-        module.register_parameter(name, param)
-    for name, buffer in root._buffers.items():
-        module.register_buffer(name, buffer, persistent=False)
-    return module
+            return Step(node.name, node.op_type, tuple(node.input), outputs, run)
+        weight = next((n for n in node.input[1:] if n in self.initializers), None)
+        path = self._place(node, weight, index, built)
+        used = tuple(node.input[i] if i < len(node.input) else "" for i in built.inputs)
+        return Step(node.name, node.op_type, used, outputs, built.call, path)
+
+    def _place(self, node: onnx.NodeProto, weight: str | None, index: int, built: Built) -> str:
+        path = naming.candidate_path(node.name, node.op_type, weight, index)
+        return naming.place(self.module, path, built.module, Scope)
 
 
 def _default_opset(model: onnx.ModelProto, label: str) -> int:
@@ -343,15 +333,9 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return values
 
 
-def _place(
-    root: OnnxModule, node: onnx.NodeProto, weight: str | None, index: int, built: Built
-) -> str:
-    path = naming.candidate_path(node.name, node.op_type, weight, index)
-    return naming.place(root, path, built.module, Scope)
-
-
 def _register_constants(root: OnnxModule, arrays: dict[str, np.ndarray]) -> dict[str, str]:
-    """Initializers that no module absorbed: float ones become parameters, others buffers."""
+    """Initializers that no module absorbed: float ones become parameters, others
+    non-persistent buffers. Returns value name → attribute name."""
     attributes = {}
     for name, array in arrays.items():
         attribute, n = naming.sanitise(name), 0
