@@ -6,6 +6,8 @@ its running statistics as buffers; ONNX's ``momentum`` is PyTorch's ``1 - moment
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 
 from ... import functions as fn
@@ -32,6 +34,11 @@ def _normalise(x, scale, bias, mean, var, epsilon, spatial=1):
     return fn.add(fn.mul(fn.sub(x, mean), inv), bias)
 
 
+def _decimal(value: float) -> Decimal:
+    """A float32 attribute as the decimal it was written as (``1e-05``, not 9.99999974e-06)."""
+    return Decimal(str(np.float32(value)))
+
+
 def _batch_norm_module(view: NodeView) -> Built | None:
     stats = [view.constant(i) for i in range(1, 5)]
     a = view.attributes
@@ -43,8 +50,9 @@ def _batch_norm_module(view: NodeView) -> Built | None:
     if rank not in (2, 3, 4):
         return None
     scale, bias, mean, var = stats
+    eps, momentum = _decimal(a.get("epsilon", 1e-5)), _decimal(a.get("momentum", 0.9))
     layer = (BatchNorm2d if rank == 4 else BatchNorm1d)(
-        scale.shape[0], eps=float(a.get("epsilon", 1e-5)), momentum=1 - a.get("momentum", 0.9)
+        scale.shape[0], eps=float(eps), momentum=float(1 - momentum)
     )
     layer.weight = Parameter(np.ascontiguousarray(scale))
     layer.bias = Parameter(np.ascontiguousarray(bias))
