@@ -6,6 +6,7 @@ The surface reads like PyTorch on purpose: ``import finetune as torch`` runs PyT
 from __future__ import annotations
 
 from . import dtypes
+from ._printing import set_printoptions
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     BoolTensor,

@@ -151,13 +151,15 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False, dev
 def linspace(start, end, steps: int, dtype=None, requires_grad: bool = False) -> Tensor:
     """Evenly spaced points, computed as PyTorch does (from both ends, in float32)."""
     np_dtype = _float_dtype(dtype)
-    idx = np.arange(steps, dtype=np_dtype)
+    idx = np.arange(steps, dtype=np.float64)
     step = np_dtype.type((end - start) / (steps - 1)) if steps > 1 else np_dtype.type(0)
-    half = steps // 2
+    # PyTorch's kernel fuses multiply-add (one rounding); a float32 step times an index is exact
+    # in float64, so computing there and rounding once reproduces it (-2.9802e-08, not 0.).
+    step = np.float64(step)
     out = np.where(
-        idx < half,
-        np_dtype.type(start) + step * idx,
-        np_dtype.type(end) - step * (steps - 1 - idx),
+        idx < steps // 2,
+        np.float64(np_dtype.type(start)) + step * idx,
+        np.float64(np_dtype.type(end)) - step * (steps - 1 - idx),
     ).astype(np_dtype)
     return _new(out, requires_grad)
 
