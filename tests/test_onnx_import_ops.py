@@ -204,3 +204,16 @@ def test_registry_refuses_a_duplicate_and_unknown_schema_versions():
     with pytest.raises(ValueError, match="already registered"):
         registry.register("Relu", 14)(lambda x: x)
     assert registry.lookup("Relu", 5) is None  # schema 1 (before opset 6) is not converted
+
+
+NOT_DIFFERENTIABLE = {"cast_roundtrip"}  # casts back to float32 on purpose
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[0] not in NOT_DIFFERENTIABLE], ids=lambda c: c[0]
+)
+def test_gradients_through_the_converted_op(case):
+    model = ft.onnx.load(_model(*case[1:]), freeze=False).double()
+    x = np.random.default_rng(7).standard_normal((2, *case[2]))
+    inputs = (ft.tensor(x, requires_grad=True), *model.parameters())
+    assert ft.autograd.gradcheck(lambda x, *weights: model(x), inputs)

@@ -10,7 +10,7 @@ from ... import functions as fn
 from ...autograd import ops
 from ...nn import functional as F
 from ..registry import register
-from ._common import axis_of, scalar
+from ._common import axis_of
 
 
 @register("Relu", 6, 13, 14)
@@ -41,8 +41,13 @@ def clip_6(x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):  # noqa
 
 @register("Clip", 11, 12, 13)
 def clip(x, min=None, max=None):  # noqa: A002
-    """From opset 11 the bounds are optional inputs (either may be omitted)."""
-    return ops.Clamp.apply(x, min=scalar(min), max=scalar(max))
+    """From opset 11 the bounds are optional inputs (either may be omitted); gradients reach
+    them too, since an imported bound may be a trainable weight."""
+    if min is not None:
+        x = fn.maximum(x, min)
+    if max is not None:
+        x = fn.minimum(x, max)
+    return x
 
 
 def _coerced(x, axis: int, op):
