@@ -1,6 +1,7 @@
 """``finetune.onnx.load``: module tree, freezing, head replacement, gradients, and every error a
 file can cause."""
 
+import copy
 import io
 
 import numpy as np
@@ -277,3 +278,28 @@ def test_inputs_that_do_not_match_the_graph_are_refused(cnn):
         model(ft.zeros(1, 3, 8, 8), ft.zeros(1))
     with pytest.raises(OnnxImportError, match=r"input 'x' expects shape \['\?', 3, 8, 8\]"):
         model(ft.zeros(1, 4, 8, 8))
+
+
+def test_loose_float_weights_are_frozen_parameters_and_int_constants_are_not_state():
+    model = make_model(
+        [helper.make_node("Mul", ["x", "block.scale"], ["m"]),
+         helper.make_node("Reshape", ["m", "shape"], ["y"])],
+        [value_info("x", ["N", 2, 3])],
+        [value_info("y", ["N", 6])],
+        [initializer("block.scale", np.full(3, 2.0, np.float32)),
+         initializer("shape", np.array([0, -1], np.int64))],
+    )
+    imported = ft.onnx.load(model)
+    params = dict(imported.named_parameters())
+    assert list(params) == ["block_scale"] and not params["block_scale"].requires_grad
+    assert list(imported.state_dict()) == ["block_scale"]
+    out = imported(ft.ones(4, 2, 3))
+    np.testing.assert_array_equal(out.numpy(), np.full((4, 6), 2.0, np.float32))
+
+
+def test_a_deep_copy_runs_independently(cnn):
+    model = ft.onnx.load(cnn)
+    twin = copy.deepcopy(model)
+    twin.fc.bias.data = twin.fc.bias.data + 1
+    x = ft.from_numpy(_input())
+    np.testing.assert_allclose(twin(x).numpy(), model(x).numpy() + 1, atol=1e-6)
