@@ -1,4 +1,4 @@
-"""The structured ResNet-18: torchvision's module tree, parameter names, counts and initialisation."""
+"""The structured ResNet-18: torchvision's module tree, parameter names and initialisation."""
 
 from __future__ import annotations
 
@@ -18,8 +18,18 @@ def model():
 
 def test_top_level_children_are_torchvisions(model):
     names = [name for name, _ in model.named_children()]
-    assert names == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
-                     "avgpool", "fc"]
+    assert names == [
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "avgpool",
+        "fc",
+    ]
     assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d)
     assert model.fc.in_features == 512 and model.fc.out_features == 1000
 
@@ -49,8 +59,14 @@ def test_blocks_and_downsample_where_torchvision_has_them(model):
 def test_state_dict_keys_follow_torchvision(model):
     keys = list(model.state_dict())
     assert len(keys) == 122  # 62 parameters, 60 BatchNorm buffers
-    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
-                        "bn1.running_var", "bn1.num_batches_tracked"]
+    assert keys[:6] == [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+    ]
     assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.running_var" in keys
     assert keys[-2:] == ["fc.weight", "fc.bias"]
 

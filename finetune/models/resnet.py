@@ -46,7 +46,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The ImageNet ResNet of BasicBlocks: a 7x7 stem, four stages, global pooling, a linear head."""
+    """ImageNet ResNet of BasicBlocks: a 7x7 stem, four stages, global pooling, a linear head."""
 
     def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000) -> None:
         super().__init__()
