@@ -74,10 +74,11 @@ def since_version(op_type: str, opset: int, domain: str = "") -> int | None:
 
 def lookup(op_type: str, opset: int, domain: str = "") -> Converter | None:
     """The converter for ``op_type`` at ``opset``, or None when the library has none."""
+    domain = "" if domain == "ai.onnx" else domain
     version = since_version(op_type, opset, domain)
     if version is None:
         return None
-    return _REGISTRY.get((domain or "", op_type, version))
+    return _REGISTRY.get((domain, op_type, version))
 
 
 def supported() -> dict[str, tuple[int, ...]]:
@@ -123,6 +124,11 @@ class NodeView:
         return i < len(self.node.input) and self.node.input[i] != ""
 
 
+def call_module(module, x):
+    """The usual call: the module on the node's first input."""
+    return module(x)
+
+
 @dataclass(frozen=True)
 class Built:
     """A node turned into a module: ``call(module, *inputs)`` runs it on the node's inputs listed
@@ -130,13 +136,4 @@ class Built:
 
     module: object
     inputs: tuple[int, ...] = (0,)
-    call: Callable = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.call is None:
-            object.__setattr__(self, "call", call_module)
-
-
-def call_module(module, x):
-    """The usual call: the module on the node's first input."""
-    return module(x)
+    call: Callable = call_module

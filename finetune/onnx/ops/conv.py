@@ -8,7 +8,7 @@ import numpy as np
 from ... import functions as fn
 from ...nn.layers.conv import Conv1d, Conv2d
 from ...nn.parameter import Parameter
-from ..registry import Built, NodeView, register
+from ..registry import Built, NodeView, call_module, register
 from ._padding import is_static, spatial_pads
 
 
@@ -45,7 +45,7 @@ def _conv_module(view: NodeView) -> Built | None:
     if is_static(auto_pad):
         pairs = spatial_pads(auto_pad, a.get("pads"), (0,) * n, kernel, strides, dilations)
         if all(lo == hi for lo, hi in pairs):
-            padding, call = tuple(lo for lo, _ in pairs), None
+            padding, call = tuple(lo for lo, _ in pairs), call_module
     layer = (Conv2d if n == 2 else Conv1d)(
         w.shape[1] * group, w.shape[0], kernel, strides, padding, dilations, group, b is not None
     )

@@ -9,7 +9,7 @@ import onnx
 from ... import functions as fn
 from ...nn.layers.linear import Linear
 from ...nn.parameter import Parameter
-from ..registry import Built, NodeView, register
+from ..registry import Built, NodeView, call_module, register
 from ._common import keep_dtype
 
 
@@ -51,7 +51,7 @@ def _gemm_module(view: NodeView) -> Built | None:
         return None
     if bias is not None:
         bias = bias.astype(b.dtype) * np.asarray(a.get("beta", 1.0), b.dtype)
-    call = _transposed_input if a.get("transA", 0) else None
+    call = _transposed_input if a.get("transA", 0) else call_module
     return Built(linear(weight, bias), (0,), call)
 
 
