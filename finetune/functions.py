@@ -246,10 +246,10 @@ def logsumexp(x, dim, keepdim=False):
 
 
 def prod(x, dim=None, keepdim=False):
-    """Product of elements (no gradient: not needed by any layer here)."""
-    data = x._data
-    out = np.prod(data, axis=dim, keepdims=keepdim)
-    return Tensor._from_array(np.asarray(out, dtype=data.dtype))
+    """Product of all elements, or along ``dim``."""
+    if dim is None:
+        return ops.Prod.apply(_t(x))
+    return ops.ProdDim.apply(_t(x), dim=dim, keepdim=keepdim)
 
 
 def softmax(x, dim, dtype=None):

@@ -236,6 +236,9 @@ class MatMul(Function):
         a, b = ctx.saved_tensors
         sa, sb = ctx.shapes
         a_vec, b_vec = len(sa) == 1, len(sb) == 1
+        if a_vec and b_vec:
+            return (grad * b if ctx.needs_input_grad[0] else None,
+                    grad * a if ctx.needs_input_grad[1] else None)
         g = grad
         if a_vec:
             g = np.expand_dims(g, -2)
@@ -669,6 +672,34 @@ class Norm(Function):
             else:
                 local = np.where(n == 0, 0, np.sign(x) * np.abs(x) ** (p - 1) / n ** (p - 1))
         return (g * local).astype(x.dtype)
+
+
+class Prod(Function):
+    """Product over all elements or one dim; the gradient is the product of the *other* elements,
+    computed with exclusive cumulative products so zeros in the input are handled exactly."""
+
+    @staticmethod
+    def forward(ctx, x, dim=None, keepdim=False):
+        ctx.save_for_backward(x)
+        ctx.dim, ctx.keepdim = dim, keepdim
+        return np.asarray(np.prod(x, axis=dim, keepdims=keepdim))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        axis = -1 if ctx.dim is None else ctx.dim
+        moved = x.reshape(-1) if ctx.dim is None else np.moveaxis(x, axis, -1)
+        ones = np.ones(moved.shape[:-1] + (1,), dtype=x.dtype)
+        before = np.cumprod(np.concatenate([ones, moved[..., :-1]], axis=-1), axis=-1)
+        after = np.cumprod(np.concatenate([ones, moved[..., :0:-1]], axis=-1), axis=-1)[..., ::-1]
+        others = before * after
+        others = others.reshape(x.shape) if ctx.dim is None else np.moveaxis(others, -1, axis)
+        axes = None if ctx.dim is None else (ctx.dim % x.ndim,)
+        return _expand_back(grad, x.shape, axes, ctx.keepdim) * others
+
+
+class ProdDim(Prod):
+    name = "ProdBackward1"
 
 
 class LogSumExp(Function):
