@@ -303,3 +303,13 @@ def test_a_deep_copy_runs_independently(cnn):
     twin.fc.bias.data = twin.fc.bias.data + 1
     x = ft.from_numpy(_input())
     np.testing.assert_allclose(twin(x).numpy(), model(x).numpy() + 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("attributes", [{"strides": [0, 1]}, {"dilations": [1]},
+                                        {"pads": [1, 1, -1, 1]}, {"kernel_shape": [2, 2]}])
+def test_impossible_conv_windows_are_refused_at_load(attributes):
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attributes)
+    model = make_model([conv], [value_info("x", ["N", 2, 5, 5])], [value_info("y", ["N", 3, 3, 3])],
+                       [initializer("w", np.zeros((3, 2, 3, 3), np.float32))])
+    with pytest.raises(OnnxImportError, match="Conv|strides|dilations|pads"):
+        ft.onnx.load(model)

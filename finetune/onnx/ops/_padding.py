@@ -1,8 +1,29 @@
-"""ONNX's padding rules for convolution and pooling: explicit ``pads`` or ``auto_pad``."""
+"""ONNX's window rules for convolution and pooling: kernel, strides and dilations per spatial
+dimension, and padding from explicit ``pads`` or ``auto_pad``."""
 
 from __future__ import annotations
 
 from ...errors import OnnxImportError
+
+
+def window(
+    n: int, kernel_shape, strides, dilations
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(kernel, strides, dilations)`` for ``n`` spatial dimensions (strides and dilations
+    default to 1); OnnxImportError unless each has ``n`` positive entries."""
+    values = []
+    for name, given in (
+        ("kernel_shape", kernel_shape),
+        ("strides", strides),
+        ("dilations", dilations),
+    ):
+        value = tuple(int(v) for v in given) if given else (1,) * n
+        if len(value) != n or any(v < 1 for v in value):
+            raise OnnxImportError(
+                f"{name} {list(value)} must have {n} positive entries (one per spatial dimension)"
+            )
+        values.append(value)
+    return values[0], values[1], values[2]
 
 
 def spatial_pads(
@@ -32,7 +53,9 @@ def spatial_pads(
         return ((0, 0),) * n
     if auto_pad != "NOTSET":
         raise OnnxImportError(f"unknown auto_pad {auto_pad!r}")
-    pads = (0,) * (2 * n) if pads is None else tuple(pads)
+    pads = (0,) * (2 * n) if pads is None else tuple(int(p) for p in pads)
+    if len(pads) != 2 * n or any(p < 0 for p in pads):
+        raise OnnxImportError(f"pads {list(pads)} must have {2 * n} non-negative entries")
     return tuple((pads[i], pads[i + n]) for i in range(n))
 
 

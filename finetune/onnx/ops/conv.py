@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functions as fn
+from ...errors import OnnxImportError
 from ...nn.layers.conv import Conv1d, Conv2d
 from ...nn.parameter import Parameter
 from ..registry import Built, NodeView, call_module, register
-from ._padding import is_static, spatial_pads
+from ._padding import is_static, spatial_pads, window
 
 
 class _PadFirst:
@@ -36,9 +37,14 @@ def _conv_module(view: NodeView) -> Built | None:
         return None
     a = view.attributes
     n = w.ndim - 2
-    kernel = tuple(w.shape[2:])
-    strides = tuple(a.get("strides") or (1,) * n)
-    dilations = tuple(a.get("dilations") or (1,) * n)
+    kernel, strides, dilations = window(
+        n, a.get("kernel_shape") or w.shape[2:], a.get("strides"), a.get("dilations")
+    )
+    if kernel != tuple(w.shape[2:]):
+        raise OnnxImportError(
+            f"Conv node {view.node.name!r}: kernel_shape {list(kernel)} does not match its "
+            f"weight of shape {list(w.shape)}"
+        )
     group = a.get("group", 1)
     auto_pad = a.get("auto_pad", "NOTSET")
     padding, call = (0,) * n, _PadFirst(a, kernel, strides, dilations)
@@ -70,9 +76,6 @@ def conv(
 ):
     from ...autograd import conv as kernels
 
-    n = w.ndim - 2
-    kernel = tuple(kernel_shape) if kernel_shape else tuple(w.shape[2:])
-    strides = tuple(strides) if strides else (1,) * n
-    dilations = tuple(dilations) if dilations else (1,) * n
+    kernel, strides, dilations = window(w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations)
     padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
     return kernels.conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)

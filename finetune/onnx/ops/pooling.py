@@ -12,14 +12,11 @@ from ... import functions as fn
 from ...tensor import Tensor
 from ..registry import register
 from ._common import wrap
-from ._padding import spatial_pads
+from ._padding import spatial_pads, window
 
 
 def _window(x, kernel_shape, strides, dilations, auto_pad, pads):
-    n = len(kernel_shape)
-    kernel = tuple(kernel_shape)
-    strides = tuple(strides) if strides else (1,) * n
-    dilations = tuple(dilations) if dilations else (1,) * n
+    kernel, strides, dilations = window(x.ndim - 2, kernel_shape, strides, dilations)
     padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
     return kernel, strides, dilations, padding
 
@@ -145,8 +142,9 @@ def _dilated_average(x, kernel, strides, dilations, padding, ceil_mode, count_in
     padded = fn.pad(x, [p for pair in reversed(grown) for p in pair])
     ones = np.ones((channels, 1, *kernel), dtype=x._data.dtype)
     valid = ((0, 0),) * n
-    sums = kernels.conv(padded, wrap(ones), None, stride=strides, padding=valid,
-                        dilation=dilations, groups=channels)
+    sums = kernels.conv(
+        padded, wrap(ones), None, stride=strides, padding=valid, dilation=dilations, groups=channels
+    )
     mask = np.ones(sizes, dtype=x._data.dtype)
     if count_include_pad:
         mask = np.pad(mask, padding, constant_values=1)
@@ -154,8 +152,15 @@ def _dilated_average(x, kernel, strides, dilations, padding, ceil_mode, count_in
     else:
         extra = grown
     mask = np.pad(mask, extra)[None, None]
-    counts = kernels.conv(wrap(mask), wrap(ones[:1]), None, stride=strides, padding=valid,
-                          dilation=dilations, groups=1)
+    counts = kernels.conv(
+        wrap(mask),
+        wrap(ones[:1]),
+        None,
+        stride=strides,
+        padding=valid,
+        dilation=dilations,
+        groups=1,
+    )
     return fn.div(sums, Tensor._from_array(counts._data))
 
 
