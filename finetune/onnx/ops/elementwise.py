@@ -1,4 +1,8 @@
-"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow (numpy broadcasting) and unary math."""
+"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow (numpy broadcasting) and unary math.
+
+ONNX gives both operands of Add/Sub/Mul/Div one type; they differ only after a model was cast
+(``.double()``) while constants computed in the graph stayed float32, and then the wider wins.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,17 @@ from ._common import keep_dtype, wrap
 
 @register("Add", 7, 13, 14)
 def add(a, b):
-    return keep_dtype(fn.add(a, b), a._data.dtype)
+    return fn.add(a, b)
 
 
 @register("Sub", 7, 13, 14)
 def sub(a, b):
-    return keep_dtype(fn.sub(a, b), a._data.dtype)
+    return fn.sub(a, b)
 
 
 @register("Mul", 7, 13, 14)
 def mul(a, b):
-    return keep_dtype(fn.mul(a, b), a._data.dtype)
+    return fn.mul(a, b)
 
 
 @register("Div", 7, 13, 14)
@@ -31,7 +35,7 @@ def div(a, b):
     if a._data.dtype.kind in "iub":
         with np.errstate(divide="ignore", invalid="ignore"):
             return wrap(np.trunc(np.true_divide(a._data, b._data)).astype(a._data.dtype))
-    return keep_dtype(fn.div(a, b), a._data.dtype)
+    return fn.div(a, b)
 
 
 @register("Pow", 7, 12, 13, 15)
