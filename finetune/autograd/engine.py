@@ -29,10 +29,6 @@ def is_grad_enabled() -> bool:
     return _mode.enabled
 
 
-def set_grad_enabled(mode: bool) -> None:
-    _mode.enabled = bool(mode)
-
-
 class _GradModeContext:
     """Base of ``no_grad`` / ``enable_grad``: a context manager that also decorates functions."""
 
@@ -64,6 +60,29 @@ class enable_grad(_GradModeContext):  # noqa: N801
     """Record the graph again inside a ``no_grad`` block."""
 
     enabled = True
+
+
+class set_grad_enabled(_GradModeContext):  # noqa: N801
+    """Switch recording on or off now; as a context manager or decorator, restore it after."""
+
+    def __init__(self, mode: bool) -> None:
+        self._prev = _mode.enabled
+        self.enabled = bool(mode)
+        _mode.enabled = self.enabled
+
+    def __enter__(self) -> None:
+        pass
+
+    def __call__(self, fn):
+        _mode.enabled = self._prev
+        enabled = self.enabled
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(enabled):
+                return fn(*args, **kwargs)
+
+        return wrapper
 
 
 # -- backward -------------------------------------------------------------------------------

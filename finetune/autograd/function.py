@@ -25,6 +25,7 @@ class Node:
         "next_functions",
         "needs_input_grad",
         "_input_meta",
+        "_output_meta",
         "_saved",
         "_saved_versions",
         "_freed",
