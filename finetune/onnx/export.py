@@ -1,0 +1,394 @@
+"""``finetune.onnx.export``: trace a model's forward and write it as a standard ONNX file.
+
+The forward runs once on the example input, in eval mode under ``no_grad``, with a tracer that
+sees every primitive ``Function`` call. Each call needed for the outputs becomes standard ONNX
+nodes through the emitters in ``export_ops``; parameters and buffers become initializers named by
+their ``state_dict`` keys. A tensor a traced op reads that is none of those, nor an input, nor a
+traced result, was made outside the trace (``torch.ones(...)`` in ``forward``) and is written as
+a constant: if it secretly depends on the input's values or batch size, the file cannot know.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..autograd import engine, nn_ops
+from ..autograd.function import set_tracer
+from ..errors import OnnxExportError
+from ..tensor import Tensor
+from ..utils.atomic import atomic_write
+from . import export_ops
+from .metadata import encode_metadata
+
+_MIN_OPSET = 13
+
+
+@dataclass(frozen=True)
+class Call:
+    """One traced primitive: what ``Function.apply`` was given and what it returned."""
+
+    function: type
+    args: tuple
+    kwargs: dict
+    results: tuple
+
+
+class _Tracer:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    def record(self, function, args, kwargs, results) -> None:
+        self.calls.append(Call(function, tuple(args), dict(kwargs), tuple(results)))
+
+
+def export(
+    model,
+    example_input: Tensor | Sequence[Tensor],
+    path: str | os.PathLike,
+    opset_version: int = 17,
+    input_names: Sequence[str] = ("input",),
+    output_names: Sequence[str] = ("output",),
+    dynamic_batch: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    fold_batchnorm: bool = False,
+) -> onnx.ModelProto:
+    """Write ``model`` as an ONNX file at ``path`` (atomically) and return the ``ModelProto``.
+
+    ``example_input`` is one tensor or a tuple of them (one per ``input_names`` entry). With
+    ``dynamic_batch`` the first dimension of inputs and outputs is the symbol ``batch``.
+    ``metadata`` entries become ``metadata_props`` (see ``finetune.onnx.metadata``);
+    ``fold_batchnorm`` folds an eval BatchNorm that directly follows a convolution into it.
+    """
+    proto = to_onnx(
+        model,
+        example_input,
+        opset_version=opset_version,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_batch=dynamic_batch,
+        metadata=metadata,
+        fold_batchnorm=fold_batchnorm,
+    )
+    data = proto.SerializeToString()
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return proto
+
+
+def to_onnx(
+    model,
+    example_input: Tensor | Sequence[Tensor],
+    opset_version: int = 17,
+    input_names: Sequence[str] = ("input",),
+    output_names: Sequence[str] = ("output",),
+    dynamic_batch: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    fold_batchnorm: bool = False,
+) -> onnx.ModelProto:
+    """The checked ``ModelProto`` ``export`` writes, without touching the disk."""
+    newest = onnx.defs.onnx_opset_version()
+    if not _MIN_OPSET <= opset_version <= newest:
+        raise OnnxExportError(
+            f"opset_version must be between {_MIN_OPSET} and {newest} (the installed onnx's "
+            f"newest), got {opset_version}"
+        )
+    inputs = _as_tensors(example_input)
+    if len(input_names) != len(inputs):
+        raise OnnxExportError(
+            f"{len(inputs)} example input(s) but {len(input_names)} input_names {list(input_names)}"
+        )
+    outputs, calls = _trace(model, inputs)
+    if len(output_names) != len(outputs):
+        raise OnnxExportError(
+            f"the model returned {len(outputs)} output(s) but output_names has "
+            f"{len(output_names)}: {list(output_names)}"
+        )
+    calls = _needed(calls, outputs)
+    builder = _GraphBuilder(opset_version, _batch(inputs) if dynamic_batch else None)
+    builder.name_state(model)
+    if fold_batchnorm:
+        calls = _fold_batchnorm(calls, outputs, builder)
+    graph = builder.build(calls, inputs, list(input_names), outputs, list(output_names))
+    opsets = [helper.make_opsetid("", opset_version)]
+    proto = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="finetune",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    if metadata:
+        helper.set_model_props(proto, encode_metadata(metadata))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise OnnxExportError(f"the exported graph failed onnx.checker: {e}") from e
+    return proto
+
+
+def _as_tensors(example_input) -> list[Tensor]:
+    items = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    tensors = []
+    for item in items:
+        if isinstance(item, Tensor):
+            tensors.append(item)
+        elif isinstance(item, np.ndarray):
+            tensors.append(Tensor._from_array(item))
+        else:
+            raise OnnxExportError(
+                f"example_input must be a Tensor (or a tuple of them), got {type(item).__name__}"
+            )
+    return tensors
+
+
+def _batch(inputs: list[Tensor]) -> int | None:
+    shape = inputs[0]._data.shape
+    return shape[0] if shape else None
+
+
+def _trace(model, inputs: list[Tensor]) -> tuple[list[Tensor], list[Call]]:
+    """Run ``model`` once in eval mode with the tracer installed; restore every module's mode."""
+    modules = list(model.modules()) if hasattr(model, "modules") else []
+    modes = [m.training for m in modules]
+    tracer = _Tracer()
+    previous = set_tracer(tracer)
+    try:
+        if modules:
+            model.eval()
+        with engine.no_grad():
+            result = model(*inputs)
+    finally:
+        set_tracer(previous)
+        for module, mode in zip(modules, modes):
+            object.__setattr__(module, "training", mode)
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    for out in outputs:
+        if not isinstance(out, Tensor):
+            raise OnnxExportError(
+                f"the model must return a Tensor or a tuple of Tensors, got {type(out).__name__}"
+            )
+    return outputs, tracer.calls
+
+
+def _needed(calls: list[Call], outputs: list[Tensor]) -> list[Call]:
+    """The calls the outputs depend on, in trace order; the rest (dead code) is not exported."""
+    wanted = {id(t) for t in outputs}
+    kept = []
+    for call in reversed(calls):
+        if any(id(r) in wanted for r in call.results):
+            kept.append(call)
+            wanted.update(id(a) for a in call.args if isinstance(a, Tensor))
+    return kept[::-1]
+
+
+def _fold_batchnorm(calls: list[Call], outputs: list[Tensor], builder: _GraphBuilder) -> list[Call]:
+    """Replace each convolution whose only reader is an eval BatchNorm by one folded convolution.
+
+    ``bn(conv(x, w, b)) = conv(x, w * s, (b - mean) * s + beta)`` with ``s = gamma / sqrt(var +
+    eps)``. The folded weights keep the convolution's names.
+    """
+    from ..autograd import conv
+
+    readers: dict[int, int] = {}
+    for call in calls:
+        for a in call.args:
+            if isinstance(a, Tensor):
+                readers[id(a)] = readers.get(id(a), 0) + 1
+    produced_by = {id(r): i for i, call in enumerate(calls) for r in call.results}
+    folded: dict[int, Call] = {}
+    dropped: set[int] = set()
+    output_ids = {id(t) for t in outputs}
+    for i, call in enumerate(calls):
+        if not issubclass(call.function, nn_ops.BatchNormEval):
+            continue
+        source = call.args[0]
+        j = produced_by.get(id(source))
+        if j is None or not issubclass(calls[j].function, conv.Convolution):
+            continue
+        if readers.get(id(source)) != 1 or id(source) in output_ids:
+            continue
+        folded[j] = _folded_convolution(calls[j], call, builder)
+        dropped.add(i)
+    return [folded.get(i, call) for i, call in enumerate(calls) if i not in dropped]
+
+
+def _folded_convolution(conv_call: Call, bn_call: Call, builder: _GraphBuilder) -> Call:
+    x, weight = conv_call.args[0], conv_call.args[1]
+    bias = conv_call.args[2] if len(conv_call.args) > 2 else None
+    _, gamma, beta, mean, var = bn_call.args
+    w = weight._data.astype(np.float64)
+    channels = w.shape[0]
+    scale = 1.0 / np.sqrt(var._data.astype(np.float64) + bn_call.kwargs["eps"])
+    if gamma is not None:
+        scale = scale * gamma._data
+    shift = -mean._data * scale
+    if beta is not None:
+        shift = shift + beta._data
+    if bias is not None:
+        shift = shift + bias._data * scale
+    dtype = weight._data.dtype
+    per_channel = scale.reshape(channels, *([1] * (w.ndim - 1)))
+    new_weight = Tensor._from_array((w * per_channel).astype(dtype))
+    new_bias = Tensor._from_array(shift.astype(dtype))
+    weight_name = builder.state_names.get(id(weight))
+    if weight_name is not None:
+        builder.claim(new_weight, weight_name)
+        stem = weight_name.removesuffix("weight") if weight_name.endswith("weight") else ""
+        bias_name = builder.state_names.get(id(bias)) or (stem + "bias" if stem else None)
+        builder.claim(new_bias, bias_name or builder.fresh(weight_name + "_folded_bias"))
+    return Call(conv_call.function, (x, new_weight, new_bias), conv_call.kwargs, bn_call.results)
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers; hands out names for tensors, constants and results."""
+
+    def __init__(self, opset: int, batch: int | None) -> None:
+        self.opset = opset
+        self.batch = batch
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.state_names: dict[int, str] = {}
+        self._names: dict[int, str] = {}
+        self._state: dict[int, Tensor] = {}
+        self._used_state: set[int] = set()
+        self._taken: set[str] = set()
+        self._ints: dict[tuple, str] = {}
+        self._counts: dict[str, int] = {}
+        self._keep: list = []
+
+    # -- names ---------------------------------------------------------------------------------
+    def name_state(self, model) -> None:
+        """Parameters and buffers are written under their ``state_dict`` keys, when first read."""
+        named = []
+        if hasattr(model, "named_parameters"):
+            named = [*model.named_parameters(), *model.named_buffers()]
+        for key, tensor in named:
+            self.state_names[id(tensor)] = key
+            self._state[id(tensor)] = tensor
+            self._taken.add(key)
+
+    def claim(self, tensor: Tensor, name: str) -> None:
+        """Write ``tensor`` as an initializer called ``name`` (a folded weight keeps its name)."""
+        self._keep.append(tensor)
+        self.state_names[id(tensor)] = name
+        self._state[id(tensor)] = tensor
+        self._taken.add(name)
+
+    def fresh(self, stem: str) -> str:
+        while True:
+            n = self._counts.get(stem, 0)
+            self._counts[stem] = n + 1
+            name = f"{stem}_{n}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def name_of(self, value) -> str:
+        """The graph name of a traced tensor, a parameter, or a constant (written on first use)."""
+        if isinstance(value, Tensor):
+            key = id(value)
+            if key in self._names:
+                return self._names[key]
+            if key in self._state:
+                name = self.state_names[key]
+                self.initializers.append(numpy_helper.from_array(np.asarray(value._data), name))
+            else:
+                name = self.constant(value._data)
+            self._keep.append(value)
+            self._names[key] = name
+            return name
+        return self.constant(np.asarray(value))
+
+    def operand(self, value, dtype: np.dtype) -> str:
+        """``name_of(value)`` as ``dtype``: a Python scalar becomes a constant, a tensor a Cast."""
+        if not isinstance(value, Tensor):
+            return self.constant(np.asarray(value, dtype=dtype))
+        name = self.name_of(value)
+        if value._data.dtype != dtype:
+            name = self.node("Cast", [name], to=self.onnx_type(dtype))[0]
+        return name
+
+    def constant(self, array: np.ndarray) -> str:
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def ints(self, values: Sequence[int]) -> str:
+        """A 1-D int64 constant (shapes, axes, pads), shared between nodes that use the same one."""
+        key = tuple(int(v) for v in values)
+        if key not in self._ints:
+            self._ints[key] = self.constant(np.asarray(key, dtype=np.int64))
+        return self._ints[key]
+
+    @staticmethod
+    def onnx_type(dtype: np.dtype) -> int:
+        return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def node(
+        self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | None = None, **attrs
+    ) -> list[str]:
+        """Append one node; fresh output names unless ``outputs`` gives them."""
+        name = self.fresh(op_type)
+        outputs = list(outputs) if outputs is not None else [f"{name}_output"]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
+        return outputs
+
+    def reduce(self, op_type, x: str, axes, keepdims: bool, outputs) -> list[str]:
+        """A Reduce* node; its axes are an input from ReduceSum 13 and the others' opset 18."""
+        axes_input = op_type == "ReduceSum" or self.opset >= 18
+        if axes is None:
+            return self.node(op_type, [x], outputs, keepdims=int(keepdims))
+        if axes_input:
+            return self.node(op_type, [x, self.ints(axes)], outputs, keepdims=int(keepdims))
+        return self.node(op_type, [x], outputs, axes=list(axes), keepdims=int(keepdims))
+
+    # -- the graph -----------------------------------------------------------------------------
+    def build(self, calls, inputs, input_names, outputs, output_names) -> onnx.GraphProto:
+        for tensor, name in zip(inputs, input_names):
+            self._names[id(tensor)] = name
+            self._taken.add(name)
+        self._taken.update(output_names)
+        produced = {id(r) for call in calls for r in call.results}
+        assigned: dict[int, str] = {}
+        for tensor, name in zip(outputs, output_names):
+            if id(tensor) in produced and id(tensor) not in assigned:
+                assigned[id(tensor)] = name
+        for call in calls:
+            emit = export_ops.emitter_for(call.function)
+            if emit is None:
+                raise OnnxExportError(
+                    f"cannot export {export_ops.describe(call.function)}: no ONNX form is "
+                    f"known for it (inputs {[list(np.shape(_data(a))) for a in call.args]})"
+                )
+            stem = call.function.__name__.lower()
+            outs = [assigned.get(id(r)) or self.fresh(stem) for r in call.results]
+            emit(self, call, outs)
+            for r, name in zip(call.results, outs):
+                self._names[id(r)] = name
+        for tensor, name in zip(outputs, output_names):
+            if self.name_of(tensor) != name:
+                self.node("Identity", [self.name_of(tensor)], [name])
+        return helper.make_graph(
+            self.nodes,
+            "finetune",
+            [self._value_info(t, n) for t, n in zip(inputs, input_names)],
+            [self._value_info(t, n) for t, n in zip(outputs, output_names)],
+            initializer=self.initializers,
+        )
+
+    def _value_info(self, tensor: Tensor, name: str) -> onnx.ValueInfoProto:
+        shape: list = list(tensor._data.shape)
+        if self.batch is not None and shape and shape[0] == self.batch:
+            shape[0] = "batch"
+        return helper.make_tensor_value_info(name, self.onnx_type(tensor._data.dtype), shape)
+
+
+def _data(value):
+    return value._data if isinstance(value, Tensor) else value
