@@ -8,10 +8,24 @@ loads a ResNet-18 ONNX graph of any common layout into the same module tree, eve
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from . import registry
+from .download import cache_dir, fetch
+from .registry import PRETRAINED, imagenet_classes
 from .resnet import BasicBlock, ResNet
+from .resnet_onnx import load_resnet18
 
-__all__ = ["BasicBlock", "ResNet", "resnet18"]
+__all__ = [
+    "PRETRAINED",
+    "BasicBlock",
+    "ResNet",
+    "cache_dir",
+    "download",
+    "imagenet_classes",
+    "load_resnet18",
+    "resnet18",
+]
 
 
 def resnet18(
@@ -21,6 +35,28 @@ def resnet18(
     progress: bool = True,
     url: str | None = None,
 ) -> ResNet:
-    """torchvision's ResNet-18; with ``weights`` (an .onnx path) or ``pretrained`` its weights
-    come from that file, frozen, and ``num_classes`` is the file's."""
+    """torchvision's ResNet-18. With ``weights`` (a ResNet-18 .onnx file) or ``pretrained`` (the
+    zoo's resnet18-v1-7, downloaded once) its weights come from that file, frozen, in eval mode,
+    and the number of classes is the file's."""
+    if weights is not None and pretrained:
+        raise ValueError("pass either weights= (a local .onnx file) or pretrained=True, not both")
+    if pretrained:
+        weights = download("resnet18", progress=progress, url=url)
+    if weights is not None:
+        return load_resnet18(weights)
     return ResNet((2, 2, 2, 2), num_classes=num_classes)
+
+
+def download(
+    name: str,
+    dest: str | os.PathLike | None = None,
+    progress: bool = True,
+    url: str | None = None,
+) -> Path:
+    """Path of the registry's file ``name`` in ``dest`` (default: ``cache_dir()``), downloaded
+    unless a verified copy is there. ``url`` or ``$FINETUNE_MODEL_URL`` replaces the mirrors."""
+    entry = registry.pretrained(name)
+    override = url or os.environ.get("FINETUNE_MODEL_URL")
+    urls = (override,) if override else entry.urls
+    folder = Path(dest).expanduser() if dest is not None else cache_dir()
+    return fetch(urls, folder / entry.file, entry.sha256, entry.bytes, progress=progress)

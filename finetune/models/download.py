@@ -1,0 +1,148 @@
+"""Fetch a pretrained file once: streamed, retried, checked by sha256, cached.
+
+The bytes go to ``<file>.part`` and are renamed into place only after their sha256 matches, so
+the cache never holds a partial or wrong file. Connection errors, timeouts and 5xx answers are
+retried with exponential backoff; a 4xx moves on to the next URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from ..errors import DownloadError
+
+TIMEOUT = (10.0, 60.0)  # seconds to connect, seconds between bytes
+RETRIES = 4  # attempts per URL
+BACKOFF = 1.0  # seconds before the first retry, doubled after each
+_CHUNK = 1 << 20
+
+_verified: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256
+
+
+def cache_dir() -> Path:
+    """``$FINETUNE_HOME`` if set, else ``~/.cache/finetune``."""
+    home = os.environ.get("FINETUNE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "finetune"
+
+
+def offline() -> bool:
+    """True when ``FINETUNE_OFFLINE`` is set to anything but ``0``/empty."""
+    return os.environ.get("FINETUNE_OFFLINE", "") not in ("", "0")
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, memoised by path, mtime and size so a cached file is hashed once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _verified:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+        _verified[key] = digest.hexdigest()
+    return _verified[key]
+
+
+def is_valid(path: Path, sha256: str, size: int | None = None) -> bool:
+    """True when ``path`` exists with the expected size (checked first, cheaply) and sha256."""
+    if not path.is_file() or (size is not None and path.stat().st_size != size):
+        return False
+    return sha256_of(path) == sha256
+
+
+def fetch(
+    urls: Sequence[str],
+    dest: Path,
+    sha256: str,
+    size: int | None = None,
+    progress: bool = True,
+    timeout: float | tuple[float, float] = TIMEOUT,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF,
+) -> Path:
+    """Return ``dest`` holding the file with ``sha256``, downloading it from the first URL that
+    answers unless a valid copy is already there. Raises ``DownloadError`` otherwise."""
+    dest = Path(dest)
+    if is_valid(dest, sha256, size):
+        return dest
+    if offline():
+        raise DownloadError(f"FINETUNE_OFFLINE is set and {_by_hand(urls, dest, sha256)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    failures = []
+    for url in urls:
+        try:
+            _stream(url, part, size, progress, timeout, max(1, retries), backoff)
+        except _Unreachable as why:
+            part.unlink(missing_ok=True)
+            failures.append(f"{url}: {why}")
+            continue
+        got = sha256_of(part)
+        if got != sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{url} sent a file with sha256 {got}, expected {sha256}; nothing was saved"
+            )
+        os.replace(part, dest)
+        stat = dest.stat()
+        _verified[(str(dest.resolve()), stat.st_mtime_ns, stat.st_size)] = got
+        return dest
+    tried = "\n  ".join(failures)
+    raise DownloadError(
+        f"could not download {dest.name}:\n  {tried}\n{_by_hand(urls, dest, sha256)}"
+    )
+
+
+class _Unreachable(Exception):
+    """This URL did not deliver the file (after its retries); the next one may."""
+
+
+def _stream(url, part, size, progress, timeout, retries, backoff) -> None:
+    """Download ``url`` into ``part``; retry connection errors, short reads and 5xx answers."""
+    for attempt in range(retries):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                if 400 <= response.status_code < 500:
+                    raise _Unreachable(f"HTTP {response.status_code}")
+                if response.status_code >= 500:
+                    why = f"HTTP {response.status_code}"
+                    continue
+                response.raise_for_status()
+                expected = int(response.headers.get("Content-Length", 0)) or size
+                written = _write(response, part, expected, progress)
+            if size is not None and written != size:
+                why = f"got {written} bytes, expected {size} (truncated transfer)"
+                continue
+            return
+        except requests.RequestException as error:
+            why = f"{type(error).__name__}: {error}"
+    raise _Unreachable(f"{why} (after {retries} attempts)")
+
+
+def _write(response: requests.Response, part: Path, total: int | None, progress: bool) -> int:
+    written = 0
+    with open(part, "wb") as f, tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
+        disable=not progress, leave=False,
+    ) as bar:  # fmt: skip
+        for chunk in response.iter_content(_CHUNK):
+            f.write(chunk)
+            written += len(chunk)
+            bar.update(len(chunk))
+    return written
+
+
+def _by_hand(urls: Sequence[str], dest: Path, sha256: str) -> str:
+    return (
+        f"{dest.name} is not in {dest.parent}. Download it yourself from {urls[0]} and save it "
+        f"as {dest} (sha256 {sha256}), or pass weights='path/to/{dest.name}'"
+    )
