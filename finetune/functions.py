@@ -232,7 +232,9 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    return ops.Std.apply(x, dim=dim, correction=correction, keepdim=keepdim)
 
 
 def norm(x, p="fro", dim=None, keepdim=False):
@@ -413,19 +415,25 @@ def getitem(x, index):
     from .tensor import _unwrap_index
 
     index = _unwrap_index(index)
-    if isinstance(index, (int, np.integer)):
-        return ops.Select.apply(x, index=index)
-    if isinstance(index, slice):
-        return ops.Slice.apply(x, index=index)
-    if isinstance(index, tuple) and all(
-        isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in index
-    ):
-        if all(isinstance(i, (int, np.integer)) for i in index):
-            return ops.Select.apply(x, index=index)
-        return ops.Slice.apply(x, index=index)
+    parts = index if isinstance(index, tuple) else (index,)
+    if all(isinstance(i, (slice, int, np.integer)) or i is None or i is Ellipsis for i in parts):
+        return _basic_index_op(parts).apply(x, index=index)
     if isinstance(index, list):
         index = np.asarray(index)
     return ops.Index.apply(x, index=index)
+
+
+def _basic_index_op(parts: tuple) -> type:
+    """PyTorch names basic indexing after its last non-trivial step (full ``:`` slices are skipped)."""
+    op = ops.Slice
+    for part in parts:
+        if part is None:
+            op = ops.IndexUnsqueeze
+        elif isinstance(part, (int, np.integer)):
+            op = ops.Select
+        elif isinstance(part, slice) and part != slice(None):
+            op = ops.Slice
+    return op
 
 
 def index_put(x, index, value):

@@ -143,8 +143,7 @@ def _add_into(buffers: dict, node, nr: int, n_outputs: int, grad: np.ndarray) ->
 
 
 def _n_outputs(node) -> int:
-    meta = node.__dict__.get("_output_meta")
-    return len(meta) if meta else 1
+    return len(node._output_meta) or 1
 
 
 def run_backward(

@@ -36,6 +36,7 @@ class Node:
 
     def __init__(self) -> None:
         self.next_functions: tuple = ()
+        self._output_meta: tuple = ()
         self._saved: tuple = ()
         self._saved_versions: tuple = ()
         self._freed = False

@@ -630,6 +630,21 @@ class Var(Function):
         return g * centered * centered.dtype.type(2.0 / ctx.denom)
 
 
+class Std(Var):
+    """The square root of ``Var``, recorded as one node as PyTorch does (``StdBackward0``)."""
+
+    @staticmethod
+    def forward(ctx, x, dim=None, correction=1, keepdim=False):
+        out = np.sqrt(Var.forward(ctx, x, dim, correction, keepdim))
+        ctx.out = out
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return Var.backward(ctx, grad / (2 * ctx.out))
+
+
 class Norm(Function):
     """The vector p-norm over all elements or the given dims (``LinalgVectorNormBackward0``)."""
 
@@ -902,6 +917,12 @@ class Select(Index):
 
 class Slice(Index):
     name = "SliceBackward0"
+
+
+class IndexUnsqueeze(Index):
+    """Basic indexing whose last non-trivial step inserts an axis (``x[..., None]``)."""
+
+    name = "UnsqueezeBackward0"
 
 
 def _is_advanced(index) -> bool:
