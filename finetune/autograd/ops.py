@@ -525,13 +525,17 @@ class SumDim(Sum):
     name = "SumBackward1"
 
 
+_TORCH_DTYPE_NAMES = {"int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char",
+                      "uint8": "Byte", "bool": "Bool"}
+
+
 class Mean(Function):
     @staticmethod
     def forward(ctx, x, dim=None, keepdim=False):
         if x.dtype.kind not in "fc":
-            raise TypeError(
+            raise ShapeError(  # PyTorch raises RuntimeError; ShapeError is one (and a ValueError)
                 f"mean(): could not infer output dtype. Input dtype must be either a floating "
-                f"point or complex dtype. Got: {x.dtype}"
+                f"point or complex dtype. Got: {_TORCH_DTYPE_NAMES.get(x.dtype.name, x.dtype.name)}"
             )
         ctx.shape = x.shape
         ctx.axes = _axes(dim, x.ndim)
