@@ -9,38 +9,39 @@ import numpy as np
 from ... import functions as fn
 from ...autograd import ops
 from ...nn import functional as F
+from ...tensor import Tensor
 from ..registry import register
 from ._common import axis_of
 
 
 @register("Relu", 6, 13, 14)
-def relu(x):
+def relu(x: Tensor) -> Tensor:
     return fn.relu(x)
 
 
 @register("LeakyRelu", 6, 16)
-def leaky_relu(x, *, alpha=0.01):
+def leaky_relu(x: Tensor, *, alpha=0.01) -> Tensor:
     return F.leaky_relu(x, alpha)
 
 
 @register("Sigmoid", 6, 13)
-def sigmoid(x):
+def sigmoid(x: Tensor) -> Tensor:
     return fn.sigmoid(x)
 
 
 @register("Tanh", 6, 13)
-def tanh(x):
+def tanh(x: Tensor) -> Tensor:
     return fn.tanh(x)
 
 
 @register("Clip", 6)
-def clip_6(x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):  # noqa: A002
+def clip_6(x: Tensor, *, min=-3.4028234663852886e38, max=3.4028234663852886e38) -> Tensor:
     """Before opset 11 the bounds are attributes."""
     return ops.Clamp.apply(x, min=min, max=max)
 
 
 @register("Clip", 11, 12, 13)
-def clip(x, min=None, max=None):  # noqa: A002
+def clip(x: Tensor, min: Tensor | None = None, max: Tensor | None = None) -> Tensor:
     """From opset 11 the bounds are optional inputs (either may be omitted); gradients reach
     them too, since an imported bound may be a trainable weight."""
     if min is not None:
@@ -60,20 +61,20 @@ def _coerced(x, axis: int, op):
 
 
 @register("Softmax", 1, 11)
-def softmax_1(x, *, axis=1):
+def softmax_1(x: Tensor, *, axis=1) -> Tensor:
     return _coerced(x, axis, ops.Softmax)
 
 
 @register("Softmax", 13)
-def softmax(x, *, axis=-1):
+def softmax(x: Tensor, *, axis=-1) -> Tensor:
     return ops.Softmax.apply(x, dim=axis_of(axis, x.ndim))
 
 
 @register("LogSoftmax", 1, 11)
-def log_softmax_1(x, *, axis=1):
+def log_softmax_1(x: Tensor, *, axis=1) -> Tensor:
     return _coerced(x, axis, ops.LogSoftmax)
 
 
 @register("LogSoftmax", 13)
-def log_softmax(x, *, axis=-1):
+def log_softmax(x: Tensor, *, axis=-1) -> Tensor:
     return ops.LogSoftmax.apply(x, dim=axis_of(axis, x.ndim))

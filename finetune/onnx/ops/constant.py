@@ -7,6 +7,7 @@ import onnx
 
 from ...autograd import ops
 from ...errors import OnnxImportError
+from ...tensor import Tensor
 from ..registry import register
 from ._common import ints, wrap
 
@@ -22,7 +23,7 @@ def constant(
     value_string=None,
     value_strings=None,
     sparse_value=None,
-):
+) -> Tensor:
     """Exactly one attribute holds the value; ints are int64, floats float32."""
     if value is not None:
         return wrap(np.array(value))
@@ -44,7 +45,7 @@ def constant(
 
 
 @register("ConstantOfShape", 9, 20, 21, 23, 24, 25)
-def constant_of_shape(input, *, value=None):  # noqa: A002
+def constant_of_shape(input: Tensor, *, value=None) -> Tensor:
     """A tensor of ``input``'s shape filled with ``value`` (float32 zero by default)."""
     fill = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value).reshape(-1)
     return wrap(np.full(ints(input), fill[0], dtype=fill.dtype))
@@ -64,17 +65,17 @@ def _cast(x, to: int):
 
 
 @register("Cast", 6, 9, 13)
-def cast(input, *, to):  # noqa: A002
+def cast(input: Tensor, *, to) -> Tensor:
     return _cast(input, to)
 
 
 @register("Cast", 19, 21, 23, 24)
-def cast_19(input, *, to, saturate=1):  # noqa: A002
+def cast_19(input: Tensor, *, to, saturate=1) -> Tensor:
     """``saturate`` only concerns float8 targets, which the library does not have."""
     return _cast(input, to)
 
 
 @register("Cast", 25, 28)
-def cast_25(input, *, to, saturate=1, round_mode="up"):  # noqa: A002
+def cast_25(input: Tensor, *, to, saturate=1, round_mode="up") -> Tensor:
     """``round_mode`` only concerns float8/float4 targets, which the library does not have."""
     return _cast(input, to)

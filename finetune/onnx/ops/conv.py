@@ -9,6 +9,7 @@ from ... import functions as fn
 from ...errors import OnnxImportError
 from ...nn.layers.conv import Conv1d, Conv2d
 from ...nn.parameter import Parameter
+from ...tensor import Tensor
 from ..registry import Built, NodeView, call_module, register
 from ._padding import is_static, spatial_pads, window
 
@@ -63,9 +64,9 @@ def _conv_module(view: NodeView) -> Built | None:
 
 @register("Conv", 1, 11, 22, module=_conv_module)
 def conv(
-    x,
-    w,
-    b=None,
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None = None,
     *,
     auto_pad="NOTSET",
     dilations=None,
@@ -73,7 +74,7 @@ def conv(
     kernel_shape=None,
     pads=None,
     strides=None,
-):
+) -> Tensor:
     from ...autograd import conv as kernels
 
     kernel, strides, dilations = window(w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations)

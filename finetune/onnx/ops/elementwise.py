@@ -10,27 +10,28 @@ import numpy as np
 
 from ... import functions as fn
 from ...autograd import ops
+from ...tensor import Tensor
 from ..registry import register
 from ._common import keep_dtype, wrap
 
 
 @register("Add", 7, 13, 14)
-def add(a, b):
+def add(a: Tensor, b: Tensor) -> Tensor:
     return fn.add(a, b)
 
 
 @register("Sub", 7, 13, 14)
-def sub(a, b):
+def sub(a: Tensor, b: Tensor) -> Tensor:
     return fn.sub(a, b)
 
 
 @register("Mul", 7, 13, 14)
-def mul(a, b):
+def mul(a: Tensor, b: Tensor) -> Tensor:
     return fn.mul(a, b)
 
 
 @register("Div", 7, 13, 14)
-def div(a, b):
+def div(a: Tensor, b: Tensor) -> Tensor:
     """Integer division truncates toward zero, as the ONNX reference does."""
     if a._data.dtype.kind in "iub":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -39,7 +40,7 @@ def div(a, b):
 
 
 @register("Pow", 7, 12, 13, 15)
-def pow_(x, y):
+def pow_(x: Tensor, y: Tensor) -> Tensor:
     """The result has the base's element type, whatever the exponent's."""
     if x._data.dtype.kind in "iu":
         return wrap(np.power(x._data, y._data.astype(x._data.dtype)).astype(x._data.dtype))
@@ -47,25 +48,25 @@ def pow_(x, y):
 
 
 @register("Sqrt", 6, 13)
-def sqrt(x):
+def sqrt(x: Tensor) -> Tensor:
     return fn.sqrt(x)
 
 
 @register("Exp", 6, 13)
-def exp(x):
+def exp(x: Tensor) -> Tensor:
     return fn.exp(x)
 
 
 @register("Log", 6, 13)
-def log(x):
+def log(x: Tensor) -> Tensor:
     return fn.log(x)
 
 
 @register("Neg", 6, 13)
-def neg(x):
+def neg(x: Tensor) -> Tensor:
     return fn.neg(x)
 
 
 @register("Abs", 6, 13)
-def abs_(x):
+def abs_(x: Tensor) -> Tensor:
     return fn.abs(x)

@@ -9,6 +9,7 @@ import onnx
 from ... import functions as fn
 from ...nn.layers.linear import Linear
 from ...nn.parameter import Parameter
+from ...tensor import Tensor
 from ..registry import Built, NodeView, call_module, register
 from ._common import keep_dtype
 
@@ -56,7 +57,9 @@ def _gemm_module(view: NodeView) -> Built | None:
 
 
 @register("Gemm", 7, 9, 11, 13, module=_gemm_module)
-def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803
+def gemm(
+    a: Tensor, b: Tensor, c: Tensor | None = None, *, alpha=1.0, beta=1.0, transA=0, transB=0
+) -> Tensor:
     dtype = a._data.dtype
     if transA:
         a = fn.transpose(a, 0, 1)
@@ -78,7 +81,7 @@ def _matmul_module(view: NodeView) -> Built | None:
 
 
 @register("MatMul", 1, 9, 13, module=_matmul_module)
-def matmul(a, b):
+def matmul(a: Tensor, b: Tensor) -> Tensor:
     return fn.matmul(a, b)
 
 

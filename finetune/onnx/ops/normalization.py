@@ -62,18 +62,40 @@ def _batch_norm_module(view: NodeView) -> Built | None:
 
 
 @register("BatchNormalization", 7, module=_batch_norm_module)
-def batch_norm_7(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, spatial=1):
+def batch_norm_7(
+    x: Tensor,
+    scale: Tensor,
+    b: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    *,
+    epsilon=1e-5,
+    momentum=0.9,
+    spatial=1,
+) -> Tensor:
     """Inference form; ``spatial=0`` normalises each activation with (C, D1, ...) statistics."""
     return _normalise(x, scale, b, mean, var, epsilon, spatial)
 
 
 @register("BatchNormalization", 9, module=_batch_norm_module)
-def batch_norm_9(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9):
+def batch_norm_9(
+    x: Tensor, scale: Tensor, b: Tensor, mean: Tensor, var: Tensor, *, epsilon=1e-5, momentum=0.9
+) -> Tensor:
     return _normalise(x, scale, b, mean, var, epsilon)
 
 
 @register("BatchNormalization", 14, 15, module=_batch_norm_module)
-def batch_norm(x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+def batch_norm(
+    x: Tensor,
+    scale: Tensor,
+    b: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    *,
+    epsilon=1e-5,
+    momentum=0.9,
+    training_mode=0,
+) -> Tensor | tuple[Tensor, ...]:
     """With ``training_mode`` the batch's statistics normalise, and the running ones are updated:
     ``running = running * momentum + batch * (1 - momentum)`` (population variance)."""
     if not training_mode:
@@ -117,13 +139,20 @@ def _dropout(x, ratio: float, training: bool, seed, outputs: int):
 
 
 @register("Dropout", 7, 10, module=_dropout_module)
-def dropout_7(data, *, ratio=0.5, _outputs=1):
+def dropout_7(data: Tensor, *, ratio=0.5, _outputs=1) -> Tensor | tuple[Tensor, ...]:
     """Before opset 12 an ONNX graph always runs Dropout in inference mode: identity."""
     return _dropout(data, ratio, False, None, _outputs)
 
 
 @register("Dropout", 12, 13, 22, module=_dropout_module)
-def dropout(data, ratio=None, training_mode=None, *, seed=None, _outputs=1):
+def dropout(
+    data: Tensor,
+    ratio: Tensor | None = None,
+    training_mode: Tensor | None = None,
+    *,
+    seed=None,
+    _outputs=1,
+) -> Tensor | tuple[Tensor, ...]:
     training = bool(scalar(training_mode)) if training_mode is not None else False
     p = 0.5 if ratio is None else float(scalar(ratio))
     return _dropout(data, p, training, seed, _outputs)

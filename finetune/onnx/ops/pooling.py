@@ -23,7 +23,7 @@ def _window(x, kernel_shape, strides, dilations, auto_pad, pads):
 
 @register("MaxPool", 1, 8, 10, 11, 12, 22)
 def max_pool(
-    x,
+    x: Tensor,
     *,
     kernel_shape,
     auto_pad="NOTSET",
@@ -33,7 +33,7 @@ def max_pool(
     storage_order=0,
     strides=None,
     _outputs=1,
-):
+) -> Tensor | tuple[Tensor, ...]:
     from ...autograd import conv as kernels
 
     kernel, strides, dilations, padding = _window(
@@ -98,7 +98,7 @@ def _argmax_indices(x, outs, kernel, strides, dilations, padding, storage_order)
 
 @register("AveragePool", 7, 10, 11, 19, 22)
 def average_pool(
-    x,
+    x: Tensor,
     *,
     kernel_shape,
     auto_pad="NOTSET",
@@ -107,7 +107,7 @@ def average_pool(
     dilations=None,
     pads=None,
     strides=None,
-):
+) -> Tensor:
     from ...autograd import conv as kernels
 
     kernel, strides, dilations, padding = _window(
@@ -165,12 +165,12 @@ def _dilated_average(x, kernel, strides, dilations, padding, ceil_mode, count_in
 
 
 @register("GlobalAveragePool", 1, 22)
-def global_average_pool(x):
+def global_average_pool(x: Tensor) -> Tensor:
     return fn.mean(x, dim=tuple(range(2, x.ndim)), keepdim=True)
 
 
 @register("GlobalMaxPool", 1, 22)
-def global_max_pool(x):
+def global_max_pool(x: Tensor) -> Tensor:
     n, c = x.shape[:2]
     flat = fn.reshape(x, (n, c, -1))
     return fn.reshape(fn.amax(flat, dim=-1, keepdim=True), (n, c) + (1,) * (x.ndim - 2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functions as fn
+from ...tensor import Tensor
 from ..registry import register
 from ._common import axis_of, ints, keep_dtype, wrap
 
@@ -27,20 +28,24 @@ def _reduce(kind: str, data, axes, keepdims: int, noop: int = 0):
 
 
 @register("ReduceMean", 1, 11, 13)
-def reduce_mean_1(data, *, axes=None, keepdims=1):
+def reduce_mean_1(data: Tensor, *, axes=None, keepdims=1) -> Tensor:
     return _reduce("mean", data, axes, keepdims)
 
 
 @register("ReduceMean", 18)
-def reduce_mean(data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+def reduce_mean(
+    data: Tensor, axes: Tensor | None = None, *, keepdims=1, noop_with_empty_axes=0
+) -> Tensor:
     return _reduce("mean", data, ints(axes), keepdims, noop_with_empty_axes)
 
 
 @register("ReduceSum", 1, 11)
-def reduce_sum_1(data, *, axes=None, keepdims=1):
+def reduce_sum_1(data: Tensor, *, axes=None, keepdims=1) -> Tensor:
     return _reduce("sum", data, axes, keepdims)
 
 
 @register("ReduceSum", 13)
-def reduce_sum(data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+def reduce_sum(
+    data: Tensor, axes: Tensor | None = None, *, keepdims=1, noop_with_empty_axes=0
+) -> Tensor:
     return _reduce("sum", data, ints(axes), keepdims, noop_with_empty_axes)

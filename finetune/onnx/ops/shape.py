@@ -11,6 +11,7 @@ import numpy as np
 from ... import functions as fn
 from ...autograd import ops
 from ...errors import ShapeError
+from ...tensor import Tensor
 from ..registry import register
 from ._common import axis_of, ints, scalar, wrap
 
@@ -18,19 +19,19 @@ _LATER = (13, 21, 23, 24, 25)
 
 
 @register("Identity", 1, 13, 14, 16, 19, 21, 23, 24, 25)
-def identity(x):
+def identity(x: Tensor) -> Tensor:
     return x
 
 
 @register("Flatten", 1, 9, 11, *_LATER)
-def flatten(x, *, axis=1):
+def flatten(x: Tensor, *, axis=1) -> Tensor:
     axis = axis_of(axis, x.ndim)
     shape = tuple(x.shape)
     return fn.reshape(x, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
 
 @register("Reshape", 5, 13, 14, 19, 21, 23, 24, 25)
-def reshape(data, shape, *, allowzero=0):
+def reshape(data: Tensor, shape: Tensor, *, allowzero=0) -> Tensor:
     """0 copies the input's dimension (unless ``allowzero``), -1 is inferred."""
     target = list(ints(shape))
     if not allowzero:
@@ -39,7 +40,7 @@ def reshape(data, shape, *, allowzero=0):
 
 
 @register("Transpose", 1, *_LATER)
-def transpose(data, *, perm=None):
+def transpose(data: Tensor, *, perm=None) -> Tensor:
     perm = tuple(reversed(range(data.ndim))) if perm is None else tuple(perm)
     return ops.Permute.apply(data, dims=perm)
 
@@ -56,12 +57,12 @@ def _squeeze(data, axes):
 
 
 @register("Squeeze", 1, 11)
-def squeeze_1(data, *, axes=None):
+def squeeze_1(data: Tensor, *, axes=None) -> Tensor:
     return _squeeze(data, axes)
 
 
 @register("Squeeze", *_LATER)
-def squeeze(data, axes=None):
+def squeeze(data: Tensor, axes: Tensor | None = None) -> Tensor:
     return _squeeze(data, ints(axes))
 
 
@@ -76,17 +77,17 @@ def _unsqueeze(data, axes):
 
 
 @register("Unsqueeze", 1, 11)
-def unsqueeze_1(data, *, axes):
+def unsqueeze_1(data: Tensor, *, axes) -> Tensor:
     return _unsqueeze(data, axes)
 
 
 @register("Unsqueeze", *_LATER)
-def unsqueeze(data, axes):
+def unsqueeze(data: Tensor, axes: Tensor) -> Tensor:
     return _unsqueeze(data, ints(axes))
 
 
 @register("Concat", 4, 11, 13)
-def concat(*inputs, axis):
+def concat(*inputs: Tensor, axis) -> Tensor:
     return ops.Cat.apply(*inputs, dim=axis_of(axis, inputs[0].ndim))
 
 
@@ -104,17 +105,21 @@ def _split(x, sizes, axis, count):
 
 
 @register("Split", 2, 11)
-def split_2(x, *, axis=0, split=None, _outputs):
+def split_2(x: Tensor, *, axis=0, split=None, _outputs) -> Tensor | tuple[Tensor, ...]:
     return _split(x, split, axis, _outputs)
 
 
 @register("Split", 13)
-def split_13(x, split=None, *, axis=0, _outputs):
+def split_13(
+    x: Tensor, split: Tensor | None = None, *, axis=0, _outputs
+) -> Tensor | tuple[Tensor, ...]:
     return _split(x, ints(split), axis, _outputs)
 
 
 @register("Split", 18)
-def split(x, split=None, *, axis=0, num_outputs=None, _outputs):
+def split(
+    x: Tensor, split: Tensor | None = None, *, axis=0, num_outputs=None, _outputs
+) -> Tensor | tuple[Tensor, ...]:
     """``num_outputs`` chunks of ceil(n / num_outputs), the last one smaller."""
     sizes = ints(split)
     if sizes is None and num_outputs is not None:
@@ -145,17 +150,23 @@ def _slice(data, starts, ends, axes, steps):
 
 
 @register("Slice", 1)
-def slice_1(data, *, starts, ends, axes=None):
+def slice_1(data: Tensor, *, starts, ends, axes=None) -> Tensor:
     return _slice(data, starts, ends, axes, None)
 
 
 @register("Slice", 10, 11, 13)
-def slice_(data, starts, ends, axes=None, steps=None):
+def slice_(
+    data: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    axes: Tensor | None = None,
+    steps: Tensor | None = None,
+) -> Tensor:
     return _slice(data, ints(starts), ints(ends), ints(axes), ints(steps))
 
 
 @register("Gather", 1, 11, 13)
-def gather(data, indices, *, axis=0):
+def gather(data: Tensor, indices: Tensor, *, axis=0) -> Tensor:
     axis = axis_of(axis, data.ndim)
     idx = np.asarray(indices._data).astype(np.int64)
     n = data.shape[axis]
@@ -166,12 +177,12 @@ def gather(data, indices, *, axis=0):
 
 
 @register("Shape", 1, 13)
-def shape_1(data):
+def shape_1(data: Tensor) -> Tensor:
     return wrap(np.array(data.shape, dtype=np.int64))
 
 
 @register("Shape", 15, 19, 21, 23, 24, 25)
-def shape(data, *, start=0, end=None):
+def shape(data: Tensor, *, start=0, end=None) -> Tensor:
     return wrap(np.array(data.shape[slice(start, end)], dtype=np.int64))
 
 
@@ -188,11 +199,18 @@ def _pad(x, pads, mode, value, axes=None):
 
 
 @register("Pad", 2)
-def pad_2(data, *, pads, mode="constant", value=0.0):
+def pad_2(data: Tensor, *, pads, mode="constant", value=0.0) -> Tensor:
     return _pad(data, pads, mode, value)
 
 
 @register("Pad", 11, 13, 18, 19, 21, 23, 24, 25)
-def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
+def pad(
+    data: Tensor,
+    pads: Tensor,
+    constant_value: Tensor | None = None,
+    axes: Tensor | None = None,
+    *,
+    mode="constant",
+) -> Tensor:
     value = scalar(constant_value)
     return _pad(data, ints(pads), mode, 0 if value is None else value, ints(axes))
