@@ -383,7 +383,8 @@ def split(x, split_size_or_sections, dim=0):
             )
     if len(sizes) == 1:
         return (x[(slice(None),) * (dim % x.ndim) + (slice(0, n),)],)
-    return ops.Split.apply(x, sizes=sizes, dim=dim)
+    op = ops.SplitEqual if isinstance(split_size_or_sections, int) else ops.Split
+    return op.apply(x, sizes=sizes, dim=dim)
 
 
 def chunk(x, chunks, dim=0):

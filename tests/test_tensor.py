@@ -26,6 +26,8 @@ def _x() -> torch.Tensor:
         ("x.std()", "StdBackward0"),
         ("x.var(1)", "VarBackward0"),
         ("x.split([1, 2], dim=1)[0]", "SplitWithSizesBackward0"),
+        ("x.split(2, dim=1)[1]", "SplitBackward0"),
+        ("x.chunk(2)[0]", "SplitBackward0"),
         ("x.T", "PermuteBackward0"),
         ("x.t()", "TBackward0"),
         ("x.transpose(0, 1)", "TransposeBackward0"),

@@ -1008,6 +1008,12 @@ class Split(Function):
         return np.concatenate(grads, axis=ctx.dim)
 
 
+class SplitEqual(Split):
+    """``split(x, int)`` and ``chunk``: equal pieces, the last possibly shorter."""
+
+    name = "SplitBackward0"
+
+
 class Pad(Function):
     """Constant, reflect, replicate (edge) or circular (wrap) padding; ``pads`` per axis (lo, hi).
 
