@@ -175,6 +175,40 @@ def test_model_zoo_layout_ir3_opset7_batchnorm_spatial():
     assert imported(ft.from_numpy(x)).shape == (1, 7)
 
 
+def test_preactivation_layout_batchnorm_on_the_input_and_reshape_before_gemm():
+    """The zoo's resnet18-v2-7 shape: BatchNormalization straight on the graph input, and a
+    Reshape to (0, -1) instead of Flatten before the Gemm head."""
+    rng = np.random.default_rng(4)
+    stats = {
+        "resnetv22_batchnorm0_gamma": 1 + random_weights(rng, (3,), 0.1),
+        "resnetv22_batchnorm0_beta": random_weights(rng, (3,)),
+        "resnetv22_batchnorm0_running_mean": random_weights(rng, (3,)),
+        "resnetv22_batchnorm0_running_var": 1 + np.abs(random_weights(rng, (3,))),
+        "reshape_attr_tensor": np.array([0, -1], np.int64),
+        "resnetv22_dense0_weight": random_weights(rng, (4, 3)),
+        "resnetv22_dense0_bias": random_weights(rng, (4,)),
+    }
+    nodes = [
+        helper.make_node("BatchNormalization", ["data", *list(stats)[:4]], ["b"],
+                         name="resnetv22_batchnorm0_fwd", spatial=1),
+        helper.make_node("GlobalAveragePool", ["b"], ["g"], name="resnetv22_pool1_fwd"),
+        helper.make_node("Reshape", ["g", "reshape_attr_tensor"], ["f"],
+                         name="resnetv22_flatten0_reshape0"),
+        helper.make_node("Gemm", ["f", "resnetv22_dense0_weight", "resnetv22_dense0_bias"], ["y"],
+                         name="resnetv22_dense0_fwd", transB=1),
+    ]
+    model = make_model(nodes, [value_info("data", ["N", 3, 8, 8])], [value_info("y", ["N", 4])],
+                       [initializer(k, v) for k, v in stats.items()], opset=7)
+    imported = ft.onnx.load(model)
+    assert isinstance(imported.resnetv22_batchnorm0, nn.BatchNorm2d)
+    x = _input(4)
+    np.testing.assert_allclose(imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0],
+                               atol=1e-4, rtol=1e-3)
+    head = imported.replace_head(2)
+    assert ft.onnx.find_head(imported) == ("resnetv22_dense0", head)
+    assert imported(ft.from_numpy(x)).shape == (4, 2)
+
+
 def test_metadata_props_become_a_dict(cnn):
     model = onnx.ModelProto()
     model.CopyFrom(cnn)
