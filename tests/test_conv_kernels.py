@@ -1,0 +1,282 @@
+"""The convolution and pooling kernels against direct numpy loops, gradcheck in float64, and the
+float32 and frozen-layer contracts."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import finetune as torch
+from finetune.autograd import conv as kernels
+from finetune.autograd import gradcheck
+
+
+def leaf(array, dtype=np.float64) -> torch.Tensor:
+    return torch.tensor(np.asarray(array, dtype=dtype), requires_grad=True)
+
+
+def const(array, dtype=np.float64) -> torch.Tensor:
+    return torch.tensor(np.asarray(array, dtype=dtype))
+
+
+# -- slow, obviously-correct references ------------------------------------------------------
+
+
+def out_size(size, lo, hi, k, s, d, ceil=False):
+    span = size + lo + hi - d * (k - 1) - 1
+    o = (math.ceil(span / s) if ceil else span // s) + 1
+    if ceil and (o - 1) * s >= size + lo:
+        o -= 1
+    return o
+
+
+def conv_loop(x, w, b, stride, pads, dilation, groups):
+    """Direct N-d convolution: one output element at a time, one tap at a time."""
+    n, c = x.shape[:2]
+    o, cg = w.shape[:2]
+    kernel = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), *pads))
+    outs = [
+        out_size(sz, lo, hi, k, s, d)
+        for sz, (lo, hi), k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation)
+    ]
+    per_group = o // groups
+    out = np.zeros((n, o, *outs))
+    for b_, oc in itertools.product(range(n), range(o)):
+        g = oc // per_group
+        for pos in itertools.product(*map(range, outs)):
+            total = 0.0 if b is None else b[oc]
+            for ci in range(cg):
+                for tap in itertools.product(*map(range, kernel)):
+                    at = tuple(p * s + t * d for p, s, t, d in zip(pos, stride, tap, dilation))
+                    total += xp[(b_, g * cg + ci, *at)] * w[(oc, ci, *tap)]
+            out[(b_, oc, *pos)] = total
+    return out
+
+
+def pool_windows(x, kernel, stride, pads, dilation, ceil):
+    """Yield ``(position, [(input index or None for padding), ...])`` for every window."""
+    sizes = x.shape[2:]
+    outs = [
+        out_size(sz, lo, hi, k, s, d, ceil)
+        for sz, (lo, hi), k, s, d in zip(sizes, pads, kernel, stride, dilation)
+    ]
+    for pos in itertools.product(*map(range, outs)):
+        taps = []
+        for tap in itertools.product(*map(range, kernel)):
+            at = tuple(
+                p * s + t * d - lo for p, s, t, d, (lo, _) in zip(pos, stride, tap, dilation, pads)
+            )
+            inside = all(0 <= a < sz for a, sz in zip(at, sizes))
+            taps.append(at if inside else None)
+        yield pos, outs, taps
+
+
+def max_pool_loop(x, kernel, stride, pads, dilation, ceil):
+    out = None
+    for pos, outs, taps in pool_windows(x, kernel, stride, pads, dilation, ceil):
+        if out is None:
+            out = np.empty(x.shape[:2] + tuple(outs))
+        values = [x[(slice(None), slice(None), *t)] for t in taps if t is not None]
+        out[(slice(None), slice(None), *pos)] = np.max(values, axis=0)
+    return out
+
+
+def avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad):
+    """PyTorch's divisor: the window clipped to input + padding, or to the input alone."""
+    ones = (1,) * len(kernel)
+    sizes = x.shape[2:]
+    out = None
+    for pos, outs, taps in pool_windows(x, kernel, stride, pads, ones, ceil):
+        if out is None:
+            out = np.empty(x.shape[:2] + tuple(outs))
+        total = sum(x[(slice(None), slice(None), *t)] for t in taps if t is not None)
+        if count_include_pad:
+            divisor = 1
+            for p, s, k, sz, (lo, hi) in zip(pos, stride, kernel, sizes, pads):
+                start = p * s - lo
+                divisor *= min(start + k, sz + hi) - start
+        else:
+            divisor = sum(t is not None for t in taps)
+        out[(slice(None), slice(None), *pos)] = total / divisor
+    return out
+
+
+# -- convolution -----------------------------------------------------------------------------
+
+PADS_3D = ((0, 0), (1, 1), (0, 1))
+CONV_CASES = {
+    # name: (batch, channels, spatial, out channels, kernel, stride, pads, dilation, groups, bias)
+    "1d-plain": (2, 3, (7,), 4, (3,), (1,), ((0, 0),), (1,), 1, True),
+    "1d-stride-asym-pad": (1, 2, (8,), 3, (3,), (2,), ((2, 1),), (1,), 1, False),
+    "1d-dilated-grouped": (3, 4, (9,), 6, (2,), (1,), ((1, 0),), (3,), 2, True),
+    "2d-plain": (2, 3, (5, 6), 4, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, True),
+    "2d-stride2": (1, 2, (7, 6), 3, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1, False),
+    "2d-asymmetric": (2, 2, (5, 5), 2, (2, 3), (1, 2), ((0, 2), (1, 0)), (1, 1), 1, True),
+    "2d-dilated": (1, 2, (7, 7), 2, (3, 2), (1, 1), ((2, 2), (0, 1)), (2, 3), 1, True),
+    "2d-grouped": (2, 4, (4, 5), 6, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 2, True),
+    "2d-depthwise": (3, 3, (5, 5), 3, (3, 3), (2, 1), ((1, 1), (1, 1)), (1, 1), 3, False),
+    "2d-depthwise-multiplier": (1, 2, (4, 4), 4, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 2, True),
+    "2d-1x1": (2, 3, (4, 3), 5, (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), 1, True),
+    "2d-1x1-stride2": (1, 3, (5, 4), 2, (1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1), 1, False),
+    "2d-7x7-stride2": (1, 2, (9, 8), 2, (7, 7), (2, 2), ((3, 3), (3, 3)), (1, 1), 1, False),
+    "2d-kernel-fills-padded": (2, 2, (3, 2), 3, (5, 4), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, True),
+    "3d-plain": (1, 2, (3, 4, 3), 2, (2, 3, 2), (1, 1, 1), PADS_3D, (1, 1, 1), 1, True),
+    "3d-grouped": (2, 2, (4, 3, 4), 2, (2, 2, 2), (2, 1, 2), ((1, 0),) * 3, (1, 2, 1), 2, False),
+}
+
+
+def conv_inputs(case, seed=0):
+    n, c, spatial, o, kernel, stride, pads, dilation, groups, has_bias = case
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, c, *spatial))
+    w = r.standard_normal((o, c // groups, *kernel))
+    b = r.standard_normal(o) if has_bias else None
+    return x, w, b, dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_matches_direct_loop(name):
+    x, w, b, opts = conv_inputs(CONV_CASES[name])
+    got = kernels.conv(const(x), const(w), None if b is None else const(b), **opts)
+    expected = conv_loop(x, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv_gradcheck(name):
+    x, w, b, opts = conv_inputs(CONV_CASES[name], seed=1)
+    inputs = [leaf(x), leaf(w)] + ([] if b is None else [leaf(b)])
+    assert gradcheck(lambda *t: kernels.conv(*t, **opts), inputs)
+
+
+def test_conv_grad_fn_name():
+    x, w, b, opts = conv_inputs(CONV_CASES["2d-plain"])
+    y = kernels.conv(leaf(x), leaf(w), leaf(b), **opts)
+    assert y.grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_conv_gradients_only_where_needed():
+    """A first layer (input without grad) and a frozen weight each get exactly what they need."""
+    x, w, b, opts = conv_inputs(CONV_CASES["2d-grouped"])
+    xt, wt, bt = const(x), leaf(w), const(b)
+    kernels.conv(xt, wt, bt, **opts).sum().backward()
+    assert xt.grad is None and bt.grad is None and wt.grad is not None
+    xt, wt = leaf(x), const(w)
+    kernels.conv(xt, wt, None, **opts).sum().backward()
+    assert wt.grad is None and xt.grad.shape == x.shape
+
+
+def test_frozen_conv_records_no_graph():
+    x, w, b, opts = conv_inputs(CONV_CASES["2d-plain"])
+    y = kernels.conv(const(x), const(w), const(b), **opts)
+    assert y.grad_fn is None and not y.requires_grad
+    with torch.no_grad():
+        y = kernels.conv(leaf(x), leaf(w), leaf(b), **opts)
+    assert y.grad_fn is None
+
+
+@pytest.mark.parametrize("name", ["2d-plain", "2d-stride2", "2d-1x1", "2d-depthwise", "1d-plain"])
+def test_conv_float32_in_float32_out(name):
+    x, w, b, opts = conv_inputs(CONV_CASES[name])
+    xt, wt = leaf(x, np.float32), leaf(w, np.float32)
+    bt = None if b is None else leaf(b, np.float32)
+    y = kernels.conv(xt, wt, bt, **opts)
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert xt.grad.dtype == torch.float32 and wt.grad.dtype == torch.float32
+    expected = conv_loop(x, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"])
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- pooling ---------------------------------------------------------------------------------
+
+POOL_CASES = {
+    # name: (shape, kernel, stride, pads, dilation, ceil_mode)
+    "1d": ((2, 2, 7), (3,), (2,), ((1, 1),), (1,), False),
+    "1d-ceil": ((1, 2, 8), (3,), (2,), ((0, 0),), (1,), True),
+    "2d-resnet": ((2, 2, 7, 7), (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), False),
+    "2d-no-pad": ((1, 3, 6, 5), (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1), False),
+    "2d-ceil": ((3, 1, 6, 7), (3, 2), (2, 2), ((1, 1), (0, 0)), (1, 1), True),
+    "2d-ceil-drops-pad-window": ((1, 2, 5, 5), (2, 2), (2, 2), ((1, 1), (1, 1)), (1, 1), True),
+    "2d-asymmetric": ((2, 1, 5, 6), (3, 3), (1, 2), ((0, 1), (1, 0)), (1, 1), False),
+    "2d-overlap": ((1, 2, 5, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), False),
+    "2d-kernel-fills-padded": ((1, 1, 3, 4), (5, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), False),
+    "3d": ((1, 2, 4, 5, 4), (2, 3, 2), (2, 1, 2), ((1, 0), (1, 1), (0, 1)), (1, 1, 1), True),
+}
+
+DILATED_POOL_CASES = {
+    "2d-dilated": ((2, 1, 7, 7), (2, 3), (1, 2), ((1, 1), (2, 2)), (2, 2), False),
+    "2d-dilated-ceil": ((1, 2, 8, 7), (3, 2), (2, 2), ((1, 1), (0, 1)), (2, 3), True),
+}
+
+
+def distinct_values(shape, seed=0):
+    """A permutation, so every window has one maximum and the gradient is differentiable."""
+    r = np.random.default_rng(seed)
+    return r.permutation(math.prod(shape)).reshape(shape) / 7.0 - 3.0
+
+
+@pytest.mark.parametrize("name", {**POOL_CASES, **DILATED_POOL_CASES})
+def test_max_pool_matches_direct_loop_and_gradcheck(name):
+    shape, kernel, stride, pads, dilation, ceil = {**POOL_CASES, **DILATED_POOL_CASES}[name]
+    x = distinct_values(shape)
+    opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
+    got = kernels.max_pool(const(x), **opts)
+    np.testing.assert_array_equal(
+        got.numpy(), max_pool_loop(x, kernel, stride, pads, dilation, ceil)
+    )
+    assert gradcheck(lambda t: kernels.max_pool(t, **opts), [leaf(x)])
+
+
+def test_max_pool_gradient_goes_to_first_maximum():
+    """Ties send the whole gradient to one element (the first in the window), as PyTorch does."""
+    x = leaf(np.ones((1, 1, 2, 2)))
+    kernels.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+def test_max_pool_grad_fn_name_and_float32():
+    x = leaf(distinct_values((1, 2, 6, 6)), np.float32)
+    y = kernels.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    assert y.grad_fn.name() == "MaxPool2DWithIndicesBackward0"
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("name", POOL_CASES)
+def test_avg_pool_matches_direct_loop_and_gradcheck(name, count_include_pad):
+    shape, kernel, stride, pads, _, ceil = POOL_CASES[name]
+    x = np.random.default_rng(2).standard_normal(shape)
+    opts = dict(
+        kernel_size=kernel,
+        stride=stride,
+        padding=pads,
+        ceil_mode=ceil,
+        count_include_pad=count_include_pad,
+    )
+    got = kernels.avg_pool(const(x), **opts)
+    expected = avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert gradcheck(lambda t: kernels.avg_pool(t, **opts), [leaf(x)])
+
+
+def test_avg_pool_grad_fn_name_and_float32():
+    x = leaf(np.random.default_rng(3).standard_normal((1, 2, 6, 6)), np.float32)
+    y = kernels.avg_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), ceil_mode=True)
+    assert y.grad_fn.name() == "AvgPool2DBackward0"
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x.grad.dtype == torch.float32
+
+
+def test_frozen_pools_record_nothing():
+    x = const(distinct_values((1, 1, 4, 4)))
+    assert kernels.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).grad_fn is None
+    assert kernels.avg_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).grad_fn is None
