@@ -19,8 +19,17 @@ from finetune.onnx.registry import supported
 _EXCLUDED_TYPES = {
     getattr(TensorProto, name)
     for name in (
-        "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
-        "FLOAT8E8M0", "FLOAT4E2M1", "UINT4", "INT4", "UINT2", "INT2",
+        "BFLOAT16",
+        "FLOAT8E4M3FN",
+        "FLOAT8E4M3FNUZ",
+        "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ",
+        "FLOAT8E8M0",
+        "FLOAT4E2M1",
+        "UINT4",
+        "INT4",
+        "UINT2",
+        "INT2",
     )
     if hasattr(TensorProto, name)
 }

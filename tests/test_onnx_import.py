@@ -73,8 +73,13 @@ def test_every_source_kind_loads_the_same_model(cnn, tmp_path):
     expected = ft.onnx.load(cnn)(x).numpy()
     with open(path, "rb") as f:
         from_file = ft.onnx.load(f)
-    for model in (ft.onnx.load(str(path)), ft.onnx.load(path), from_file,
-                  ft.onnx.load(path.read_bytes()), ft.onnx.load(io.BytesIO(path.read_bytes()))):
+    for model in (
+        ft.onnx.load(str(path)),
+        ft.onnx.load(path),
+        from_file,
+        ft.onnx.load(path.read_bytes()),
+        ft.onnx.load(io.BytesIO(path.read_bytes())),
+    ):
         np.testing.assert_array_equal(model(x).numpy(), expected)
 
 
@@ -108,17 +113,24 @@ def test_gradients_flow_through_an_imported_cnn_in_float64(cnn):
 def test_names_without_dots_come_from_mxnet_weights_or_node_names():
     rng = np.random.default_rng(0)
     nodes = [
-        helper.make_node("Gemm", ["x", "resnetv15_dense0_weight", "resnetv15_dense0_bias"],
-                         ["h"], name="resnetv15_dense0_fwd", transB=1),
+        helper.make_node(
+            "Gemm",
+            ["x", "resnetv15_dense0_weight", "resnetv15_dense0_bias"],
+            ["h"],
+            name="resnetv15_dense0_fwd",
+            transB=1,
+        ),
         helper.make_node("MatMul", ["h", "anonymous"], ["y"], name="head/proj:0"),
     ]
     model = make_model(
         nodes,
         [value_info("x", ["N", 4])],
         [value_info("y", ["N", 2])],
-        [initializer("resnetv15_dense0_weight", random_weights(rng, (3, 4))),
-         initializer("resnetv15_dense0_bias", random_weights(rng, (3,))),
-         initializer("anonymous", random_weights(rng, (3, 2)))],
+        [
+            initializer("resnetv15_dense0_weight", random_weights(rng, (3, 4))),
+            initializer("resnetv15_dense0_bias", random_weights(rng, (3,))),
+            initializer("anonymous", random_weights(rng, (3, 2))),
+        ],
         opset=7,
     )
     imported = ft.onnx.load(model)
@@ -127,8 +139,9 @@ def test_names_without_dots_come_from_mxnet_weights_or_node_names():
     assert ft.onnx.find_head(imported)[0] == "head_proj_0"
     assert imported.input_names == ("x",)  # IR 3 lists the weights as inputs too
     x = np.ones((2, 4), np.float32)
-    np.testing.assert_allclose(imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0], atol=1e-5
+    )
 
 
 def test_model_zoo_layout_ir3_opset7_batchnorm_spatial():
@@ -145,20 +158,45 @@ def test_model_zoo_layout_ir3_opset7_batchnorm_spatial():
     }
     bn = [f"resnetv15_batchnorm0_{k}" for k in ("gamma", "beta", "running_mean", "running_var")]
     nodes = [
-        helper.make_node("Conv", ["data", "resnetv15_conv0_weight"], ["c"],
-                         name="resnetv15_conv0_fwd", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                         strides=[2, 2]),
-        helper.make_node("BatchNormalization", ["c", *bn], ["b"], name="resnetv15_batchnorm0_fwd",
-                         epsilon=1e-5, momentum=0.9, spatial=1),
+        helper.make_node(
+            "Conv",
+            ["data", "resnetv15_conv0_weight"],
+            ["c"],
+            name="resnetv15_conv0_fwd",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[2, 2],
+        ),
+        helper.make_node(
+            "BatchNormalization",
+            ["c", *bn],
+            ["b"],
+            name="resnetv15_batchnorm0_fwd",
+            epsilon=1e-5,
+            momentum=0.9,
+            spatial=1,
+        ),
         helper.make_node("Relu", ["b"], ["r"], name="resnetv15_relu0_fwd"),
         helper.make_node("GlobalAveragePool", ["r"], ["g"], name="resnetv15_pool1_fwd"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten_170"),
-        helper.make_node("Gemm", ["f", "resnetv15_dense0_weight", "resnetv15_dense0_bias"],
-                         ["y"], name="resnetv15_dense0_fwd", alpha=1.0, beta=1.0, transA=0,
-                         transB=1),
+        helper.make_node(
+            "Gemm",
+            ["f", "resnetv15_dense0_weight", "resnetv15_dense0_bias"],
+            ["y"],
+            name="resnetv15_dense0_fwd",
+            alpha=1.0,
+            beta=1.0,
+            transA=0,
+            transB=1,
+        ),
     ]
-    model = make_model(nodes, [value_info("data", [1, 3, 8, 8])], [value_info("y", [1, 3])],
-                       [initializer(k, v) for k, v in weights.items()], opset=7)
+    model = make_model(
+        nodes,
+        [value_info("data", [1, 3, 8, 8])],
+        [value_info("y", [1, 3])],
+        [initializer(k, v) for k, v in weights.items()],
+        opset=7,
+    )
     assert model.ir_version == 3 and len(model.graph.input) == 1 + len(weights)
     imported = ft.onnx.load(model)
     assert imported.input_names == ("data",)
@@ -166,8 +204,9 @@ def test_model_zoo_layout_ir3_opset7_batchnorm_spatial():
     assert isinstance(imported.resnetv15_batchnorm0, nn.BatchNorm2d)
     assert ft.onnx.find_head(imported)[0] == "resnetv15_dense0"
     x = _input(1)
-    np.testing.assert_allclose(imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0],
-                               atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(
+        imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0], atol=1e-4, rtol=1e-3
+    )
     batch = _input(3)  # declared batch 1, yet any batch runs
     rows = np.concatenate([run_onnxruntime(model, batch[i : i + 1])[0] for i in range(3)])
     np.testing.assert_allclose(imported(ft.from_numpy(batch)).numpy(), rows, atol=1e-4, rtol=1e-3)
@@ -189,21 +228,38 @@ def test_preactivation_layout_batchnorm_on_the_input_and_reshape_before_gemm():
         "resnetv22_dense0_bias": random_weights(rng, (4,)),
     }
     nodes = [
-        helper.make_node("BatchNormalization", ["data", *list(stats)[:4]], ["b"],
-                         name="resnetv22_batchnorm0_fwd", spatial=1),
+        helper.make_node(
+            "BatchNormalization",
+            ["data", *list(stats)[:4]],
+            ["b"],
+            name="resnetv22_batchnorm0_fwd",
+            spatial=1,
+        ),
         helper.make_node("GlobalAveragePool", ["b"], ["g"], name="resnetv22_pool1_fwd"),
-        helper.make_node("Reshape", ["g", "reshape_attr_tensor"], ["f"],
-                         name="resnetv22_flatten0_reshape0"),
-        helper.make_node("Gemm", ["f", "resnetv22_dense0_weight", "resnetv22_dense0_bias"], ["y"],
-                         name="resnetv22_dense0_fwd", transB=1),
+        helper.make_node(
+            "Reshape", ["g", "reshape_attr_tensor"], ["f"], name="resnetv22_flatten0_reshape0"
+        ),
+        helper.make_node(
+            "Gemm",
+            ["f", "resnetv22_dense0_weight", "resnetv22_dense0_bias"],
+            ["y"],
+            name="resnetv22_dense0_fwd",
+            transB=1,
+        ),
     ]
-    model = make_model(nodes, [value_info("data", ["N", 3, 8, 8])], [value_info("y", ["N", 4])],
-                       [initializer(k, v) for k, v in stats.items()], opset=7)
+    model = make_model(
+        nodes,
+        [value_info("data", ["N", 3, 8, 8])],
+        [value_info("y", ["N", 4])],
+        [initializer(k, v) for k, v in stats.items()],
+        opset=7,
+    )
     imported = ft.onnx.load(model)
     assert isinstance(imported.resnetv22_batchnorm0, nn.BatchNorm2d)
     x = _input(4)
-    np.testing.assert_allclose(imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0],
-                               atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(
+        imported(ft.from_numpy(x)).numpy(), run_onnxruntime(model, x)[0], atol=1e-4, rtol=1e-3
+    )
     head = imported.replace_head(2)
     assert ft.onnx.find_head(imported) == ("resnetv22_dense0", head)
     assert imported(ft.from_numpy(x)).shape == (4, 2)
@@ -217,8 +273,12 @@ def test_metadata_props_become_a_dict(cnn):
 
 
 def test_reshape_honours_zero_and_minus_one_at_any_batch():
-    model = single_node("Reshape", {"x": np.zeros((1, 2, 3), np.float32)},
-                        {"s": np.array([0, -1], np.int64)}, opset=14)
+    model = single_node(
+        "Reshape",
+        {"x": np.zeros((1, 2, 3), np.float32)},
+        {"s": np.array([0, -1], np.int64)},
+        opset=14,
+    )
     imported = ft.onnx.load(model)
     assert imported(ft.zeros(5, 2, 3)).shape == (5, 6)
 
@@ -233,8 +293,14 @@ def test_missing_file_names_the_path(tmp_path):
         ft.onnx.load(tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"\x08\x07\x12\xff\xff\xff", b"hello, I am a text file\n",
-                                     b"\x89PNG\r\n\x1a\n" + bytes(range(256))])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x08\x07\x12\xff\xff\xff",
+        b"hello, I am a text file\n",
+        b"\x89PNG\r\n\x1a\n" + bytes(range(256)),
+    ],
+)
 def test_non_onnx_bytes_are_refused(tmp_path, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
@@ -274,8 +340,14 @@ def _external_model(tmp_path, cnn):
     path.parent.mkdir()
     model = onnx.ModelProto()
     model.CopyFrom(cnn)
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="cnn.onnx.data", size_threshold=0)
+    onnx.save(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="cnn.onnx.data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -316,12 +388,16 @@ def test_inputs_that_do_not_match_the_graph_are_refused(cnn):
 
 def test_loose_float_weights_are_frozen_parameters_and_int_constants_are_not_state():
     model = make_model(
-        [helper.make_node("Mul", ["x", "block.scale"], ["m"]),
-         helper.make_node("Reshape", ["m", "shape"], ["y"])],
+        [
+            helper.make_node("Mul", ["x", "block.scale"], ["m"]),
+            helper.make_node("Reshape", ["m", "shape"], ["y"]),
+        ],
         [value_info("x", ["N", 2, 3])],
         [value_info("y", ["N", 6])],
-        [initializer("block.scale", np.full(3, 2.0, np.float32)),
-         initializer("shape", np.array([0, -1], np.int64))],
+        [
+            initializer("block.scale", np.full(3, 2.0, np.float32)),
+            initializer("shape", np.array([0, -1], np.int64)),
+        ],
     )
     imported = ft.onnx.load(model)
     params = dict(imported.named_parameters())
@@ -339,11 +415,17 @@ def test_a_deep_copy_runs_independently(cnn):
     np.testing.assert_allclose(twin(x).numpy(), model(x).numpy() + 1, atol=1e-6)
 
 
-@pytest.mark.parametrize("attributes", [{"strides": [0, 1]}, {"dilations": [1]},
-                                        {"pads": [1, 1, -1, 1]}, {"kernel_shape": [2, 2]}])
+@pytest.mark.parametrize(
+    "attributes",
+    [{"strides": [0, 1]}, {"dilations": [1]}, {"pads": [1, 1, -1, 1]}, {"kernel_shape": [2, 2]}],
+)
 def test_impossible_conv_windows_are_refused_at_load(attributes):
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attributes)
-    model = make_model([conv], [value_info("x", ["N", 2, 5, 5])], [value_info("y", ["N", 3, 3, 3])],
-                       [initializer("w", np.zeros((3, 2, 3, 3), np.float32))])
+    model = make_model(
+        [conv],
+        [value_info("x", ["N", 2, 5, 5])],
+        [value_info("y", ["N", 3, 3, 3])],
+        [initializer("w", np.zeros((3, 2, 3, 3), np.float32))],
+    )
     with pytest.raises(OnnxImportError, match="Conv|strides|dilations|pads"):
         ft.onnx.load(model)

@@ -64,9 +64,11 @@ def test_recipe_loss_and_head_gradients_match_pytorch(name, reference):
     loss = -log_probs[np.arange(len(labels)), labels].mean()
     loss.backward()
     np.testing.assert_allclose(loss.item(), reference["loss"], atol=1e-4, rtol=1e-3)
-    np.testing.assert_allclose(model.fc.weight.grad.numpy(), reference["grad_fc_weight"],
-                               atol=1e-4, rtol=1e-3)
-    np.testing.assert_allclose(model.fc.bias.grad.numpy(), reference["grad_fc_bias"],
-                               atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(
+        model.fc.weight.grad.numpy(), reference["grad_fc_weight"], atol=1e-4, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        model.fc.bias.grad.numpy(), reference["grad_fc_bias"], atol=1e-4, rtol=1e-3
+    )
     trained = {n for n, p in model.named_parameters() if p.grad is not None}
     assert trained == {"fc.weight", "fc.bias"}

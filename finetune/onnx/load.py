@@ -22,6 +22,7 @@ from ..nn.parameter import Parameter
 from ..tensor import Tensor
 from . import naming
 from .graph import GraphInput, OnnxModule, Scope, Step
+from .metadata import decode_metadata
 from .ops.gemm import fuse_matmul_add
 from .registry import Built, NodeView, _load_converters, converter_for, lookup
 
@@ -162,7 +163,7 @@ class _Importer:
         self.ranks = _ranks(model)
         self.outputs = [o.name for o in graph.output]
         inputs = [_graph_input(v) for v in graph.input if v.name not in self.initializers]
-        metadata = {p.key: p.value for p in model.metadata_props}
+        metadata = decode_metadata((p.key, p.value) for p in model.metadata_props)
         self.module = OnnxModule(inputs, self.outputs, metadata, label)
 
     def run(self) -> OnnxModule:
