@@ -11,6 +11,7 @@ a constant: if it secretly depends on the input's values or batch size, the file
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,17 @@ def to_onnx(
             f"{len(output_names)}: {list(output_names)}"
         )
     calls = _needed(calls, outputs)
+    probe = _probe_inputs(inputs, dynamic_batch)
+    try:
+        probe_outputs, probe_calls = _trace(model, probe)
+    except Exception as e:
+        if not dynamic_batch:
+            raise
+        raise OnnxExportError(
+            f"the model runs on example_input but not on a batch of {_batch(probe)} ({e}): "
+            "export with dynamic_batch=False, or keep forward free of fixed batch sizes"
+        ) from e
+    _check_constants(calls, _needed(probe_calls, probe_outputs), inputs, probe, model)
     builder = _GraphBuilder(opset_version, _batch(inputs) if dynamic_batch else None)
     builder.name_state(model)
     if fold_batchnorm:
@@ -174,6 +186,64 @@ def _trace(model, inputs: list[Tensor]) -> tuple[list[Tensor], list[Call]]:
                 f"the model must return a Tensor or a tuple of Tensors, got {type(out).__name__}"
             )
     return outputs, tracer.calls
+
+
+def _probe_inputs(inputs: list[Tensor], dynamic_batch: bool) -> list[Tensor]:
+    """Inputs unlike the example: other rows (one more of them with a dynamic batch), and float
+    values nudged, so a constant that secretly depends on the input changes with them."""
+    rng = np.random.default_rng(0)
+    probes = []
+    for tensor in inputs:
+        x = tensor._data
+        if x.ndim:
+            rows = x.shape[0] + 1 if dynamic_batch else x.shape[0]
+            x = x[(np.arange(rows) + 1) % x.shape[0]]
+        if x.dtype.kind == "f":
+            x = (x * (1 + 1e-3 * rng.standard_normal(x.shape))).astype(x.dtype)
+        probes.append(Tensor._from_array(np.ascontiguousarray(x)))
+    return probes
+
+
+def _check_constants(calls, probe_calls, inputs, probe, model) -> None:
+    """Refuse a file that would freeze a value made outside the traced ops from the input.
+
+    Comparisons, ``argmax`` or ``torch.zeros(x.shape[0])`` make tensors no ``Function`` saw; the
+    trace can only write them as constants. Tracing a second, different input shows them: the
+    same op reads a different constant. A different op sequence means control flow depends on
+    the input; the file then holds the branch ``example_input`` took, which only a warning says.
+    """
+    if [c.function for c in calls] != [c.function for c in probe_calls]:
+        warnings.warn(
+            "the model ran different operations on a second input than on example_input: its "
+            "control flow depends on the input's values or batch size, and the ONNX file holds "
+            "only the branch example_input took",
+            stacklevel=3,
+        )
+        return
+    state = {id(t) for t in _state_tensors(model)}
+    known = state | {id(t) for t in inputs} | {id(r) for c in calls for r in c.results}
+    probe_known = state | {id(t) for t in probe} | {id(r) for c in probe_calls for r in c.results}
+    for first, second in zip(calls, probe_calls):
+        for position, (a, b) in enumerate(zip(first.args, second.args)):
+            if not isinstance(a, (Tensor, np.ndarray)) or id(a) in known:
+                continue
+            a, b = _data(a), _data(b)
+            same = id(b) in probe_known or (
+                a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+            )
+            if not same:
+                raise OnnxExportError(
+                    f"cannot export {export_ops.describe(first.function)}: its input {position} "
+                    f"(shape {list(a.shape)}) was computed from the model's input outside the "
+                    "traced operations (a comparison, argmax, .numpy(), a tensor sized from "
+                    "x.shape, ...) and would be frozen into the file as a constant"
+                )
+
+
+def _state_tensors(model) -> list[Tensor]:
+    if not hasattr(model, "named_parameters"):
+        return []
+    return [t for _, t in (*model.named_parameters(), *model.named_buffers())]
 
 
 def _needed(calls: list[Call], outputs: list[Tensor]) -> list[Call]:

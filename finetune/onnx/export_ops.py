@@ -383,20 +383,20 @@ def _expand_ellipsis(index, ndim: int) -> list | None:
     """The index as one entry per input axis (plus ``None`` entries); ``None`` if unsupported."""
     parts = list(index) if isinstance(index, tuple) else [index]
     for i, p in enumerate(parts):
-        if isinstance(p, (list, np.ndarray)) or isinstance(p, Tensor):
+        if isinstance(p, (list, np.ndarray, Tensor)):
             array = np.asarray(p._data if isinstance(p, Tensor) else p)
             if array.dtype.kind not in "iu":
                 return None
             parts[i] = array.astype(np.int64)
         elif not (p is None or p is Ellipsis or isinstance(p, (slice, int, np.integer))):
             return None
-    if sum(p is Ellipsis for p in parts) > 1:
+    ellipses = [i for i, p in enumerate(parts) if p is Ellipsis]
+    if len(ellipses) > 1:
         return None
     consuming = sum(p is not None and p is not Ellipsis for p in parts)
     fill = [slice(None)] * (ndim - consuming)
-    if Ellipsis in parts:
-        at = parts.index(Ellipsis)
-        parts[at : at + 1] = fill
+    if ellipses:
+        parts[ellipses[0] : ellipses[0] + 1] = fill
     else:
         parts.extend(fill)
     return parts
@@ -404,8 +404,9 @@ def _expand_ellipsis(index, ndim: int) -> list | None:
 
 def _gather_index(b, call, parts, arrays, outs):
     """One integer index array, every other axis whole: numpy's ``take`` is ONNX ``Gather``."""
-    whole = all(p == slice(None) for i, p in enumerate(parts) if i not in arrays)
-    if len(arrays) != 1 or not whole or any(p is None for p in parts):
+    others = [p for i, p in enumerate(parts) if i not in arrays]
+    whole = all(isinstance(p, slice) and p == slice(None) for p in others)
+    if len(arrays) != 1 or not whole:
         raise cannot_export(call, "only one integer index array with whole other axes is supported")
     axis = arrays[0]
     indices = b.constant(parts[axis])
