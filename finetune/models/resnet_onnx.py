@@ -141,7 +141,8 @@ class _Walker:
             raise _Mismatch(f"{len(self.graph.output)} graph outputs, ResNet-18 has one")
         features, fc_weight, fc_bias = self.head(self.graph.output[0].name)
         if fc_weight.ndim != 2 or fc_weight.shape[1] != 512:
-            raise _Mismatch(f"the classifier's weight is {list(fc_weight.shape)}, not [N, 512]")
+            shape = list(fc_weight.shape)
+            raise _Mismatch(f"the classifier's weight is {shape}, not [classes, 512]")
         blocks: list[_Block] = []
         x = self.pooled(features)
         for index in reversed(range(len(_BLOCKS))):
