@@ -389,3 +389,13 @@ def test_default_layer_init_matches_pytorch_and_is_reproducible():
     assert np.abs(depthwise.bias.detach().numpy()).max() <= 1 / 3
     bn = nn.BatchNorm2d(3)
     assert bn.weight.tolist() == [1.0, 1.0, 1.0] and bn.bias.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_functional_pad_matches_numpy_and_gradcheck(mode):
+    values = rng(11).standard_normal((1, 2, 3, 4))
+    numpy_mode = {"replicate": "edge", "circular": "wrap"}.get(mode, mode)
+    expected = np.pad(values, ((0, 0), (0, 0), (2, 1), (1, 2)), mode=numpy_mode)
+    out = F.pad(torch.from_numpy(values), (1, 2, 2, 1), mode=mode)
+    assert np.array_equal(out.numpy(), expected)
+    assert gradcheck(lambda t: F.pad(t, (1, 2, 2, 1), mode=mode), (leaf(values),))
