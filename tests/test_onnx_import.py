@@ -429,3 +429,13 @@ def test_impossible_conv_windows_are_refused_at_load(attributes):
     )
     with pytest.raises(OnnxImportError, match="Conv|strides|dilations|pads"):
         ft.onnx.load(model)
+
+
+def test_a_node_failing_at_run_time_is_named_with_its_input_shapes():
+    model = single_node(
+        "Reshape", {"x": np.zeros((1, 2, 3), np.float32)}, {"s": np.array([1, 6], np.int64)}
+    )
+    imported = ft.onnx.load(model)
+    assert imported(ft.zeros(1, 2, 3)).shape == (1, 6)
+    with pytest.raises(OnnxImportError, match=r"node 'reshape_node' \(Reshape\).*\[4, 2, 3\]"):
+        imported(ft.zeros(4, 2, 3))  # the file baked batch 1 into the shape
