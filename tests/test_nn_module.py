@@ -262,6 +262,17 @@ def test_train_eval_requires_grad_zero_grad_apply():
     assert seen[0] == "Conv2d" and seen[-1] == "TinyResNet"
 
 
+def test_train_calls_each_childs_own_train():
+    class FrozenStats(nn.BatchNorm2d):
+        def train(self, mode: bool = True):
+            return super().train(False)
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(FrozenStats(2)))
+    model.train()
+    assert model.training and model[0].training and model[1].training
+    assert not model[1][0].training
+
+
 def test_forward_hooks_and_call():
     layer = nn.Linear(2, 2)
     calls = []

@@ -317,8 +317,9 @@ class Module:
         """Set training mode here and in every submodule (BatchNorm, Dropout change behaviour)."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
-        for module in self.modules():
-            object.__setattr__(module, "training", mode)
+        self.training = mode
+        for module in self.children():  # each child's own train(), which a subclass may override
+            module.train(mode)
         return self
 
     def eval(self) -> Module:
