@@ -1,6 +1,7 @@
 """Every supported op in a small graph, checked against onnxruntime at batch 1 and 4."""
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 from onnx_builders import make_model, random_weights, run_onnxruntime, value_info
@@ -412,3 +413,12 @@ def test_gradients_through_the_converted_op(case):
     x = np.random.default_rng(7).standard_normal((2, *case[2]))
     inputs = (ft.tensor(x, requires_grad=True), *model.parameters())
     assert ft.autograd.gradcheck(lambda x, *weights: model(x), inputs)
+
+
+def test_every_converter_takes_every_attribute_of_its_schemas():
+    """An attribute the spec adds in a new schema version cannot be silently ignored."""
+    for (_, op, version), converter in registry._REGISTRY.items():
+        schema = onnx.defs.get_schema(op, max_inclusive_version=version)
+        assert schema.since_version == version, (op, version)
+        missing = set(schema.attributes) - converter.attribute_names()
+        assert not missing, f"{op} {version} ignores {sorted(missing)}"

@@ -69,13 +69,13 @@ def cast(input: Tensor, *, to) -> Tensor:
     return _cast(input, to)
 
 
-@register("Cast", 19, 21, 23, 24)
+@register("Cast", 19, 21, 23)
 def cast_19(input: Tensor, *, to, saturate=1) -> Tensor:
     """``saturate`` only concerns float8 targets, which the library does not have."""
     return _cast(input, to)
 
 
-@register("Cast", 25, 28)
+@register("Cast", 24, 25, 28)
 def cast_25(input: Tensor, *, to, saturate=1, round_mode="up") -> Tensor:
     """``round_mode`` only concerns float8/float4 targets, which the library does not have."""
     return _cast(input, to)
