@@ -1,5 +1,7 @@
 """Every supported op in a small graph, checked against onnxruntime at batch 1 and 4."""
 
+import inspect
+
 import numpy as np
 import onnx
 import pytest
@@ -415,10 +417,14 @@ def test_gradients_through_the_converted_op(case):
     assert ft.autograd.gradcheck(lambda x, *weights: model(x), inputs)
 
 
-def test_every_converter_takes_every_attribute_of_its_schemas():
-    """An attribute the spec adds in a new schema version cannot be silently ignored."""
+def test_every_converter_takes_every_attribute_and_input_of_its_schemas():
+    """An attribute or input the spec adds in a new schema version cannot be ignored."""
     for (_, op, version), converter in registry._REGISTRY.items():
         schema = onnx.defs.get_schema(op, max_inclusive_version=version)
         assert schema.since_version == version, (op, version)
         missing = set(schema.attributes) - converter.attribute_names()
         assert not missing, f"{op} {version} ignores {sorted(missing)}"
+        params = inspect.signature(converter.run).parameters.values()
+        if not any(p.kind is p.VAR_POSITIONAL for p in params):
+            positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+            assert positional >= len(schema.inputs), f"{op} {version} drops inputs"
