@@ -36,13 +36,13 @@ class GraphInput:
     """A user input: its name, element type and shape (ints, or None for a free dimension)."""
 
     name: str
-    dtype: np.dtype
+    dtype: np.dtype | None
     shape: tuple | None
 
 
 class Scope(Module):
-    """A container the module tree uses for dotted names: ``model.layer1[0].conv1`` and
-    ``model.layer1.conv1`` both work. It has no forward of its own."""
+    """A container for one level of a dotted name, so ``model.layer1[0].conv1`` reaches
+    ``layer1.0.conv1`` as in PyTorch. It has no forward of its own."""
 
     def __getitem__(self, key: int | str) -> Module:
         try:
