@@ -138,7 +138,7 @@ def compute_features(model: nn.Module, head: nn.Module, loader) -> tuple[np.ndar
                 out = model(x)
             feats = seen[-1]
             if not checked:
-                if not np.array_equal(head(feats)._data, out._data):
+                if not np.array_equal(head(feats)._data, out._data, equal_nan=True):
                     raise TrainingError("the model's output is not its head's output")
                 checked = True
             if features is None:
