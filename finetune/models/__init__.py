@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import registry
-from .download import cache_dir, fetch
+from .cache import cache_dir, fetch
 from .registry import PRETRAINED, imagenet_classes
 from .resnet import BasicBlock, ResNet
 from .resnet_onnx import load_resnet18

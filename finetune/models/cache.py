@@ -1,4 +1,4 @@
-"""Fetch a pretrained file once: streamed, retried, checked by sha256, cached.
+"""The cache of pretrained files: fetched once, streamed, retried, checked by sha256.
 
 The bytes go to ``<file>.part`` and are renamed into place only after their sha256 matches, so
 the cache never holds a partial or wrong file. Connection errors, timeouts and 5xx answers are
@@ -63,13 +63,18 @@ def fetch(
     sha256: str,
     size: int | None = None,
     progress: bool = True,
-    timeout: float | tuple[float, float] = TIMEOUT,
-    retries: int = RETRIES,
-    backoff: float = BACKOFF,
+    timeout: float | tuple[float, float] | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
 ) -> Path:
     """Return ``dest`` holding the file with ``sha256``, downloading it from the first URL that
-    answers unless a valid copy is already there. Raises ``DownloadError`` otherwise."""
+    answers unless a valid copy is already there. Raises ``DownloadError`` otherwise.
+    ``timeout``, ``retries`` and ``backoff`` default to the module's ``TIMEOUT``, ``RETRIES``
+    and ``BACKOFF``."""
     dest = Path(dest)
+    timeout = TIMEOUT if timeout is None else timeout
+    retries = RETRIES if retries is None else retries
+    backoff = BACKOFF if backoff is None else backoff
     if is_valid(dest, sha256, size):
         return dest
     if offline():
