@@ -124,10 +124,12 @@ def _stream(url, part, size, progress, timeout, retries, backoff) -> None:
                 response.raise_for_status()
                 expected = int(response.headers.get("Content-Length", 0)) or size
                 written = _write(response, part, expected, progress)
-            if size is not None and written != size:
-                why = f"got {written} bytes, expected {size} (truncated transfer)"
+            if expected is not None and written < expected:
+                why = f"truncated transfer, got {written} of {expected} bytes"
                 continue
-            return
+            return  # complete; a file of the wrong size then fails its sha256
+        except requests.exceptions.ChunkedEncodingError as error:
+            why = f"truncated transfer, the connection broke mid-file ({error})"
         except requests.RequestException as error:
             why = f"{type(error).__name__}: {error}"
     raise _Unreachable(f"{why} (after {retries} attempts)")
