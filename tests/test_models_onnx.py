@@ -386,3 +386,19 @@ def test_external_data_outside_the_models_folder_is_refused(files, tmp_path):
 def test_weights_and_pretrained_together_is_a_mistake(files):
     with pytest.raises(ValueError, match="not both"):
         resnet18(weights=files["legacy-bn-opset13"][0], pretrained=True)
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["bn-kept", "bn-folded"])
+def test_the_librarys_own_export_of_a_fine_tuned_resnet18_loads_back(tmp_path, fold):
+    ft.manual_seed(0)
+    model = resnet18(num_classes=5)
+    model.load_state_dict(
+        {k: ft.from_numpy(v) for k, v in random_resnet18(seed=2, classes=5).items()}, strict=False
+    )
+    model.eval()
+    x = ft.from_numpy(np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    ft.onnx.export(model, x, tmp_path / "tuned.onnx", fold_batchnorm=fold)
+    again = resnet18(weights=tmp_path / "tuned.onnx")
+    assert again.fc.out_features == 5
+    with ft.no_grad():
+        np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-4)
