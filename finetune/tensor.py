@@ -14,6 +14,7 @@ import numpy as np
 
 from . import dtypes
 from .autograd import engine
+from .autograd.function import trace_inplace
 from .errors import AutogradError, ShapeError
 
 
@@ -190,9 +191,10 @@ class Tensor:
     __str__ = __repr__
 
     def __format__(self, spec: str) -> str:
-        if self._data.ndim == 0 and spec:
+        """As PyTorch: a 0-d tensor formats as its Python number (``f"{loss}"`` is ``2.5``)."""
+        if self._data.ndim == 0 and type(self) is Tensor:
             return format(self.item(), spec)
-        return repr(self)
+        return object.__format__(self, spec)
 
     def __deepcopy__(self, memo: dict) -> Tensor:
         """Copy a leaf with its data, ``requires_grad`` and ``grad``: ``copy.deepcopy(model)``
@@ -264,6 +266,7 @@ class Tensor:
             else:
                 self._data = out.astype(self._data.dtype, copy=True)
         self._version.value += 1
+        trace_inplace(self, result)
         return self
 
     def add_(self, other, alpha=1):

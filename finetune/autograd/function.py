@@ -149,11 +149,23 @@ _tracer = None
 
 
 def set_tracer(tracer) -> object:
-    """Install ``tracer`` (an object with ``record(function, args, kwargs, results)``) and return
-    the previous one. The ONNX exporter uses it to see every primitive a forward runs."""
+    """Install ``tracer`` (an object with ``record(function, args, kwargs, results)`` and
+    ``rebind(tensor, result)``) and return the previous one. The ONNX exporter uses it to see
+    every primitive a forward runs, and every tensor an in-place op gives a new value."""
     global _tracer
     previous, _tracer = _tracer, tracer
     return previous
+
+
+def is_tracing() -> bool:
+    """True while a tracer is installed: in-place fast paths must then go through ``apply``."""
+    return _tracer is not None
+
+
+def trace_inplace(tensor, result) -> None:
+    """Tell the tracer that ``tensor`` now holds ``result``'s values (an in-place op)."""
+    if _tracer is not None:
+        _tracer.rebind(tensor, result)
 
 
 class Function:

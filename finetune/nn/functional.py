@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import functions, random
 from ..autograd import engine, nn_ops, ops
+from ..autograd.function import is_tracing
 from ..errors import DataError, ShapeError
 from ..tensor import Tensor
 
@@ -298,7 +299,10 @@ def _adaptive_slice(i: int, size: int, out: int) -> slice:
 
 
 def _inplace_ok(x: Tensor) -> bool:
-    """In-place without a graph: overwrite the array directly and skip the copy."""
+    """In-place without a graph: overwrite the array directly and skip the copy (not while the
+    ONNX exporter traces, which must see the op)."""
+    if is_tracing():
+        return False
     return not (engine.is_grad_enabled() and x.requires_grad) and x._data.flags.writeable
 
 
