@@ -270,6 +270,28 @@ def test_failed_export_keeps_the_previous_file(tmp_path):
     assert os.listdir(tmp_path) == ["m.onnx"]
 
 
+def test_in_place_ops_are_traced_as_the_values_they_leave(tmp_path):
+    def forward(m, x):
+        y = x * 1
+        y.add_(1).mul_(m.weight)
+        F.relu(y, inplace=True)
+        return y - F.hardtanh(y, 0.0, 1.0, inplace=True) + y
+
+    proto = assert_exports(Lambda(forward), (4,), tmp_path)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops == ["Mul", "Add", "Mul", "Relu", "Clip", "Sub", "Add"]
+
+
+def test_in_place_change_the_trace_cannot_see_is_refused(tmp_path):
+    def forward(m, x):
+        y = x * 2
+        y[:, 0] = 0.0
+        return y + 1
+
+    with pytest.raises(OnnxExportError, match="changed in place outside the traced operations"):
+        ft.onnx.export(Lambda(forward), ft.randn(2, 4), tmp_path / "m.onnx")
+
+
 @pytest.mark.parametrize(
     "forward",
     [

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..autograd import engine, nn_ops
+from ..autograd import conv, engine, nn_ops
 from ..autograd.function import set_tracer
 from ..errors import OnnxExportError
 from ..tensor import Tensor
@@ -33,12 +33,22 @@ _MIN_OPSET = 13
 
 @dataclass(frozen=True)
 class Call:
-    """One traced primitive: what ``Function.apply`` was given and what it returned."""
+    """One traced primitive: what ``Function.apply`` was given and what it returned, and the
+    version of each tensor argument when it was read."""
 
     function: type
     args: tuple
     kwargs: dict
     results: tuple
+    versions: tuple = ()
+
+
+class Rebind:
+    """The pseudo-call an in-place op leaves in the trace: ``results[0]`` now holds ``args[0]``."""
+
+
+def _versions(values) -> tuple:
+    return tuple(v._version.value if isinstance(v, Tensor) else None for v in values)
 
 
 class _Tracer:
@@ -46,7 +56,11 @@ class _Tracer:
         self.calls: list[Call] = []
 
     def record(self, function, args, kwargs, results) -> None:
-        self.calls.append(Call(function, tuple(args), dict(kwargs), tuple(results)))
+        call = Call(function, tuple(args), dict(kwargs), tuple(results), _versions(args))
+        self.calls.append(call)
+
+    def rebind(self, tensor: Tensor, result: Tensor) -> None:
+        self.calls.append(Call(Rebind, (result,), {}, (tensor,), _versions((result, tensor))))
 
 
 def export(
@@ -247,12 +261,17 @@ def _state_tensors(model) -> list[Tensor]:
 
 
 def _needed(calls: list[Call], outputs: list[Tensor]) -> list[Call]:
-    """The calls the outputs depend on, in trace order; the rest (dead code) is not exported."""
+    """The calls the outputs depend on, in trace order; the rest (dead code) is not exported.
+
+    A backward liveness walk: a kept call's results are no longer wanted before it (an in-place
+    op rebinds a tensor, so one tensor can name several values over the trace), its inputs are.
+    """
     wanted = {id(t) for t in outputs}
     kept = []
     for call in reversed(calls):
         if any(id(r) in wanted for r in call.results):
             kept.append(call)
+            wanted.difference_update(id(r) for r in call.results)
             wanted.update(id(a) for a in call.args if isinstance(a, Tensor))
     return kept[::-1]
 
@@ -263,8 +282,6 @@ def _fold_batchnorm(calls: list[Call], outputs: list[Tensor], builder: _GraphBui
     ``bn(conv(x, w, b)) = conv(x, w * s, (b - mean) * s + beta)`` with ``s = gamma / sqrt(var +
     eps)``. The folded weights keep the convolution's names.
     """
-    from ..autograd import conv
-
     readers: dict[int, int] = {}
     for call in calls:
         for a in call.args:
@@ -329,6 +346,7 @@ class _GraphBuilder:
         self._used_state: set[int] = set()
         self._taken: set[str] = set()
         self._ints: dict[tuple, str] = {}
+        self._versions: dict[int, int] = {}
         self._counts: dict[str, int] = {}
         self._keep: list = []
 
@@ -426,11 +444,19 @@ class _GraphBuilder:
             self._taken.add(name)
         self._taken.update(output_names)
         produced = {id(r) for call in calls for r in call.results}
+        rebound = {id(call.results[0]) for call in calls if call.function is Rebind}
         assigned: dict[int, str] = {}
         for tensor, name in zip(outputs, output_names):
-            if id(tensor) in produced and id(tensor) not in assigned:
-                assigned[id(tensor)] = name
+            key = id(tensor)
+            if key in produced and key not in rebound and key not in assigned:
+                assigned[key] = name
         for call in calls:
+            self._check_versions(call)
+            if call.function is Rebind:
+                (tensor,), (source,) = call.results, call.args
+                self._names[id(tensor)] = self.name_of(source)
+                self._versions[id(tensor)] = call.versions[1]
+                continue
             emit = export_ops.emitter_for(call.function)
             if emit is None:
                 raise OnnxExportError(
@@ -442,6 +468,7 @@ class _GraphBuilder:
             emit(self, call, outs)
             for r, name in zip(call.results, outs):
                 self._names[id(r)] = name
+                self._versions[id(r)] = 0
         for tensor, name in zip(outputs, output_names):
             if self.name_of(tensor) != name:
                 self.node("Identity", [self.name_of(tensor)], [name])
@@ -453,11 +480,30 @@ class _GraphBuilder:
             initializer=self.initializers,
         )
 
+    def _check_versions(self, call: Call) -> None:
+        """A tensor read at another version than the one its name holds was changed in place by
+        something the trace did not see (``x[...] = v`` or ``fill_`` without a graph)."""
+        for position, (arg, version) in enumerate(zip(call.args, call.versions)):
+            if version is None:
+                continue
+            seen = self._versions.setdefault(id(arg), version)
+            if seen != version:
+                what = _describe(call.function)
+                raise OnnxExportError(
+                    f"cannot export {what}: its input {position} (shape "
+                    f"{list(arg._data.shape)}) was changed in place outside the traced operations "
+                    "(item assignment, fill_, copy_, ... without a graph); compute it out of place"
+                )
+
     def _value_info(self, tensor: Tensor, name: str) -> onnx.ValueInfoProto:
         shape: list = list(tensor._data.shape)
         if self.batch is not None and shape and shape[0] == self.batch:
             shape[0] = "batch"
         return helper.make_tensor_value_info(name, self.onnx_type(tensor._data.dtype), shape)
+
+
+def _describe(function: type) -> str:
+    return "an in-place op" if function is Rebind else export_ops.describe(function)
 
 
 def _data(value):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..autograd import nn_ops, ops
+from ..autograd import conv, nn_ops, ops
 from ..errors import OnnxExportError
 from ..tensor import Tensor
 
@@ -451,7 +451,7 @@ def _slice_index(b, name, parts, outs):
         name = b.node(op, [name, *extra], outs if k == len(stages) - 1 else None)[0]
 
 
-# -- layers ----------------------------------------------------------------------------------------
+# -- layers, convolution and pooling ------------------------------------------------------------
 
 
 @emits(nn_ops.Linear)
@@ -479,3 +479,57 @@ def _batch_norm(b, call, outs):
     shift = b.name_of(bias) if bias is not None else b.constant(np.zeros(channels, dtype))
     inputs = [b.name_of(x), scale, shift, b.name_of(mean), b.name_of(var)]
     b.node("BatchNormalization", inputs, outs, epsilon=float(call.kwargs["eps"]))
+
+
+def _pads(pairs) -> list[int]:
+    """``((before, after), ...)`` per spatial axis -> ONNX ``[begins..., ends...]``."""
+    return [int(lo) for lo, _ in pairs] + [int(hi) for _, hi in pairs]
+
+
+@emits(conv.Convolution)
+def _convolution(b, call, outs):
+    x, weight = call.args[0], call.args[1]
+    inputs = [b.name_of(x), b.name_of(weight)]
+    if len(call.args) > 2 and call.args[2] is not None:
+        inputs.append(b.name_of(call.args[2]))
+    k = call.kwargs
+    b.node(
+        "Conv",
+        inputs,
+        outs,
+        kernel_shape=list(_shape(weight)[2:]),
+        strides=list(k["stride"]),
+        pads=_pads(k["padding"]),
+        dilations=list(k["dilation"]),
+        group=int(k["groups"]),
+    )
+
+
+@emits(conv.MaxPool)
+def _max_pool(b, call, outs):
+    k = call.kwargs
+    b.node(
+        "MaxPool",
+        [b.name_of(call.args[0])],
+        outs,
+        kernel_shape=list(k["kernel_size"]),
+        strides=list(k["stride"]),
+        pads=_pads(k["padding"]),
+        dilations=list(k["dilation"]),
+        ceil_mode=int(k["ceil_mode"]),
+    )
+
+
+@emits(conv.AvgPool)
+def _avg_pool(b, call, outs):
+    k = call.kwargs
+    b.node(
+        "AveragePool",
+        [b.name_of(call.args[0])],
+        outs,
+        kernel_shape=list(k["kernel_size"]),
+        strides=list(k["stride"]),
+        pads=_pads(k["padding"]),
+        ceil_mode=int(k["ceil_mode"]),
+        count_include_pad=int(k["count_include_pad"]),
+    )
