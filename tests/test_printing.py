@@ -90,5 +90,10 @@ def test_set_printoptions_precision_and_restore() -> None:
     assert repr(torch.tensor([1.23456])) == "tensor([1.2346])"
 
 
-def test_format_of_scalar_tensor_uses_spec() -> None:
+def test_format_of_scalar_tensor_is_its_number() -> None:
     assert f"{torch.tensor(2.5):.2f}" == "2.50"
+    assert f"{torch.tensor(2.5, requires_grad=True)}" == "2.5"
+    assert f"{torch.tensor(3)}" == "3"
+    assert f"{torch.tensor([2.5])}" == "tensor([2.5000])"
+    with pytest.raises(TypeError):
+        f"{torch.tensor([2.5]):.2f}"
