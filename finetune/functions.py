@@ -16,7 +16,17 @@ from .autograd import ops
 from .errors import ShapeError
 from .tensor import Tensor
 
-_values_indices = namedtuple("return_types", ["values", "indices"])
+
+def _return_type(name: str) -> type:
+    """A (values, indices) pair printed as PyTorch prints ``torch.return_types.<name>``."""
+
+    def __repr__(self) -> str:
+        return f"torch.return_types.{name}(\nvalues={self.values!r},\nindices={self.indices!r})"
+
+    return type(name, (namedtuple(name, ["values", "indices"]),), {"__slots__": (), "__repr__": __repr__})
+
+
+_RETURN_TYPES = {name: _return_type(name) for name in ("max", "min", "topk", "sort")}
 
 
 def _t(x) -> Tensor:
@@ -206,7 +216,7 @@ def _max_min(x, dim, keepdim, largest: bool, other=None):
     values, indices = (ops.MaxDim if largest else ops.MinDim).apply(
         x, dim=dim, keepdim=keepdim, largest=largest
     )
-    return _values_indices(values, indices)
+    return _RETURN_TYPES["max" if largest else "min"](values, indices)
 
 
 def max(x, dim=None, keepdim=False, *, other=None):  # noqa: A001
@@ -276,13 +286,13 @@ def argmin(x, dim=None, keepdim=False):
 
 def topk(x, k, dim=-1, largest=True, sorted=True):  # noqa: A002
     values, indices = ops.TopK.apply(x, k=k, dim=dim, largest=largest)
-    return _values_indices(values, indices)
+    return _RETURN_TYPES["topk"](values, indices)
 
 
 def sort(x, dim=-1, descending=False):
     n = x.shape[dim]
     values, indices = ops.Sort.apply(x, k=n, dim=dim, largest=descending)
-    return _values_indices(values, indices)
+    return _RETURN_TYPES["sort"](values, indices)
 
 
 def argsort(x, dim=-1, descending=False):

@@ -171,7 +171,7 @@ class Tensor:
     def __bool__(self) -> bool:
         if self._data.size != 1:
             raise RuntimeError(
-                f"Boolean value of Tensor with more than one value is ambiguous"
+                "Boolean value of Tensor with more than one value is ambiguous"
             )
         return bool(self._data.reshape(()))
 
@@ -533,6 +533,32 @@ class Tensor:
     def clone(self):
         return _ops.clone(self)
 
+    def clamp_min(self, min):  # noqa: A002
+        return _ops.clamp(self, min=min)
+
+    def clamp_max(self, max):  # noqa: A002
+        return _ops.clamp(self, max=max)
+
+    # -- new tensors like this one (same dtype unless given) ------------------------------------
+    def new_tensor(self, data, dtype=None, requires_grad: bool = False) -> Tensor:
+        from .creation import tensor
+
+        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+        from .creation import full
+
+        return full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_zeros(self, *size, dtype=None, requires_grad: bool = False) -> Tensor:
+        return self.new_full(_size_arg(size), 0, dtype, requires_grad)
+
+    def new_ones(self, *size, dtype=None, requires_grad: bool = False) -> Tensor:
+        return self.new_full(_size_arg(size), 1, dtype, requires_grad)
+
+    def new_empty(self, *size, dtype=None, requires_grad: bool = False) -> Tensor:
+        return self.new_full(_size_arg(size), 0, dtype, requires_grad)
+
 
 class Size(tuple):
     """``torch.Size``: a tuple of ints that prints as ``torch.Size([2, 3])``."""
@@ -556,6 +582,11 @@ _TYPE_NAMES = {
     "bool": "BoolTensor",
     "uint8": "ByteTensor",
 }
+
+
+def _size_arg(size: tuple) -> tuple:
+    """``f(2, 3)`` and ``f((2, 3))`` both mean shape (2, 3), as in PyTorch."""
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
 
 
 def _raw(value: Any):

@@ -152,3 +152,29 @@ def test_iteration_len_and_truthiness() -> None:
         bool(x)
     with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
         iter(torch.tensor(1.0))
+
+
+def test_new_tensors_follow_the_source_dtype() -> None:
+    x = torch.ones(2, dtype=torch.float64)
+    assert x.new_zeros(2, 3).shape == (2, 3) and x.new_zeros((2, 3)).dtype is torch.float64
+    assert x.new_ones(1).tolist() == [1.0] and x.new_full((2,), 7).tolist() == [7.0, 7.0]
+    assert x.new_tensor([1, 2]).dtype is torch.float64 and x.new_empty(0).shape == (0,)
+    assert torch.ones(2).new_zeros(1, dtype=torch.int64).dtype is torch.int64
+
+
+def test_clamp_min_max_methods() -> None:
+    x = torch.tensor([-1.0, 0.5, 2.0])
+    assert x.clamp_min(0.0).tolist() == [0.0, 0.5, 2.0]
+    assert x.clamp_max(1.0).tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_values_indices_results_print_as_torch_return_types() -> None:
+    x = torch.tensor([[1.0, 5.0], [3.0, 4.0]])
+    values, indices = torch.max(x, 1)
+    assert values.tolist() == [5.0, 4.0] and indices.tolist() == [1, 1]
+    assert repr(torch.max(x, 1)) == (
+        "torch.return_types.max(\nvalues=tensor([5., 4.]),\nindices=tensor([1, 1]))"
+    )
+    assert repr(x.min(0)).startswith("torch.return_types.min(\nvalues=")
+    assert repr(x.topk(1)).startswith("torch.return_types.topk(")
+    assert x.sort(1, descending=True).values.tolist() == [[5.0, 1.0], [4.0, 3.0]]
