@@ -402,3 +402,32 @@ def test_the_librarys_own_export_of_a_fine_tuned_resnet18_loads_back(tmp_path, f
     assert again.fc.out_features == 5
     with ft.no_grad():
         np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_damaged_graphs_are_refused_with_import_errors_only(files):
+    """Dropped inputs, swapped op types, rewired or deleted nodes: an OnnxImportError, or a
+    model, never an IndexError or a hang."""
+    original = onnx.load(files["legacy-folded-opset11"][0])
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(25):
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+        nodes = model.graph.node
+        node = nodes[int(rng.integers(len(nodes)))]
+        kind = int(rng.integers(4))
+        if kind == 0 and node.input:
+            del node.input[-1]
+        elif kind == 1:
+            node.op_type = str(rng.choice(["Relu", "Identity", "Add", "Conv", "Flatten"]))
+        elif kind == 2 and node.input:
+            node.input[0] = nodes[int(rng.integers(len(nodes)))].output[0]
+        else:
+            nodes.remove(node)
+        try:
+            resnet18(weights=model)
+            outcomes.add("loaded")
+        except OnnxImportError as error:
+            assert "finetune.onnx.load" in str(error) or "<ModelProto>" in str(error)
+            outcomes.add("refused")
+    assert "refused" in outcomes

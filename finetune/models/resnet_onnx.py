@@ -34,6 +34,10 @@ _BLOCKS = [(64, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1),
            (128, 256, 2), (256, 256, 1), (256, 512, 2), (512, 512, 1)]  # fmt: skip
 
 
+# inputs each matched op needs (Add is binary; BatchNormalization takes x, scale, B, mean, var)
+_ARITY = {"Conv": 2, "BatchNormalization": 5, "Add": 2, "Gemm": 2, "MatMul": 2, "Reshape": 2}
+
+
 class _Mismatch(Exception):
     """The graph departs from ResNet-18 here; the message says where."""
 
@@ -182,6 +186,8 @@ class _Walker:
             return node.input[0], weight, bias
         bias = np.zeros((), np.float32)
         if node.op_type == "Add":
+            if len(node.input) != 2:
+                raise _Mismatch(f"Add {node.name!r} has {len(node.input)} inputs")
             a, b = node.input
             bias, name = (self.constant(b), a) if b in self.constants else (self.constant(a), b)
             node = self.producer(name, "MatMul")
@@ -265,15 +271,22 @@ class _Walker:
 
     def source(self, name: str) -> str:
         """``name`` with Identity aliases followed back to the tensor that has the data."""
+        seen = {name}
         while name in self.producers and self.producers[name].op_type == "Identity":
-            name = self.producers[name].input[0]
+            name = self.producers[name].input[0] if self.producers[name].input else ""
+            if name in seen:
+                raise _Mismatch(f"Identity nodes form a cycle through {name!r}")
+            seen.add(name)
         return name
 
     def producer(self, name: str, *op_types: str) -> onnx.NodeProto:
+        """The node of one of ``op_types`` computing ``name``, with the inputs that op needs."""
         node = self.producers.get(self.source(name))
         if node is None or node.op_type not in op_types:
             found = f"a {node.op_type} node ({node.name!r})" if node else "no node"
             raise _Mismatch(f"expected {' or '.join(op_types)} producing {name!r}, found {found}")
+        if sum(1 for i in node.input if i) < _ARITY.get(node.op_type, 1):
+            raise _Mismatch(f"{node.op_type} {node.name!r} lacks inputs")
         return node
 
     def constant(self, name: str) -> np.ndarray:
