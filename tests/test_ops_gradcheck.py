@@ -311,3 +311,22 @@ def test_hypothesis_reductions(shape: tuple, data) -> None:
         requires_grad=True,
     )
     assert gradcheck(fn, (x,))
+
+
+def test_gradcheck_names_the_wrong_output() -> None:
+    class SecondWrong(finetune.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2, x * 3
+
+        @staticmethod
+        def backward(ctx, g1, g2):
+            return g1 * 2 + g2 * 4
+
+    with pytest.raises(RuntimeError, match="output 1 with respect to input 0"):
+        gradcheck(SecondWrong.apply, (leaf(2),))
+
+
+def test_gradcheck_perturbs_non_contiguous_inputs() -> None:
+    transposed = finetune.tensor(RNG.standard_normal((2, 3)), dtype=finetune.float64).t()
+    assert gradcheck(lambda a: a * a, (transposed.requires_grad_(),))

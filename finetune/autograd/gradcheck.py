@@ -46,6 +46,8 @@ def gradcheck(
     # numerical Jacobian, column by column
     numerical = []
     for t in diff_inputs:
+        if not (t._data.flags.c_contiguous and t._data.flags.writeable):
+            t._data = np.array(t._data, order="C")  # perturbed in place through a flat view
         flat = t._data.reshape(-1)
         cols = []
         for i in range(flat.size):
@@ -55,7 +57,9 @@ def gradcheck(
             flat[i] = orig - eps
             minus = evaluate()
             flat[i] = orig
-            cols.append(np.concatenate([((p - m) / (2 * eps)).ravel() for p, m in zip(plus, minus)]))
+            cols.append(
+                np.concatenate([((p - m) / (2 * eps)).ravel() for p, m in zip(plus, minus)])
+            )
         numerical.append(np.stack(cols, axis=1) if cols else np.zeros((0, 0)))
     # analytical Jacobian, row by row
     n_out = sum(o.numel() for o in outputs)
@@ -68,19 +72,25 @@ def gradcheck(
         for j in range(o.numel()):
             seed = np.zeros(o.shape, dtype=o._data.dtype)
             seed.reshape(-1)[j] = 1
-            grads = grad([o], diff_inputs, [Tensor._from_array(seed)], retain_graph=True,
-                         allow_unused=True)
+            grads = grad(
+                [o], diff_inputs, [Tensor._from_array(seed)], retain_graph=True, allow_unused=True
+            )
             for k, g in enumerate(grads):
                 if g is not None:
                     analytical[k][row + j] = g._data.reshape(-1)
         row += o.numel()
+    ends = np.cumsum([o.numel() for o in outputs])
     for k, (a, n) in enumerate(zip(analytical, numerical)):
         if a.shape != n.shape or not np.allclose(a, n, atol=atol, rtol=rtol):
             if raise_exception:
-                worst = np.abs(a - n).max() if a.shape == n.shape else float("nan")
+                diff = np.abs(a - n) if a.shape == n.shape else np.full(1, np.nan)
+                worst_row = (
+                    int(np.unravel_index(np.nanargmax(diff), diff.shape)[0]) if diff.size > 1 else 0
+                )
+                out_index = int(np.searchsorted(ends, worst_row, side="right"))
                 raise AutogradError(
-                    f"Jacobian mismatch for output 0 with respect to input {k},\n"
-                    f"numerical:{n}\nanalytical:{a}\n(max abs difference {worst})"
+                    f"Jacobian mismatch for output {out_index} with respect to input {k},\n"
+                    f"numerical:{n}\nanalytical:{a}\n(max abs difference {np.nanmax(diff)})"
                 )
             return False
     return True
