@@ -244,7 +244,11 @@ def test_every_layout_matches_onnxruntime(files, layout):
 @pytest.mark.parametrize("layout", ["zoo-v1-opset7", "legacy-bn-opset13"])
 def test_kept_batchnorm_loads_the_files_own_numbers(files, layout):
     path, weights = files[layout]
-    state = resnet18(weights=path).state_dict()
+    model = resnet18(weights=path)
+    assert repr(model.layer3[0].downsample[1]) == (
+        "BatchNorm2d(256, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    )
+    state = model.state_dict()
     for key, value in weights.items():
         np.testing.assert_array_equal(state[key].numpy(), value, err_msg=key)
 

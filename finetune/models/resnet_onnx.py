@@ -21,7 +21,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import nn
 from ..errors import OnnxImportError
 from ..onnx.load import read_model
 from ..tensor import Tensor
@@ -67,8 +66,8 @@ class _ConvBN:
             if array is not None and array.shape != (out,):
                 raise _Mismatch(f"{where}: per-channel values of {self.node!r} are not ({out},)")
 
-    def assign(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, state: dict[str, np.ndarray]) -> None:
-        """Put this conv's weights into ``state`` under the modules' names; set BN's eps."""
+    def state(self, conv: str, bn: str) -> dict[str, np.ndarray]:
+        """State-dict entries of the modules named ``conv`` and ``bn`` (see the module doc)."""
         channels = self.weight.shape[0]
         bias = np.zeros(channels, np.float32) if self.bias is None else self.bias
         if self.bn is None:
@@ -77,11 +76,13 @@ class _ConvBN:
         else:
             scale, shift, mean, var = self.bn
             mean = mean - bias
-        state[conv] = {"weight": self.weight}
-        state[bn] = {"weight": scale, "bias": shift, "running_mean": mean, "running_var": var}
-        bn.eps = self.eps
-        if self.momentum is not None:
-            bn.momentum = self.momentum
+        return {
+            f"{conv}.weight": self.weight,
+            f"{bn}.weight": scale,
+            f"{bn}.bias": shift,
+            f"{bn}.running_mean": mean,
+            f"{bn}.running_var": var,
+        }
 
 
 @dataclass
@@ -105,22 +106,23 @@ def load_resnet18(source: str | os.PathLike | onnx.ModelProto) -> ResNet:
             f"{label} is not a ResNet-18 ({why}); import it as a generic graph with "
             f"finetune.onnx.load({label!r}), whose head can be replaced too"
         ) from None
+    found = [("conv1", "bn1", stem)]
+    for index, block in enumerate(blocks):
+        p = f"layer{index // 2 + 1}.{index % 2}"
+        found += [(f"{p}.conv1", f"{p}.bn1", block.conv1), (f"{p}.conv2", f"{p}.bn2", block.conv2)]
+        if block.downsample is not None:
+            found.append((f"{p}.downsample.0", f"{p}.downsample.1", block.downsample))
     net = ResNet((2, 2, 2, 2), num_classes=fc_weight.shape[0])
-    state: dict[nn.Module, dict[str, np.ndarray]] = {}
-    stem.assign(net.conv1, net.bn1, state)
-    layers = (net.layer1, net.layer2, net.layer3, net.layer4)
-    for found, module in zip(blocks, [block for layer in layers for block in layer], strict=True):
-        found.conv1.assign(module.conv1, module.bn1, state)
-        found.conv2.assign(module.conv2, module.bn2, state)
-        if found.downsample is not None:
-            found.downsample.assign(module.downsample[0], module.downsample[1], state)
-    state[net.fc] = {"weight": fc_weight, "bias": fc_bias}
-    names = {module: name for name, module in net.named_modules()}
-    net.load_state_dict({
-        f"{names[module]}.{key}": Tensor._from_array(np.ascontiguousarray(value, np.float32))
-        for module, entries in state.items()
-        for key, value in entries.items()
-    })  # fmt: skip
+    modules = dict(net.named_modules())
+    state = {"fc.weight": fc_weight, "fc.bias": fc_bias}
+    for conv, bn, convbn in found:
+        state.update(convbn.state(conv, bn))
+        modules[bn].eps = convbn.eps
+        if convbn.momentum is not None:
+            modules[bn].momentum = convbn.momentum
+    net.load_state_dict(
+        {k: Tensor._from_array(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
+    )
     for param in net.parameters():
         param.requires_grad = False
     return net.eval()
@@ -251,7 +253,7 @@ class _Walker:
             bn = tuple(self.constant(n) for n in node.input[1:5])
             eps = _float(node, "epsilon", 1e-5)
             if any(a.name == "momentum" for a in node.attribute):
-                momentum = 1 - _float(node, "momentum", 0.9)
+                momentum = _shortest(1 - _float(node, "momentum", 0.9))
             node = self.producer(node.input[0], "Conv")
         strides, pads = _ints(node, "strides") or [1, 1], _ints(node, "pads") or [0] * 4
         if (
@@ -322,7 +324,13 @@ def _int(node: onnx.NodeProto, key: str, default: int) -> int:
 
 def _float(node: onnx.NodeProto, key: str, default: float) -> float:
     value = _attribute(node, key)
-    return default if value is None else float(value)
+    return default if value is None else _shortest(value)
+
+
+def _shortest(value: float) -> float:
+    """A float32 attribute as the shortest decimal it stands for (``1e-05``, not
+    ``9.99999974738e-06``), so imported layers print as PyTorch's do."""
+    return float(str(np.float32(value)))
 
 
 def _auto_pad(node: onnx.NodeProto) -> bool:
