@@ -46,6 +46,16 @@ def test_non_scalar_backward_with_gradient() -> None:
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0, 0.0])
 
 
+def test_gradient_of_the_wrong_shape_is_refused() -> None:
+    x = torch.ones(3, requires_grad=True)
+    with pytest.raises(
+        RuntimeError,
+        match=r"Mismatch in shape: grad_output\[0\] has a shape of torch.Size\(\[2\]\) and "
+        r"output\[0\] has a shape of torch.Size\(\[3\]\)",
+    ):
+        (x * 2).backward(torch.ones(2))
+
+
 def test_backward_on_tensor_without_graph_raises() -> None:
     with pytest.raises(RuntimeError, match="does not require grad and does not have a grad_fn"):
         torch.ones(2).sum().backward()

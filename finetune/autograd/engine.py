@@ -89,14 +89,14 @@ class set_grad_enabled(_GradModeContext):  # noqa: N801
 
 
 def _roots(tensors: Sequence, grad_tensors: Sequence) -> list[tuple]:
-    from ..tensor import Tensor
+    from ..tensor import Size, Tensor
     from .function import edge_of
 
     roots = []
-    for t, g in zip(tensors, grad_tensors):
+    for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
         if not t.requires_grad:
             raise AutogradError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
+                f"element {i} of tensors does not require grad and does not have a grad_fn"
             )
         if g is None:
             if t.numel() != 1:
@@ -106,8 +106,8 @@ def _roots(tensors: Sequence, grad_tensors: Sequence) -> list[tuple]:
             g = g._data if isinstance(g, Tensor) else np.asarray(g)
             if g.shape != t.shape:
                 raise ShapeError(
-                    f"Mismatch in shape: grad_output[0] has a shape of {tuple(g.shape)} and "
-                    f"output[0] has a shape of {tuple(t.shape)}."
+                    f"Mismatch in shape: grad_output[{i}] has a shape of {Size(g.shape)} and "
+                    f"output[{i}] has a shape of {t.shape}."
                 )
             g = g.astype(t._data.dtype, copy=False)
         roots.append((edge_of(t), g))
