@@ -132,8 +132,9 @@ def _tensor_str_with_formatter(values: np.ndarray, indent: int, summarize: bool,
         shown = [*range(edge), None, *range(rows - edge, rows)]
     else:
         shown = range(rows)
+    inner = indent + 1
     slices = [
-        "..." if i is None else _tensor_str_with_formatter(values[i], indent + 1, summarize, formatter)
+        "..." if i is None else _tensor_str_with_formatter(values[i], inner, summarize, formatter)
         for i in shown
     ]
     return "[" + ("," + "\n" * (dim - 1) + " " * (indent + 1)).join(slices) + "]"

@@ -68,7 +68,7 @@ def grad(
     grads = _as_list(grad_outputs) or [None] * len(outputs)
     captured = run_backward(outputs, grads, bool(retain_graph), capture=inputs)
     result = []
-    for t, g in zip(inputs, captured):
+    for g in captured:
         if g is None and not allow_unused:
             raise AutogradError(
                 "One of the differentiated Tensors appears to not have been used in the graph. "

@@ -65,7 +65,8 @@ class Node:
                     "one of the variables needed for gradient computation has been modified by an "
                     f"inplace operation: [{array.dtype} {list(array.shape)}] is at version "
                     f"{counter.value}; expected version {version} instead (in {self.name()}). "
-                    "Use an out-of-place operation (x = x + y instead of x += y) or .clone() the tensor."
+                    "Use an out-of-place operation (x = x + y instead of x += y) or .clone() the "
+                    "tensor."
                 )
 
     def release(self) -> None:
@@ -134,7 +135,7 @@ def edge_of(tensor) -> tuple:
 
 
 class _InertContext:
-    """The ``ctx`` a forward sees when nothing is recorded: saves nothing, lives only for the call."""
+    """The ``ctx`` a forward sees when nothing is recorded: saves nothing, lives for the call."""
 
     __slots__ = ("needs_input_grad", "__dict__")
 
