@@ -1,4 +1,5 @@
-"""Tensor factories: ``tensor``, ``ones``, ``zeros``, ``randn``, ``arange``, ... (PyTorch's dtype rules)."""
+"""Tensor factories: ``tensor``, ``ones``, ``zeros``, ``randn``, ``arange``, ... with PyTorch's
+dtype rules."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _nested_tolist(data):
 def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     """A new tensor copying ``data`` (numbers, nested lists, numpy arrays or tensors)."""
     arr = _infer(data)
-    arr = np.array(arr, dtype=dtypes.to_numpy_dtype(dtype) if dtype is not None else None, copy=True)
+    np_dtype = dtypes.to_numpy_dtype(dtype) if dtype is not None else None
+    arr = np.array(arr, dtype=np_dtype, copy=True)
     t = Tensor._from_array(arr)
     if requires_grad:
         t.requires_grad_(True)
@@ -56,7 +58,9 @@ def as_tensor(data, dtype=None) -> Tensor:
     if isinstance(data, Tensor) and dtype is None:
         return data
     if isinstance(data, np.ndarray):
-        return Tensor._from_array(data if dtype is None else data.astype(dtypes.to_numpy_dtype(dtype)))
+        if dtype is not None:
+            data = data.astype(dtypes.to_numpy_dtype(dtype))
+        return Tensor._from_array(data)
     return tensor(data, dtype=dtype)
 
 
@@ -103,7 +107,8 @@ def full(size, fill_value, dtype=None, requires_grad: bool = False, device=None)
             np.bool_ if isinstance(fill_value, bool)
             else np.int64 if isinstance(fill_value, int) else np.float32
         )
-    return _new(np.full(_sizes((size,)), fill_value, dtype=dtypes.to_numpy_dtype(dtype)), requires_grad)
+    array = np.full(_sizes((size,)), fill_value, dtype=dtypes.to_numpy_dtype(dtype))
+    return _new(array, requires_grad)
 
 
 def zeros_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -144,7 +149,8 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False, dev
     if dtype is None:
         is_int = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
         dtype = np.int64 if is_int else np.float32
-    arr = np.arange(start, end, step, dtype=np.float64 if np.dtype(dtypes.to_numpy_dtype(dtype)).kind == "f" else None)
+    is_float = np.dtype(dtypes.to_numpy_dtype(dtype)).kind == "f"
+    arr = np.arange(start, end, step, dtype=np.float64 if is_float else None)
     return _new(arr.astype(dtypes.to_numpy_dtype(dtype)), requires_grad)
 
 
@@ -166,7 +172,8 @@ def linspace(start, end, steps: int, dtype=None, requires_grad: bool = False) ->
 
 def randn(*size, dtype=None, requires_grad: bool = False, generator=None, device=None) -> Tensor:
     rng = generator or random.generator()
-    return _new(rng.standard_normal(_sizes(size), dtype=np.float64).astype(_float_dtype(dtype)), requires_grad)
+    values = rng.standard_normal(_sizes(size), dtype=np.float64)
+    return _new(values.astype(_float_dtype(dtype)), requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad: bool = False, generator=None, device=None) -> Tensor:

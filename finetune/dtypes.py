@@ -1,4 +1,4 @@
-"""PyTorch-named dtype objects over numpy dtypes (``finetune.float32`` prints as ``torch.float32``)."""
+"""PyTorch-named dtype objects over numpy dtypes (``finetune.float32`` prints ``torch.float32``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The ``torch.*`` function surface (``add``, ``cat``, ``where``, ...) and the Tensor methods bound to it.
+"""The ``torch.*`` function surface (``add``, ``cat``, ``where``, ...) and the Tensor methods bound
+to it.
 
 Each function picks the primitive in ``autograd/ops.py`` (and so the PyTorch grad_fn name) and
 validates arguments; no math lives here.
@@ -23,7 +24,8 @@ def _return_type(name: str) -> type:
     def __repr__(self) -> str:
         return f"torch.return_types.{name}(\nvalues={self.values!r},\nindices={self.indices!r})"
 
-    return type(name, (namedtuple(name, ["values", "indices"]),), {"__slots__": (), "__repr__": __repr__})
+    base = namedtuple(name, ["values", "indices"])
+    return type(name, (base,), {"__slots__": (), "__repr__": __repr__})
 
 
 _RETURN_TYPES = {name: _return_type(name) for name in ("max", "min", "topk", "sort")}
@@ -91,7 +93,9 @@ def matmul(a, b):
 
 def mm(a, b):
     if a.ndim != 2 or b.ndim != 2:
-        raise ShapeError(f"mm: expected 2-D tensors, got shapes {list(a.shape)} and {list(b.shape)}")
+        raise ShapeError(
+            f"mm: expected 2-D tensors, got shapes {list(a.shape)} and {list(b.shape)}"
+        )
     return ops.Mm.apply(a, b)
 
 
@@ -299,7 +303,7 @@ def argsort(x, dim=-1, descending=False):
     return sort(x, dim, descending).indices
 
 
-# -- shape ------------------------------------------------------------------------------------------
+# -- shape ------------------------------------------------------------------------------------
 
 
 def _shape_args(shape) -> tuple:
@@ -435,7 +439,7 @@ def getitem(x, index):
 
 
 def _basic_index_op(parts: tuple) -> type:
-    """PyTorch names basic indexing after its last non-trivial step (full ``:`` slices are skipped)."""
+    """PyTorch names basic indexing after its last non-trivial step (full ``:`` is skipped)."""
     op = ops.Slice
     for part in parts:
         if part is None:

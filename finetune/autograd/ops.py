@@ -1026,7 +1026,8 @@ class Pad(Function):
     def forward(ctx, x, pads, mode="constant", value=0.0):
         ctx.shape, ctx.pads, ctx.mode = x.shape, pads, mode
         crop = tuple(
-            slice(builtins.max(-lo, 0), n - builtins.max(-hi, 0)) for (lo, hi), n in zip(pads, x.shape)
+            slice(builtins.max(-lo, 0), n - builtins.max(-hi, 0))
+            for (lo, hi), n in zip(pads, x.shape)
         )
         x = x[crop]
         grow = [(builtins.max(lo, 0), builtins.max(hi, 0)) for lo, hi in pads]
@@ -1050,7 +1051,8 @@ class Pad(Function):
             inner = _pad_backward_by_index(grad, grow, mode, shape, pads)
         out = np.zeros(shape, dtype=grad.dtype)
         crop = tuple(
-            slice(builtins.max(-lo, 0), n - builtins.max(-hi, 0)) for (lo, hi), n in zip(pads, shape)
+            slice(builtins.max(-lo, 0), n - builtins.max(-hi, 0))
+            for (lo, hi), n in zip(pads, shape)
         )
         out[crop] = inner
         return out
