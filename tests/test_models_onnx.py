@@ -435,3 +435,26 @@ def test_damaged_graphs_are_refused_with_import_errors_only(files):
             assert "finetune.onnx.load" in str(error) or "<ModelProto>" in str(error)
             outcomes.add("refused")
     assert "refused" in outcomes
+
+
+def test_a_matmul_plus_add_head_is_a_linear_layer_too(files, tmp_path):
+    path, weights = files["legacy-bn-opset13"]
+    model = onnx.load(path)
+    gemm = model.graph.node[-1]
+    x, w, b = gemm.input
+    out = gemm.output[0]
+    model.graph.initializer.append(numpy_helper.from_array(weights["fc.weight"].T.copy(), "w_t"))
+    model.graph.node.remove(gemm)
+    model.graph.node.extend([
+        helper.make_node("MatMul", [x, "w_t"], ["logits"], name="fc_matmul"),
+        helper.make_node("Add", ["logits", b], [out], name="fc_add"),
+    ])  # fmt: skip
+    onnx.save_model(model, tmp_path / "matmul.onnx")
+    imported = resnet18(weights=tmp_path / "matmul.onnx")
+    np.testing.assert_array_equal(imported.fc.weight.numpy(), weights["fc.weight"])
+    np.testing.assert_array_equal(imported.fc.bias.numpy(), weights["fc.bias"])
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with ft.no_grad():
+        got = imported(ft.from_numpy(x)).numpy()
+    want = _onnxruntime(tmp_path / "matmul.onnx", x, per_row=False)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)

@@ -156,12 +156,13 @@ class _Walker:
             blocks.insert(0, block)
         pool = self.producer(x, "MaxPool")
         kernel, strides, pads = (_ints(pool, k) for k in ("kernel_shape", "strides", "pads"))
-        if (kernel, strides, pads or [0] * 4, _int(pool, "ceil_mode", 0)) != (
-            [3, 3], [2, 2], [1, 1, 1, 1], 0
-        ) or any(d != 1 for d in _ints(pool, "dilations")) or _auto_pad(pool):  # fmt: skip
+        dilations, ceil = _ints(pool, "dilations") or [1, 1], _int(pool, "ceil_mode", 0)
+        if (kernel, strides, pads, dilations, ceil, _auto_pad(pool)) != (
+            [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0, False
+        ):  # fmt: skip
             raise _Mismatch(
-                f"MaxPool {pool.name!r} has kernel {kernel}, strides {strides}, pads {pads}; "
-                "ResNet-18 pools 3x3, stride 2, pad 1"
+                f"MaxPool {pool.name!r} has kernel {kernel}, strides {strides}, pads {pads}, "
+                f"dilations {dilations}, ceil_mode {ceil}; ResNet-18 pools 3x3, stride 2, pad 1"
             )
         relu = self.producer(pool.input[0], "Relu")
         stem, x = self.conv_bn(relu.input[0])
@@ -180,12 +181,10 @@ class _Walker:
                 raise _Mismatch(f"Gemm {node.name!r} scales or transposes its input")
             weight = self.constant(node.input[1])
             weight = weight if _int(node, "transB", 0) else weight.T
-            bias = np.zeros(weight.shape[0], np.float32)
+            bias = np.zeros((), np.float32)
             if len(node.input) > 2 and node.input[2]:
-                bias = np.broadcast_to(
-                    _float(node, "beta", 1.0) * self.constant(node.input[2]), bias.shape
-                )
-            return node.input[0], weight, bias
+                bias = _float(node, "beta", 1.0) * self.constant(node.input[2])
+            return node.input[0], weight, _per_class(bias, weight, node)
         bias = np.zeros((), np.float32)
         if node.op_type == "Add":
             if len(node.input) != 2:
@@ -194,7 +193,7 @@ class _Walker:
             bias, name = (self.constant(b), a) if b in self.constants else (self.constant(a), b)
             node = self.producer(name, "MatMul")
         weight = self.constant(node.input[1]).T
-        return node.input[0], weight, np.broadcast_to(bias, weight.shape[:1])
+        return node.input[0], weight, _per_class(bias, weight, node)
 
     def pooled(self, name: str) -> str:
         """Undo Flatten/Reshape and the global average pool; return the pooled feature map."""
@@ -304,6 +303,14 @@ class _Walker:
         if array.dtype.kind == "f":
             return array.astype(np.float32, copy=False)
         return array
+
+
+def _per_class(bias: np.ndarray, weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """The classifier's bias as one value per class (a scalar bias broadcasts)."""
+    classes = weight.shape[:1]
+    if bias.size not in (1, *classes):
+        raise _Mismatch(f"{node.op_type} {node.name!r} has a bias of shape {list(bias.shape)}")
+    return np.broadcast_to(bias.reshape(-1), classes).astype(np.float32)
 
 
 def _attribute(node: onnx.NodeProto, key: str):
