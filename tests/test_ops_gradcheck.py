@@ -330,3 +330,9 @@ def test_gradcheck_names_the_wrong_output() -> None:
 def test_gradcheck_perturbs_non_contiguous_inputs() -> None:
     transposed = finetune.tensor(RNG.standard_normal((2, 3)), dtype=finetune.float64).t()
     assert gradcheck(lambda a: a * a, (transposed.requires_grad_(),))
+
+
+def test_where_broadcasts_condition_and_operands() -> None:
+    mask = finetune.tensor(RNG.random((3, 4)) > 0.5)
+    assert gradcheck(lambda a, b: F.where(mask, a, b), (leaf(4), leaf(1)))
+    assert gradcheck(lambda a: F.where(mask, a, 0.0), (leaf(3, 1),))
