@@ -97,3 +97,10 @@ def test_format_of_scalar_tensor_is_its_number() -> None:
     assert f"{torch.tensor([2.5])}" == "tensor([2.5000])"
     with pytest.raises(TypeError):
         f"{torch.tensor([2.5]):.2f}"
+
+
+def test_summarises_3d_blocks_with_blank_lines_and_ellipsis_blocks() -> None:
+    row = "[0., 0., 0.,  ..., 0., 0., 0.]"
+    block = "[" + ",\n         ".join([row] * 3 + ["..."] + [row] * 3) + "]"
+    expected = "tensor([" + ",\n\n        ".join([block] * 3 + ["..."] + [block] * 3) + "])"
+    assert repr(torch.zeros(10, 10, 11)) == expected
