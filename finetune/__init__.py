@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import dtypes
 from ._printing import set_printoptions
+from .device import cuda, device
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     BoolTensor,

@@ -15,6 +15,7 @@ import numpy as np
 from . import dtypes
 from .autograd import engine
 from .autograd.function import trace_inplace
+from .device import device as _device
 from .errors import AutogradError, ShapeError
 
 
@@ -106,8 +107,8 @@ class Tensor:
         return self._data.ndim
 
     @property
-    def device(self) -> str:
-        return "cpu"
+    def device(self) -> _device:
+        return _CPU
 
     @property
     def is_floating_point_type(self) -> bool:
@@ -582,6 +583,9 @@ _TYPE_NAMES = {
     "bool": "BoolTensor",
     "uint8": "ByteTensor",
 }
+
+
+_CPU = _device("cpu")
 
 
 def _size_arg(size: tuple) -> tuple:

@@ -178,3 +178,12 @@ def test_values_indices_results_print_as_torch_return_types() -> None:
     assert repr(x.min(0)).startswith("torch.return_types.min(\nvalues=")
     assert repr(x.topk(1)).startswith("torch.return_types.topk(")
     assert x.sort(1, descending=True).values.tolist() == [[5.0, 1.0], [4.0, 3.0]]
+
+
+def test_device_and_cuda_for_portable_scripts() -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert device == "cpu" and repr(device) == "device(type='cpu')" and str(device) == "cpu"
+    x = torch.ones(2).to(device)
+    assert x.device == device and x.device.type == "cpu"
+    assert repr(torch.device("cuda:1")) == "device(type='cuda', index=1)"
+    assert torch.cuda.device_count() == 0
