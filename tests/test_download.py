@@ -215,7 +215,7 @@ def test_pretrained_downloads_once_into_finetune_home_and_imports(
     model = ft.models.resnet18(pretrained=True, progress=False)
     assert model.fc.out_features == 5 and not any(p.requires_grad for p in model.parameters())
     assert (tmp_path / "cache" / "resnet18-v1-7.onnx").is_file()
-    ft.models.resnet18(pretrained=True, progress=False)
+    ft.models.resnet18(weights="DEFAULT", progress=False)  # torchvision's spelling
     assert server.requests == ["/ok/resnet18-v1-7.onnx"]
 
 

@@ -458,3 +458,12 @@ def test_a_matmul_plus_add_head_is_a_linear_layer_too(files, tmp_path):
         got = imported(ft.from_numpy(x)).numpy()
     want = _onnxruntime(tmp_path / "matmul.onnx", x, per_row=False)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_num_classes_that_contradicts_the_file_is_an_error(files):
+    path, _ = files["legacy-bn-opset13"]
+    assert resnet18(num_classes=7, weights=path).fc.out_features == 7
+    with pytest.raises(
+        ValueError, match=r"has 7 classes, not num_classes=10.*nn.Linear\(512, 10\)"
+    ):
+        resnet18(num_classes=10, weights=path)

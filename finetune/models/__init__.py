@@ -35,16 +35,25 @@ def resnet18(
     progress: bool = True,
     url: str | None = None,
 ) -> ResNet:
-    """torchvision's ResNet-18. With ``weights`` (a ResNet-18 .onnx file) or ``pretrained`` (the
-    zoo's resnet18-v1-7, downloaded once) its weights come from that file, frozen, in eval mode,
-    and the number of classes is the file's."""
+    """torchvision's ResNet-18. With ``weights`` (a ResNet-18 .onnx file; ``"DEFAULT"`` means
+    ``pretrained=True``) or ``pretrained`` (the zoo's resnet18-v1-7, downloaded once) its weights
+    come from that file, frozen, in eval mode, and the number of classes is the file's."""
+    if weights == "DEFAULT":
+        weights, pretrained = None, True
     if weights is not None and pretrained:
         raise ValueError("pass either weights= (a local .onnx file) or pretrained=True, not both")
     if pretrained:
         weights = download("resnet18", progress=progress, url=url)
-    if weights is not None:
-        return load_resnet18(weights)
-    return ResNet((2, 2, 2, 2), num_classes=num_classes)
+    if weights is None:
+        return ResNet((2, 2, 2, 2), num_classes=num_classes)
+    model = load_resnet18(weights)
+    classes = model.fc.out_features
+    if num_classes not in (1000, classes):  # 1000 is the default, not a request
+        raise ValueError(
+            f"{weights} has {classes} classes, not num_classes={num_classes}; load it, then "
+            f"replace the head: model.fc = nn.Linear(512, {num_classes})"
+        )
+    return model
 
 
 def download(

@@ -1,7 +1,7 @@
 """The cache of pretrained files: fetched once, streamed, retried, checked by sha256.
 
-The bytes go to ``<file>.part`` and are renamed into place only after their sha256 matches, so
-the cache never holds a partial or wrong file. Connection errors, timeouts and 5xx answers are
+The bytes go to ``<file>.<pid>.part`` and are renamed into place only after their sha256 matches,
+so the cache never holds a partial or wrong file. Connection errors, timeouts and 5xx answers are
 retried with exponential backoff; a 4xx moves on to the next URL.
 """
 
@@ -80,7 +80,7 @@ def fetch(
     if offline():
         raise DownloadError(f"FINETUNE_OFFLINE is set and {_by_hand(urls, dest, sha256)}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: no clashes
     failures = []
     for url in urls:
         try:
@@ -138,7 +138,7 @@ def _stream(url, part, size, progress, timeout, retries, backoff) -> None:
 def _write(response: requests.Response, part: Path, total: int | None, progress: bool) -> int:
     written = 0
     with open(part, "wb") as f, tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name.rsplit(".", 2)[0],
         disable=not progress, leave=False,
     ) as bar:  # fmt: skip
         for chunk in response.iter_content(_CHUNK):
