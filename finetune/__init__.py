@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from . import dtypes
 from ._printing import set_printoptions
-from .device import cuda, device
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     BoolTensor,
@@ -36,8 +35,11 @@ from .creation import (
     zeros,
     zeros_like,
 )
+from .device import cuda, device
 from .dtypes import (
     bool_ as bool,  # noqa: A004
+)
+from .dtypes import (
     double,
     dtype,
     float16,
@@ -117,12 +119,12 @@ from .tensor import Size, Tensor, is_tensor
 __version__ = "0.1.0"
 
 
-def numel(t: Tensor) -> int:
-    return t.numel()
+def numel(input: Tensor) -> int:  # noqa: A002 - the PyTorch name
+    return input.numel()
 
 
-def is_floating_point(t: Tensor) -> bool:
-    return t.is_floating_point()
+def is_floating_point(input: Tensor) -> bool:  # noqa: A002
+    return input.is_floating_point()
 
 
 def allclose(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-8, equal_nan=False):
