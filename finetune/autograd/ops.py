@@ -8,6 +8,7 @@ nothing for inputs whose ``needs_input_grad`` is False.
 from __future__ import annotations
 
 import builtins
+import functools
 import numbers
 
 import numpy as np
@@ -91,11 +92,43 @@ def _shape(x) -> tuple:
     return x.shape if isinstance(x, np.ndarray) else ()
 
 
+def broadcast_error(*shapes: tuple) -> ShapeError:
+    """PyTorch's message for operand shapes that do not broadcast, with the shapes appended."""
+    a_shape, b_shape = shapes[-2:]
+    for i in range(1, min(len(a_shape), len(b_shape)) + 1):
+        sa, sb = a_shape[-i], b_shape[-i]
+        if sa != sb and 1 not in (sa, sb):
+            dim = max(len(a_shape), len(b_shape)) - i
+            return ShapeError(
+                f"The size of tensor a ({sa}) must match the size of tensor b ({sb}) at "
+                f"non-singleton dimension {dim} (shapes {list(a_shape)} and {list(b_shape)})"
+            )
+    listed = " and ".join(str(list(shape)) for shape in shapes)
+    return ShapeError(f"shapes {listed} cannot be broadcast together")
+
+
+def _broadcasting(forward):
+    """Turn numpy's broadcasting ValueError in a binary op's forward into a ShapeError naming
+    both shapes. Only the failure pays: the success path adds a ``try``."""
+
+    @functools.wraps(forward)
+    def checked(ctx, *operands, **options):
+        try:
+            return forward(ctx, *operands, **options)
+        except ValueError as error:
+            if "broadcast" not in str(error):
+                raise
+            raise broadcast_error(*(_shape(x) for x in operands)) from None
+
+    return checked
+
+
 # -- elementwise binary ----------------------------------------------------------------------
 
 
 class Add(Function):
     @staticmethod
+    @_broadcasting
     def forward(ctx, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         a, b = _binary_operands(a, b)
@@ -112,6 +145,7 @@ class Add(Function):
 
 class Sub(Function):
     @staticmethod
+    @_broadcasting
     def forward(ctx, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         a, b = _binary_operands(a, b)
@@ -128,6 +162,7 @@ class Sub(Function):
 
 class Mul(Function):
     @staticmethod
+    @_broadcasting
     def forward(ctx, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         a, b = _binary_operands(a, b)
@@ -148,6 +183,7 @@ class Mul(Function):
 
 class Div(Function):
     @staticmethod
+    @_broadcasting
     def forward(ctx, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         a, b = _float_operands(a, b)
@@ -188,6 +224,7 @@ class PowTensor(Function):
     name = "PowBackward1"
 
     @staticmethod
+    @_broadcasting
     def forward(ctx, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         a, b = _float_operands(a, b)
@@ -470,6 +507,7 @@ class Where(Function):
     name = "WhereBackward0"
 
     @staticmethod
+    @_broadcasting
     def forward(ctx, cond, a, b):
         ctx.shapes = (_shape(a), _shape(b))
         ctx.save_for_backward(cond)
