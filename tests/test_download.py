@@ -231,3 +231,11 @@ def test_url_argument_and_environment_override_the_mirrors(
     monkeypatch.setenv("FINETUNE_MODEL_URL", f"{server.url}/ok/resnet18-v1-7.onnx")
     assert ft.models.download("resnet18", dest=tmp_path / "b", progress=False).is_file()
     assert server.requests[-1] == "/ok/resnet18-v1-7.onnx"
+
+
+def test_the_cli_download_command_prints_the_path(server, served_resnet18, tmp_path, capsys):
+    from finetune.cli import main
+
+    assert main(["download", "resnet18", "--dest", str(tmp_path / "models"), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "models" / "resnet18-v1-7.onnx")
+    assert (tmp_path / "models" / "resnet18-v1-7.onnx").is_file()
