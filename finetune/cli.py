@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 from .errors import FinetuneError
 
@@ -47,10 +46,10 @@ def _inspect(args) -> int:
     from . import onnx as fonnx
     from .onnx.load import read_model
 
-    proto = read_model(args.model)
+    proto, _, _ = read_model(args.model)
     ops = Counter(n.op_type for n in proto.graph.node)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-    model = fonnx.load(proto if not Path(args.model).exists() else args.model)
+    model = fonnx.load(proto)
     init_names = {i.name for i in proto.graph.initializer}
     print(f"file: {args.model}")
     print(f"ir_version: {proto.ir_version}; opset: {opsets}; producer: "

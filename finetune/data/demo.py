@@ -7,6 +7,7 @@ always give byte-identical files.
 
 from __future__ import annotations
 
+import colorsys
 import math
 import os
 from pathlib import Path
@@ -34,15 +35,28 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
 
-def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: a random background colour with noise, one shape of random colour and pose."""
-    bg = rng.integers(0, 256, size=3)
-    noise = rng.normal(0, 18, size=(size, size, 3))
-    pixels = np.clip(bg[None, None, :] + noise, 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels, mode="RGB")
-    fg = rng.integers(0, 256, size=3)
+def _class_colour(hue: float, rng: np.random.Generator) -> np.ndarray:
+    h = (hue + rng.uniform(-0.06, 0.06)) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
+    return np.array([r, g, b]) * 255
+
+
+def draw_shape(kind: str, size: int, rng: np.random.Generator,
+               hue: float | None = None) -> Image.Image:
+    """One image: a random background colour with noise, one shape of random colour and pose.
+
+    With ``hue``, the shape's colour stays near that hue and the background is grey (an easier,
+    colour-coded variant).
+    """
+    bg = rng.integers(0, 256, size=3) if hue is None else np.full(3, rng.integers(0, 256))
+    fg = rng.integers(0, 256, size=3) if hue is None else _class_colour(hue, rng)
     while np.abs(fg.astype(int) - bg.astype(int)).sum() < 180:  # keep the shape visible
-        fg = rng.integers(0, 256, size=3)
+        if hue is None:
+            fg = rng.integers(0, 256, size=3)
+        else:
+            bg = np.full(3, rng.integers(0, 256))
+    noise = rng.normal(0, 18, size=(size, size, 3))
+    img = Image.fromarray(np.clip(bg[None, None, :] + noise, 0, 255).astype(np.uint8), mode="RGB")
     r = size * rng.uniform(0.18, 0.32)
     cx, cy = rng.uniform(r, size - r, size=2)
     angle = rng.uniform(0, 2 * np.pi)
@@ -62,10 +76,13 @@ def make_shapes(
     seed: int = 0,
     classes: tuple[str, ...] = SHAPES,
     val_per_class: int | None = None,
+    colour_coded: bool = False,
 ) -> Path:
     """Write ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``; return ``root``.
 
-    ``val_per_class`` defaults to a quarter of ``n_per_class`` (at least 2).
+    ``val_per_class`` defaults to a quarter of ``n_per_class`` (at least 2). ``colour_coded``
+    gives each class its own hue on grey backgrounds: an easy variant that small networks learn
+    in seconds, for quick end-to-end checks.
     """
     root = Path(root)
     if val_per_class is None:
@@ -76,5 +93,7 @@ def make_shapes(
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([seed, split_id, class_id, i])
-                draw_shape(kind, size, rng).save(folder / f"{kind}_{i:04d}.png", optimize=False)
+                hue = class_id / len(classes) if colour_coded else None
+                draw_shape(kind, size, rng, hue).save(folder / f"{kind}_{i:04d}.png",
+                                                      optimize=False)
     return root
