@@ -239,3 +239,10 @@ def test_the_cli_download_command_prints_the_path(server, served_resnet18, tmp_p
     assert main(["download", "resnet18", "--dest", str(tmp_path / "models"), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "models" / "resnet18-v1-7.onnx")
     assert (tmp_path / "models" / "resnet18-v1-7.onnx").is_file()
+
+
+def test_an_unwritable_destination_is_a_download_error(server, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DownloadError, match="cannot write .*FINETUNE_HOME"):
+        fetch([f"{server.url}/ok/model.onnx"], tmp_path / "file" / "model.onnx")
+    assert server.requests == []

@@ -79,12 +79,22 @@ def fetch(
         return dest
     if offline():
         raise DownloadError(f"FINETUNE_OFFLINE is set and {_by_hand(urls, dest, sha256)}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _download(urls, dest, sha256, size, progress, timeout, max(1, retries), backoff)
+    except OSError as error:  # network errors were handled per URL; this is the file system
+        raise DownloadError(
+            f"cannot write {dest} ({error}); pass another folder or set FINETUNE_HOME"
+        ) from error
+
+
+def _download(urls, dest, sha256, size, progress, timeout, retries, backoff) -> Path:
+    """Try each URL in turn; the first complete transfer is kept if its sha256 matches."""
     part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: no clashes
     failures = []
     for url in urls:
         try:
-            _stream(url, part, size, progress, timeout, max(1, retries), backoff)
+            _stream(url, part, size, progress, timeout, retries, backoff)
         except _Unreachable as why:
             part.unlink(missing_ok=True)
             failures.append(f"{url}: {why}")
