@@ -45,7 +45,7 @@ def resnet18(
     if pretrained:
         weights = download("resnet18", progress=progress, url=url)
     if weights is None:
-        return ResNet((2, 2, 2, 2), num_classes=num_classes)
+        return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model = load_resnet18(weights)
     classes = model.fc.out_features
     if num_classes not in (1000, classes):  # 1000 is the default, not a request

@@ -46,21 +46,26 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ImageNet ResNet of BasicBlocks: a 7x7 stem, four stages, global pooling, a linear head."""
+    """torchvision's ImageNet ResNet: a 7x7 stem, four stages of blocks, pooling, a linear head."""
 
-    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock],
+        layers: tuple[int, int, int, int] | list[int],
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * BasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -68,16 +73,18 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+        if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from ..errors import OnnxImportError
 from ..onnx.load import read_model
 from ..tensor import Tensor
-from .resnet import ResNet
+from .resnet import BasicBlock, ResNet
 
 _EPS = 1e-5  # PyTorch's BatchNorm default, used for BatchNorms that were folded away
 _STEM = (64, 3, 7, 2, 3)  # out, in, kernel, stride, pad
@@ -112,7 +112,7 @@ def load_resnet18(source: str | os.PathLike | onnx.ModelProto) -> ResNet:
         found += [(f"{p}.conv1", f"{p}.bn1", block.conv1), (f"{p}.conv2", f"{p}.bn2", block.conv2)]
         if block.downsample is not None:
             found.append((f"{p}.downsample.0", f"{p}.downsample.1", block.downsample))
-    net = ResNet((2, 2, 2, 2), num_classes=fc_weight.shape[0])
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=fc_weight.shape[0])
     modules = dict(net.named_modules())
     state = {"fc.weight": fc_weight, "fc.bias": fc_bias}
     for conv, bn, convbn in found:
@@ -230,7 +230,7 @@ class _Walker:
                         continue
             except _Mismatch:
                 continue
-            where = f"block {index} (layer{index // 2 + 1}.{index % 2})"
+            where = f"layer{index // 2 + 1}.{index % 2}"
             inp, out, stride = _BLOCKS[index]
             conv1.check(f"{where} conv1", out, inp, 3, stride, 1)
             conv2.check(f"{where} conv2", out, out, 3, 1, 1)
@@ -239,8 +239,9 @@ class _Walker:
             if downsample is not None:
                 downsample.check(f"{where} downsample", out, inp, 1, stride, 0)
             return _Block(conv1, conv2, downsample), x
-        raise _Mismatch(f"Add {add.name!r} is not the sum of a BasicBlock (counting from the end, "
-                        f"the {len(_BLOCKS) - index}. of 8)")  # fmt: skip
+        raise _Mismatch(
+            f"Add {add.name!r} is not the sum of a BasicBlock (layer{index // 2 + 1}.{index % 2})"
+        )
 
     def conv_bn(self, name: str) -> tuple[_ConvBN, str]:
         """The Conv (and BatchNormalization, if kept) producing ``name``, and the conv's input."""
