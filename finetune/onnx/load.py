@@ -7,8 +7,11 @@ operator the library cannot convert (with node names and opset), never a ``KeyEr
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,11 +20,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from ..errors import OnnxImportError
+from ..errors import OnnxImportError, ShapeError
 from ..nn.parameter import Parameter
 from ..tensor import Tensor
 from . import naming
 from .graph import GraphInput, OnnxModule, Scope, Step
+from .limits import check_shape
 from .metadata import decode_metadata
 from .ops.gemm import fuse_matmul_add
 from .registry import Built, NodeView, _load_converters, converter_for, lookup
@@ -75,8 +79,22 @@ def read_model(source: Source) -> tuple[onnx.ModelProto, Path | None, str]:
             f"cannot load an ONNX model from a {type(source).__name__}; pass a path, bytes, a "
             "binary file object or an onnx.ModelProto"
         )
-    _load_external_data(model, folder, label)
+    with _utf8_strings(label):
+        _load_external_data(model, folder, label)
     return model, folder, label
+
+
+@contextlib.contextmanager
+def _utf8_strings(label: str) -> Iterator[None]:
+    """protobuf decodes a string field only when it is read; a corrupt file's invalid UTF-8
+    surfaces then, and becomes an OnnxImportError naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise OnnxImportError(
+            f"{label}: a name or string in the file is not valid UTF-8 ({error}); the file is "
+            "corrupt, re-download or re-export it"
+        ) from error
 
 
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
@@ -145,10 +163,11 @@ def _load_external_data(model: onnx.ModelProto, folder: Path | None, label: str)
 def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
     """Convert a parsed model into an ``OnnxModule`` (weights trainable; ``load`` freezes them)."""
     _load_converters()
-    opset = _default_opset(model, label)
-    _check(model, label)
-    _refuse_unsupported(model.graph, opset, label)
-    return _Importer(model, opset, label).run()
+    with _utf8_strings(label):
+        opset = _default_opset(model, label)
+        _check(model, label)
+        _refuse_unsupported(model.graph, opset, label)
+        return _Importer(model, opset, label).run()
 
 
 class _Importer:
@@ -159,7 +178,7 @@ class _Importer:
         self.opset = opset
         self.nodes = list(graph.node)
         self.initializers = _initializers(graph, label)
-        self.constants = {**self.initializers, **_constant_node_values(graph)}
+        self.constants = {**self.initializers, **_constant_node_values(graph, label)}
         self.ranks = _ranks(model)
         self.outputs = [o.name for o in graph.output]
         inputs = [_graph_input(v) for v in graph.input if v.name not in self.initializers]
@@ -255,25 +274,52 @@ def _refuse_unsupported(graph: onnx.GraphProto, opset: int, label: str) -> None:
 
 
 def _initializers(graph: onnx.GraphProto, label: str) -> dict[str, np.ndarray]:
-    values = {}
-    for tensor in graph.initializer:
-        try:
-            values[tensor.name] = numpy_helper.to_array(tensor)
-        except (ValueError, TypeError) as error:
-            raise OnnxImportError(
-                f"{label}: initializer {tensor.name!r} cannot be read ({error})"
-            ) from error
-    return values
+    return {t.name: read_tensor(t, f"{label}: initializer {t.name!r}") for t in graph.initializer}
 
 
-def _constant_node_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+def _constant_node_values(graph: onnx.GraphProto, label: str) -> dict[str, np.ndarray]:
     values = {}
     for node in graph.node:
         if node.op_type == "Constant" and len(node.attribute) == 1:
             attribute = node.attribute[0]
             if attribute.name == "value":
-                values[node.output[0]] = numpy_helper.to_array(attribute.t)
+                where = f"{label}: Constant node {node.name!r}"
+                values[node.output[0]] = read_tensor(attribute.t, where)
     return values
+
+
+def read_tensor(tensor: onnx.TensorProto, where: str) -> np.ndarray:
+    """A tensor's values, once its declared dims are within the size budget and (for raw bytes
+    of whole-byte types) match the bytes the file holds; OnnxImportError naming ``where``."""
+    try:
+        dims = check_shape(tensor.dims, "declared")
+    except ShapeError as error:
+        raise OnnxImportError(f"{where}: {error}") from None
+    dtype = _NUMPY_DTYPES.get(tensor.data_type)
+    if tensor.HasField("raw_data") and dtype is not None:
+        need = math.prod(dims) * dtype.itemsize
+        if len(tensor.raw_data) != need:
+            raise OnnxImportError(
+                f"{where}: declared shape {list(dims)} of {dtype} needs {need:,} bytes, the file "
+                f"holds {len(tensor.raw_data):,}; the file is truncated or corrupt"
+            )
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as error:
+        raise OnnxImportError(f"{where} cannot be read ({error})") from error
+
+
+_NUMPY_DTYPES = {
+    onnx.TensorProto.FLOAT: np.dtype(np.float32),
+    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
+    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
+    onnx.TensorProto.INT64: np.dtype(np.int64),
+    onnx.TensorProto.INT32: np.dtype(np.int32),
+    onnx.TensorProto.INT16: np.dtype(np.int16),
+    onnx.TensorProto.INT8: np.dtype(np.int8),
+    onnx.TensorProto.UINT8: np.dtype(np.uint8),
+    onnx.TensorProto.BOOL: np.dtype(np.bool_),
+}
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -327,7 +373,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
         if isinstance(value, bytes):
             value = value.decode("utf-8")
         elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
+            value = read_tensor(value, f"node {node.name!r} attribute {attribute.name!r}")
         elif isinstance(value, list) and value and isinstance(value[0], bytes):
             value = [v.decode("utf-8") for v in value]
         values[attribute.name] = value

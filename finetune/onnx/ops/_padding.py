@@ -4,6 +4,7 @@ dimension, and padding from explicit ``pads`` or ``auto_pad``."""
 from __future__ import annotations
 
 from ...errors import OnnxImportError
+from ..limits import check_shape
 
 
 def window(
@@ -62,3 +63,10 @@ def spatial_pads(
 def is_static(auto_pad: str) -> bool:
     """Whether the pads are known without the input's size."""
     return auto_pad in ("NOTSET", "VALID")
+
+
+def check_padded(shape: tuple[int, ...], pairs: tuple[tuple[int, int], ...], what: str) -> None:
+    """Refuse padding that would make the padded input (batch, channels, padded spatial sizes)
+    exceed the size budget, before the kernel allocates it."""
+    spatial = [size + lo + hi for size, (lo, hi) in zip(shape[2:], pairs)]
+    check_shape([*shape[:2], *spatial], f"{what} padded input")

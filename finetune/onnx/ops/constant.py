@@ -8,6 +8,7 @@ import onnx
 from ...autograd import ops
 from ...errors import OnnxImportError
 from ...tensor import Tensor
+from ..limits import check_shape
 from ..registry import register
 from ._common import ints, wrap
 
@@ -48,7 +49,7 @@ def constant(
 def constant_of_shape(input: Tensor, *, value=None) -> Tensor:
     """A tensor of ``input``'s shape filled with ``value`` (float32 zero by default)."""
     fill = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value).reshape(-1)
-    return wrap(np.full(ints(input), fill[0], dtype=fill.dtype))
+    return wrap(np.full(check_shape(ints(input), "ConstantOfShape"), fill[0], dtype=fill.dtype))
 
 
 def _cast(x, to: int):

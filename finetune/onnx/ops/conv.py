@@ -11,7 +11,7 @@ from ...nn.layers.conv import Conv1d, Conv2d
 from ...nn.parameter import Parameter
 from ...tensor import Tensor
 from ..registry import Built, NodeView, call_module, register
-from ._padding import is_static, spatial_pads, window
+from ._padding import check_padded, is_static, spatial_pads, window
 
 
 class _PadFirst:
@@ -26,6 +26,7 @@ class _PadFirst:
         pairs = spatial_pads(
             self.auto_pad, self.pads, tuple(x.shape[2:]), self.kernel, self.strides, self.dilations
         )
+        check_padded(tuple(x.shape), pairs, "Conv")
         flat = [p for pair in reversed(pairs) for p in pair]
         return module(fn.pad(x, flat))
 
@@ -51,7 +52,9 @@ def _conv_module(view: NodeView) -> Built | None:
     padding, call = (0,) * n, _PadFirst(a, kernel, strides, dilations)
     if is_static(auto_pad):
         pairs = spatial_pads(auto_pad, a.get("pads"), (0,) * n, kernel, strides, dilations)
-        if all(lo == hi for lo, hi in pairs):
+        # pads past the kernel's reach go through _PadFirst, whose size is checked at run time
+        reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+        if all(lo == hi <= r for (lo, hi), r in zip(pairs, reach)):
             padding, call = tuple(lo for lo, _ in pairs), call_module
     layer = (Conv2d if n == 2 else Conv1d)(
         w.shape[1] * group, w.shape[0], kernel, strides, padding, dilations, group, b is not None
@@ -79,4 +82,5 @@ def conv(
 
     kernel, strides, dilations = window(w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations)
     padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    check_padded(tuple(x.shape), padding, "Conv")
     return kernels.conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)

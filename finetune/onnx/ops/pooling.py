@@ -12,12 +12,13 @@ from ... import functions as fn
 from ...tensor import Tensor
 from ..registry import register
 from ._common import wrap
-from ._padding import spatial_pads, window
+from ._padding import check_padded, spatial_pads, window
 
 
 def _window(x, kernel_shape, strides, dilations, auto_pad, pads):
     kernel, strides, dilations = window(x.ndim - 2, kernel_shape, strides, dilations)
     padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    check_padded(tuple(x.shape), padding, "pooling")
     return kernel, strides, dilations, padding
 
 

@@ -12,6 +12,7 @@ from ... import functions as fn
 from ...autograd import ops
 from ...errors import ShapeError
 from ...tensor import Tensor
+from ..limits import check_shape
 from ..registry import register
 from ._common import axis_of, ints, scalar, wrap
 
@@ -194,6 +195,7 @@ def _pad(x, pads, mode, value, axes=None):
     pairs = [(0, 0)] * rank
     for i, axis in enumerate(axes):
         pairs[axis] = (pads[i], pads[i + len(axes)])
+    check_shape([n + lo + hi for n, (lo, hi) in zip(x.shape, pairs)], "Pad")
     mode = {"edge": "edge", "reflect": "reflect", "wrap": "wrap", "constant": "constant"}[mode]
     return ops.Pad.apply(x, pads=tuple(pairs), mode=mode, value=value)
 
