@@ -1,0 +1,259 @@
+"""Untrusted model files: mutated ONNX models either load and run or raise a FinetuneError.
+
+Never another exception, never a hang (each case is bounded by an alarm), never an allocation
+the file cannot justify (each case runs under a small size budget and its peak traced memory is
+bounded). `make fuzz` runs many more examples (FINETUNE_FUZZ_EXAMPLES).
+"""
+
+import os
+import signal
+import tracemalloc
+from contextlib import contextmanager
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import finetune as ft
+from finetune.errors import FinetuneError
+from finetune.onnx import limits
+
+EXAMPLES = int(os.environ.get("FINETUNE_FUZZ_EXAMPLES", "120"))
+SECONDS_PER_CASE = 10
+BUDGET_ELEMENTS = 2**22  # 16 MiB of float32: the fuzz cases' size budget
+PEAK_BYTES = 256 * 2**20  # no case may trace more than this at once
+
+
+def _base_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((3, 16)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "fc_b"),
+        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+        helper.make_node("Reshape", ["g", "shape"], ["f"], name="reshape"),
+        helper.make_node("Concat", ["f", "f", "f", "f"], ["f4"], name="concat", axis=1),
+        helper.make_node("Gemm", ["f4", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+BASE = _base_model()
+BASE_BYTES = BASE.SerializeToString()
+
+
+def test_base_model_loads_and_runs():
+    model = ft.onnx.load(BASE_BYTES)
+    out = model(ft.ones(2, 3, 8, 8))
+    assert out.shape == (2, 3)
+
+
+@contextmanager
+def _time_limit(seconds: int):
+    def _raise(*_):
+        raise TimeoutError(f"a fuzz case took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _mutate_proto(kind: str, data) -> bytes:
+    m = onnx.ModelProto()
+    m.CopyFrom(BASE)
+    g = m.graph
+    node = g.node[data.draw(st.integers(0, len(g.node) - 1))]
+    if kind == "initializer_size":
+        init = g.initializer[data.draw(st.integers(0, len(g.initializer) - 1))]
+        arr = numpy_helper.to_array(init)
+        cut = data.draw(st.integers(0, max(arr.nbytes - 1, 0)))
+        init.ClearField("float_data")
+        init.ClearField("int64_data")
+        init.raw_data = arr.tobytes()[:cut]
+    elif kind == "huge_dims":
+        init = g.initializer[data.draw(st.integers(0, len(g.initializer) - 1))]
+        del init.dims[:]
+        init.dims.extend([10**6, 10**6])
+    elif kind == "dangling":
+        node.input[data.draw(st.integers(0, len(node.input) - 1))] = "nowhere"
+    elif kind == "duplicate_output":
+        other = g.node[data.draw(st.integers(0, len(g.node) - 1))]
+        node.output[0] = other.output[0]
+    elif kind == "cycle":
+        later = g.node[-1]
+        node.input[0] = later.output[0]
+    elif kind == "missing_input":
+        del g.input[:]
+    elif kind == "unknown_op":
+        node.op_type = data.draw(st.sampled_from(["FancyConv", "Relu2", ""]))
+    elif kind == "unknown_domain":
+        node.domain = data.draw(st.sampled_from(["com.example", "ai.onnx.ml.bad"]))
+    elif kind == "attribute_type":
+        if node.attribute:
+            attr = node.attribute[0]
+            name = attr.name
+            node.attribute.remove(attr)
+            node.attribute.append(data.draw(st.sampled_from([
+                helper.make_attribute(name, 1.5),
+                helper.make_attribute(name, "text"),
+                helper.make_attribute(name, [0.5, 2.5]),
+            ])))
+    elif kind == "strides":
+        conv = g.node[0]
+        for a in conv.attribute:
+            if a.name == "strides":
+                del a.ints[:]
+                a.ints.extend(data.draw(st.sampled_from([[0, 0], [-1, 1], [1], [1, 1, 1]])))
+    elif kind == "kernel_too_large":
+        conv = g.node[0]
+        for a in conv.attribute:
+            if a.name == "kernel_shape":
+                del a.ints[:]
+                a.ints.extend([30, 30])
+        g.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((4, 3, 30, 30), np.float32), "w"))
+    elif kind == "reshape_absurd":
+        g.initializer[4].CopyFrom(numpy_helper.from_array(np.array([10**6, 10**6], np.int64),
+                                                          "shape"))
+    elif kind == "opset":
+        m.opset_import[0].version = data.draw(st.sampled_from([0, 1, 6, 99, -3]))
+    elif kind == "input_rank":
+        dims = g.input[0].type.tensor_type.shape.dim
+        del dims[-1]
+    elif kind == "constant_of_shape_absurd":
+        shape = data.draw(st.sampled_from([[10**6, 10**6], [2**40], [-1, 3], [1, 3], [0, 3]]))
+        g.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), "cos_shape"))
+        g.node.append(helper.make_node("ConstantOfShape", ["cos_shape"], ["z"], name="cos"))
+        g.node.append(helper.make_node("Add", ["y", "z"], ["yz"], name="add_z"))
+        g.output[0].name = "yz"
+    elif kind == "pad_absurd":
+        end = data.draw(st.sampled_from([10**6, 3000, -20, -8, 1]))
+        pads = np.array([0, 0, 0, 0, 0, 0, end, end], np.int64)
+        g.initializer.append(numpy_helper.from_array(pads, "pads"))
+        g.node.insert(0, helper.make_node("Pad", ["x", "pads"], ["xp"], name="pad"))
+        g.node[1].input[0] = "xp"
+    elif kind == "conv_pads_absurd":
+        pad = data.draw(st.sampled_from([10**5, 3000, 2]))
+        for a in g.node[0].attribute:
+            if a.name == "pads":
+                del a.ints[:]
+                a.ints.extend([pad] * 4)
+    return m.SerializeToString()
+
+
+MUTATIONS = ["bytes_flip", "truncate", "initializer_size", "huge_dims", "dangling",
+             "duplicate_output", "cycle", "missing_input", "unknown_op", "unknown_domain",
+             "attribute_type", "strides", "kernel_too_large", "reshape_absurd", "opset",
+             "input_rank", "constant_of_shape_absurd", "pad_absurd", "conv_pads_absurd"]
+
+
+def _mutated_bytes(kind: str, data) -> bytes:
+    if kind == "bytes_flip":
+        raw = bytearray(BASE_BYTES)
+        for _ in range(data.draw(st.integers(1, 8))):
+            pos = data.draw(st.integers(0, len(raw) - 1))
+            raw[pos] ^= data.draw(st.integers(1, 255))
+        return bytes(raw)
+    if kind == "truncate":
+        return BASE_BYTES[: data.draw(st.integers(0, len(BASE_BYTES) - 1))]
+    return _mutate_proto(kind, data)
+
+
+@contextmanager
+def _small_budget():
+    """Run under the fuzz budget and fail if the case traced more than PEAK_BYTES at once."""
+    saved, limits.MAX_ELEMENTS = limits.MAX_ELEMENTS, BUDGET_ELEMENTS
+    tracemalloc.start()
+    try:
+        yield
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < PEAK_BYTES, f"a fuzz case allocated {peak:,} bytes at once"
+    finally:
+        tracemalloc.stop()
+        limits.MAX_ELEMENTS = saved
+
+
+def _check_case(payload: bytes, batch: int) -> None:
+    with _time_limit(SECONDS_PER_CASE), _small_budget():
+        try:
+            model = ft.onnx.load(payload)
+            out = model(ft.ones(batch, 3, 8, 8))
+            assert isinstance(out, ft.Tensor) or isinstance(out, tuple)
+        except FinetuneError:
+            pass
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(kind=st.sampled_from(MUTATIONS), batch=st.integers(1, 3), data=st.data())
+def test_mutated_models_load_and_run_or_raise_finetune_errors(kind, batch, data):
+    _check_case(_mutated_bytes(kind, data), batch)
+
+
+@pytest.mark.parametrize(
+    "kind", ["huge_dims", "reshape_absurd", "constant_of_shape_absurd", "pad_absurd",
+             "conv_pads_absurd"]
+)
+def test_absurd_sizes_are_refused_not_allocated(kind):
+    """The first choice of each mutation asks for about 10^12 elements; it is refused with an
+    error naming the tensor, while tracing far less memory than that."""
+    payload = _mutate_proto(kind, _FirstChoice())
+    tracemalloc.start()
+    try:
+        with pytest.raises(FinetuneError, match=r"w|reshape|budget|padded"):
+            model = ft.onnx.load(payload)
+            model(ft.ones(1, 3, 8, 8))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES
+
+
+def test_budget_errors_name_the_node_and_the_shape():
+    payload = _mutate_proto("constant_of_shape_absurd", _FirstChoice())
+    model = ft.onnx.load(payload)
+    with pytest.raises(FinetuneError) as caught:
+        model(ft.ones(1, 3, 8, 8))
+    message = str(caught.value)
+    assert "'cos' (ConstantOfShape)" in message and "[1000000, 1000000]" in message
+    assert "FINETUNE_ONNX_MAX_ELEMENTS" in message
+
+
+class _FirstChoice:
+    """A stand-in for hypothesis' data object: the first initializer/node, or the first of a
+    ``sampled_from``'s values."""
+
+    def draw(self, strategy):
+        elements = getattr(strategy, "elements", None)
+        return elements[0] if elements else 0
+
+
+def test_invalid_utf8_in_a_name_is_an_import_error():
+    """protobuf decodes strings lazily; a flipped byte in the graph's name once escaped as
+    UnicodeDecodeError (found by `make fuzz`)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(BASE)
+    m.graph.name = "fuzzname"
+    raw = m.SerializeToString().replace(b"fuzzname", b"\xe6uzzname")
+    with pytest.raises(FinetuneError, match="not valid UTF-8"):
+        ft.onnx.load(raw)
