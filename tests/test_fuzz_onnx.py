@@ -37,8 +37,15 @@ def _base_model() -> onnx.ModelProto:
         numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape"),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3],
-                         pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["c"],
+            name="conv",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[1, 1],
+        ),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
@@ -47,7 +54,8 @@ def _base_model() -> onnx.ModelProto:
         helper.make_node("Gemm", ["f4", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "fuzz",
+        nodes,
+        "fuzz",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         inits,
@@ -114,11 +122,17 @@ def _mutate_proto(kind: str, data) -> bytes:
             attr = node.attribute[0]
             name = attr.name
             node.attribute.remove(attr)
-            node.attribute.append(data.draw(st.sampled_from([
-                helper.make_attribute(name, 1.5),
-                helper.make_attribute(name, "text"),
-                helper.make_attribute(name, [0.5, 2.5]),
-            ])))
+            node.attribute.append(
+                data.draw(
+                    st.sampled_from(
+                        [
+                            helper.make_attribute(name, 1.5),
+                            helper.make_attribute(name, "text"),
+                            helper.make_attribute(name, [0.5, 2.5]),
+                        ]
+                    )
+                )
+            )
     elif kind == "strides":
         conv = g.node[0]
         for a in conv.attribute:
@@ -131,10 +145,13 @@ def _mutate_proto(kind: str, data) -> bytes:
             if a.name == "kernel_shape":
                 del a.ints[:]
                 a.ints.extend([30, 30])
-        g.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((4, 3, 30, 30), np.float32), "w"))
+        g.initializer[0].CopyFrom(
+            numpy_helper.from_array(np.zeros((4, 3, 30, 30), np.float32), "w")
+        )
     elif kind == "reshape_absurd":
-        g.initializer[4].CopyFrom(numpy_helper.from_array(np.array([10**6, 10**6], np.int64),
-                                                          "shape"))
+        g.initializer[4].CopyFrom(
+            numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
+        )
     elif kind == "opset":
         m.opset_import[0].version = data.draw(st.sampled_from([0, 1, 6, 99, -3]))
     elif kind == "input_rank":
@@ -161,10 +178,27 @@ def _mutate_proto(kind: str, data) -> bytes:
     return m.SerializeToString()
 
 
-MUTATIONS = ["bytes_flip", "truncate", "initializer_size", "huge_dims", "dangling",
-             "duplicate_output", "cycle", "missing_input", "unknown_op", "unknown_domain",
-             "attribute_type", "strides", "kernel_too_large", "reshape_absurd", "opset",
-             "input_rank", "constant_of_shape_absurd", "pad_absurd", "conv_pads_absurd"]
+MUTATIONS = [
+    "bytes_flip",
+    "truncate",
+    "initializer_size",
+    "huge_dims",
+    "dangling",
+    "duplicate_output",
+    "cycle",
+    "missing_input",
+    "unknown_op",
+    "unknown_domain",
+    "attribute_type",
+    "strides",
+    "kernel_too_large",
+    "reshape_absurd",
+    "opset",
+    "input_rank",
+    "constant_of_shape_absurd",
+    "pad_absurd",
+    "conv_pads_absurd",
+]
 
 
 def _mutated_bytes(kind: str, data) -> bytes:
@@ -203,16 +237,20 @@ def _check_case(payload: bytes, batch: int) -> None:
             pass
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(kind=st.sampled_from(MUTATIONS), batch=st.integers(1, 3), data=st.data())
 def test_mutated_models_load_and_run_or_raise_finetune_errors(kind, batch, data):
     _check_case(_mutated_bytes(kind, data), batch)
 
 
 @pytest.mark.parametrize(
-    "kind", ["huge_dims", "reshape_absurd", "constant_of_shape_absurd", "pad_absurd",
-             "conv_pads_absurd"]
+    "kind",
+    ["huge_dims", "reshape_absurd", "constant_of_shape_absurd", "pad_absurd", "conv_pads_absurd"],
 )
 def test_absurd_sizes_are_refused_not_allocated(kind):
     """The first choice of each mutation asks for about 10^12 elements; it is refused with an
