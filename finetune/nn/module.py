@@ -417,9 +417,9 @@ class Module:
     ) -> _IncompatibleKeys:
         """Copy ``state_dict`` into this module's parameters and buffers.
 
-        Every missing key, unexpected key and size mismatch is gathered first; a size mismatch
-        raises ``ShapeError``, missing or unexpected keys raise ``CheckpointError`` when ``strict``.
-        Nothing is copied unless every shape fits.
+        Every missing key, unexpected key, size mismatch and non-numeric value is gathered first;
+        a size mismatch raises ``ShapeError``, the others ``CheckpointError`` (missing and
+        unexpected keys only when ``strict``). Nothing is copied unless everything fits.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
@@ -436,6 +436,7 @@ class Module:
         missing = [key for key in expected if key not in state_dict and key not in optional]
         unexpected = [key for key in state_dict if key not in expected]
         mismatches = []
+        bad_dtypes = []
         updates = []
         for key, (module, name, target) in expected.items():
             if key not in state_dict:
@@ -447,6 +448,11 @@ class Module:
                     f"size mismatch for {key}: copying a param with shape "
                     f"torch.Size({list(array.shape)}) from checkpoint, the shape in current model "
                     f"is torch.Size({list(target._data.shape)})."
+                )
+            elif array.dtype.kind not in "biuf":
+                bad_dtypes.append(
+                    f"dtype mismatch for {key}: the checkpoint holds {array.dtype} values, which "
+                    f"cannot be copied into a {target._data.dtype} tensor."
                 )
             else:
                 updates.append((module, name, target, array))
@@ -460,6 +466,7 @@ class Module:
                 "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". "
             )
         problems.extend(mismatches)
+        problems.extend(bad_dtypes)
         if problems:
             message = f"Error(s) in loading state_dict for {self._get_name()}:\n\t" + "\n\t".join(
                 problems
