@@ -19,7 +19,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def starting_model(models_dir: Path, allow_download: bool) -> tuple[Path, str]:
+def calibrated_random_resnet18(data: Path, image_size: int):
+    """A randomly initialised ResNet-18 whose BatchNorm statistics are estimated on the training
+    images (without them, random features grow by orders of magnitude through the network and
+    the head's loss explodes)."""
+    import finetune as ft
+    from finetune.data import DataLoader, ImageFolder
+    from finetune.recipe import eval_transform
+
+    ft.manual_seed(0)
+    net = ft.models.resnet18()
+    for module in net.modules():
+        if isinstance(module, ft.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over all batches
+    net.train()
+    with ft.no_grad():
+        for x, _ in DataLoader(ImageFolder(data / "train", eval_transform(image_size)), 32):
+            net(x)
+    return net.eval()
+
+
+def starting_model(models_dir: Path, data: Path, image_size: int,
+                   allow_download: bool) -> tuple[Path, str]:
     import finetune as ft
     from finetune.errors import DownloadError
 
@@ -34,14 +56,13 @@ def starting_model(models_dir: Path, allow_download: bool) -> tuple[Path, str]:
             print(f"could not download the pretrained ResNet-18: {str(err).splitlines()[0]}")
     random_path = models_dir / "resnet18-random-init.onnx"
     if not random_path.exists():
-        ft.manual_seed(0)
-        net = ft.models.resnet18()
-        net.eval()
-        ft.onnx.export(net, ft.zeros(1, 3, 224, 224), random_path)
+        net = calibrated_random_resnet18(data, image_size)
+        ft.onnx.export(net, ft.zeros(1, 3, image_size, image_size), random_path)
     print("NOTE: no pretrained weights are available here, so this run starts from a ResNet-18 "
           f"with RANDOM weights built by the library ({random_path}). Accuracy will be far below "
           "what a pretrained backbone gives; put resnet18-v1-7.onnx in models/ to use it.")
-    return random_path, "a randomly initialised ResNet-18 (no pretrained weights available)"
+    return random_path, ("a randomly initialised ResNet-18, BatchNorm statistics estimated on the "
+                         "demo images (no pretrained weights available)")
 
 
 def main(argv=None) -> int:
@@ -64,7 +85,8 @@ def main(argv=None) -> int:
         print(f"generated the demo data set in {data}")
     models_dir = ROOT / "models"
     models_dir.mkdir(exist_ok=True)
-    model_path, described = starting_model(models_dir, allow_download=not args.no_download)
+    model_path, described = starting_model(models_dir, data, args.image_size,
+                                           allow_download=not args.no_download)
     print(f"starting model: {described}")
     result = run(str(model_path), data, ROOT / "runs" / args.name, epochs=args.epochs,
                  image_size=args.image_size)
