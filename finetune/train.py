@@ -23,7 +23,7 @@ import numpy as np
 from . import nn
 from . import random as _random
 from .autograd import no_grad
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, FinetuneError, TrainingError
 from .tensor import Tensor
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -175,17 +175,42 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, step: i
     )
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "history", "partial",
+                    "rng")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore a checkpoint written by ``save_checkpoint``. All or nothing: if any part does not
+    fit, the model, optimizer and scheduler are left as they were and CheckpointError (or
+    ShapeError) names the file."""
     from .serialization import load
 
     if not path.exists():
         raise CheckpointError(f"no checkpoint to resume from at {path}")
     state = load(path)
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (missing {', '.join(missing)}); "
+            "delete it or start without --resume"
+        )
+    before = {k: np.array(v._data) for k, v in model.state_dict().items()}
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    _random.set_rng_state(json.loads(state["rng"]))
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        rng = json.loads(state["rng"])
+    except BaseException as error:
+        model.load_state_dict(before)
+        if isinstance(error, (KeyError, TypeError, ValueError)) and not isinstance(
+            error, FinetuneError
+        ):
+            raise CheckpointError(
+                f"{path}: the optimizer or scheduler state does not fit ({error!r})"
+            ) from error
+        raise
+    _random.set_rng_state(rng)
     return state
 
 
