@@ -1,7 +1,7 @@
 """The ``finetune`` command: train, predict, inspect, export, download, demo-data.
 
-Errors the user can fix come out as one line on stderr and a non-zero exit; ``--debug`` shows
-the traceback.
+Errors the user can fix (every ``FinetuneError``, and file system errors such as a full disk)
+come out as one line on stderr and a non-zero exit; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -179,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"finetune: error: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED if isinstance(err, TrainingInterrupted) else EXIT_ERROR
+    except OSError as err:  # a full disk, a read-only or missing folder: previous files are kept
+        if args.debug:
+            raise
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("finetune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

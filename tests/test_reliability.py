@@ -464,3 +464,11 @@ def test_cli_refuses_external_data_outside_the_model_folder_in_one_line(tmp_path
     path.write_bytes(helper.make_model(graph).SerializeToString())
     assert onnx.load(path, load_external_data=False).graph.initializer[0].external_data
     _assert_one_line_error(_cli("inspect", path), "evil.onnx", "outside the model's folder")
+
+
+def test_cli_file_system_errors_are_one_line(shapes, tmp_path):
+    """An OSError (here an output folder under a file; a full disk likewise) is not a traceback."""
+    (tmp_path / "file").write_text("")
+    proc = _cli(*_train_argv(shapes, tmp_path / "file" / "run")[3:])
+    _assert_one_line_error(proc, "Not a directory", "file/run")
+    assert "Traceback" not in proc.stderr
