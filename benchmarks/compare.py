@@ -437,8 +437,14 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
     if fwd:
         rate = FLOPS_PER_IMAGE_224 * (args.size / 224) ** 2 * args.batch / (median_ms(fwd) / 1000)
         lines.append("")
-        lines.append(f"finetune forward: {rate / 1e9:.0f} GFLOP/s "
-                     f"({rate / 1e9 / gflops:.0%} of numpy's matmul)")
+        share = rate / 1e9 / gflops
+        lines.append(f"finetune forward: {rate / 1e9:.0f} GFLOP/s ({share:.0%} of numpy's "
+                     f"matmul; target >= 60%: {'met' if share >= 0.6 else 'NOT met'})")
+        full = results.get("full_step", {}).get("finetune")
+        if full:
+            ratio = median_ms(full) / median_ms(fwd)
+            lines.append(f"finetune full training step / forward: {ratio:.2f}x "
+                         f"(target <= 3.5x: {'met' if ratio <= 3.5 else 'NOT met'})")
     lines.append("")
     lines.append("| peak memory (RSS) | finetune | pytorch | finetune / pytorch |")
     lines.append("|---|---|---|---|")
