@@ -413,31 +413,31 @@ class Tensor:
 
     # -- comparisons and logic (no gradient) --------------------------------------------------
     def __eq__(self, other):  # type: ignore[override]
-        return Tensor._from_array(np.equal(self._data, _raw(other)))
+        return _elementwise(np.equal, self, other)
 
     def __ne__(self, other):  # type: ignore[override]
-        return Tensor._from_array(np.not_equal(self._data, _raw(other)))
+        return _elementwise(np.not_equal, self, other)
 
     def __lt__(self, other):
-        return Tensor._from_array(np.less(self._data, _raw(other)))
+        return _elementwise(np.less, self, other)
 
     def __le__(self, other):
-        return Tensor._from_array(np.less_equal(self._data, _raw(other)))
+        return _elementwise(np.less_equal, self, other)
 
     def __gt__(self, other):
-        return Tensor._from_array(np.greater(self._data, _raw(other)))
+        return _elementwise(np.greater, self, other)
 
     def __ge__(self, other):
-        return Tensor._from_array(np.greater_equal(self._data, _raw(other)))
+        return _elementwise(np.greater_equal, self, other)
 
     def __and__(self, other):
-        return Tensor._from_array(np.bitwise_and(self._data, _raw(other)))
+        return _elementwise(np.bitwise_and, self, other)
 
     def __or__(self, other):
-        return Tensor._from_array(np.bitwise_or(self._data, _raw(other)))
+        return _elementwise(np.bitwise_or, self, other)
 
     def __xor__(self, other):
-        return Tensor._from_array(np.bitwise_xor(self._data, _raw(other)))
+        return _elementwise(np.bitwise_xor, self, other)
 
     def __invert__(self):
         return Tensor._from_array(np.invert(self._data))
@@ -595,6 +595,17 @@ def _size_arg(size: tuple) -> tuple:
 
 def _raw(value: Any):
     return value._data if isinstance(value, Tensor) else value
+
+
+def _elementwise(ufunc: np.ufunc, a: Tensor, other: Any) -> Tensor:
+    """A comparison or bitwise op (no gradient); operands that do not broadcast raise ShapeError
+    naming both shapes."""
+    try:
+        return Tensor._from_array(ufunc(a._data, _raw(other)))
+    except ValueError:
+        from .autograd.ops import broadcast_error
+
+        raise broadcast_error(a._data.shape, np.shape(_raw(other))) from None
 
 
 def _writable(array: np.ndarray) -> np.ndarray:

@@ -46,6 +46,8 @@ SHAPE_MISTAKES = {
     "mul": (lambda: ft.ones(3, 1, 5) * ft.ones(2, 4, 1), ["[3, 1, 5]", "[2, 4, 1]"]),
     "div": (lambda: ft.ones(2, 3) / ft.ones(3, 2), ["[2, 3]", "[3, 2]"]),
     "in_place_add": (lambda: ft.zeros(2, 3).add_(ft.ones(4, 5)), ["[2, 3]", "[4, 5]"]),
+    "comparison": (lambda: ft.ones(2, 3) > ft.ones(3, 2), ["[2, 3]", "[3, 2]"]),
+    "maximum": (lambda: ft.maximum(ft.ones(2, 3), ft.ones(4, 5)), ["[2, 3]", "[4, 5]"]),
     "where": (
         lambda: ft.where(ft.ones(4, 5) > 0, ft.ones(2, 3), ft.ones(2, 3)),
         ["[4, 5]", "[2, 3]"],
