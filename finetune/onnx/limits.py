@@ -13,6 +13,8 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..errors import ShapeError
 
 MAX_ELEMENTS = int(os.environ.get("FINETUNE_ONNX_MAX_ELEMENTS", 2**30))
@@ -31,3 +33,13 @@ def check_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
             f"{MAX_ELEMENTS:,} (FINETUNE_ONNX_MAX_ELEMENTS); the file is corrupt or hostile"
         )
     return dims
+
+
+def check_broadcast(what: str, *shapes: Sequence[int]) -> None:
+    """Refuse a broadcast whose result would exceed the budget: two tensors within it can ask
+    for the product of their sizes. Shapes that do not broadcast are left to the op's error."""
+    try:
+        shape = np.broadcast_shapes(*(tuple(s) for s in shapes))
+    except ValueError:
+        return
+    check_shape(shape, what)

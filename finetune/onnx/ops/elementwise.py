@@ -11,28 +11,33 @@ import numpy as np
 from ... import functions as fn
 from ...autograd import ops
 from ...tensor import Tensor
+from ..limits import check_broadcast
 from ..registry import register
 from ._common import keep_dtype, wrap
 
 
 @register("Add", 7, 13, 14)
 def add(a: Tensor, b: Tensor) -> Tensor:
+    check_broadcast("Add", a.shape, b.shape)
     return fn.add(a, b)
 
 
 @register("Sub", 7, 13, 14)
 def sub(a: Tensor, b: Tensor) -> Tensor:
+    check_broadcast("Sub", a.shape, b.shape)
     return fn.sub(a, b)
 
 
 @register("Mul", 7, 13, 14)
 def mul(a: Tensor, b: Tensor) -> Tensor:
+    check_broadcast("Mul", a.shape, b.shape)
     return fn.mul(a, b)
 
 
 @register("Div", 7, 13, 14)
 def div(a: Tensor, b: Tensor) -> Tensor:
     """Integer division truncates toward zero, as the ONNX reference does."""
+    check_broadcast("Div", a.shape, b.shape)
     if a._data.dtype.kind in "iub":
         with np.errstate(divide="ignore", invalid="ignore"):
             return wrap(np.trunc(np.true_divide(a._data, b._data)).astype(a._data.dtype))
@@ -42,6 +47,7 @@ def div(a: Tensor, b: Tensor) -> Tensor:
 @register("Pow", 7, 12, 13, 15)
 def pow_(x: Tensor, y: Tensor) -> Tensor:
     """The result has the base's element type, whatever the exponent's."""
+    check_broadcast("Pow", x.shape, y.shape)
     if x._data.dtype.kind in "iu":
         return wrap(np.power(x._data, y._data.astype(x._data.dtype)).astype(x._data.dtype))
     return keep_dtype(ops.PowTensor.apply(x, y), x._data.dtype)

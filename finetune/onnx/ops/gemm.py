@@ -10,6 +10,7 @@ from ... import functions as fn
 from ...nn.layers.linear import Linear
 from ...nn.parameter import Parameter
 from ...tensor import Tensor
+from ..limits import check_broadcast
 from ..registry import Built, NodeView, call_module, register
 from ._common import keep_dtype
 
@@ -65,6 +66,7 @@ def gemm(
         a = fn.transpose(a, 0, 1)
     if transB:
         b = fn.transpose(b, 0, 1)
+    check_broadcast("Gemm", (a.shape[0], 1), (1, b.shape[-1]))
     y = fn.matmul(a, b)
     if alpha != 1.0:
         y = fn.mul(y, alpha)
@@ -82,6 +84,8 @@ def _matmul_module(view: NodeView) -> Built | None:
 
 @register("MatMul", 1, 9, 13, module=_matmul_module)
 def matmul(a: Tensor, b: Tensor) -> Tensor:
+    if a.ndim >= 2 and b.ndim >= 2:  # (..., m, k) @ (..., k, n): m * n can outgrow both inputs
+        check_broadcast("MatMul", (*a.shape[:-1], 1), (*b.shape[:-2], 1, b.shape[-1]))
     return fn.matmul(a, b)
 
 

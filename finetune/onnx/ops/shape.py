@@ -89,7 +89,10 @@ def unsqueeze(data: Tensor, axes: Tensor) -> Tensor:
 
 @register("Concat", 4, 11, 13)
 def concat(*inputs: Tensor, axis) -> Tensor:
-    return ops.Cat.apply(*inputs, dim=axis_of(axis, inputs[0].ndim))
+    axis = axis_of(axis, inputs[0].ndim)
+    joined = sum(x.shape[axis] for x in inputs if x.ndim > axis)
+    check_shape([*inputs[0].shape[:axis], joined, *inputs[0].shape[axis + 1 :]], "Concat")
+    return ops.Cat.apply(*inputs, dim=axis)
 
 
 def _split(x, sizes, axis, count):
