@@ -138,8 +138,17 @@ def conv_inputs(case, seed=0):
     return x, w, b, dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
 
 
+@pytest.fixture(params=["shifted", "windows"])
+def layout(request, monkeypatch):
+    """Run a stride-1 convolution through each im2col layout: the shifted flat rows (whatever
+    the wasted columns cost) or the copied window view."""
+    waste = math.inf if request.param == "shifted" else 0.0
+    monkeypatch.setattr(kernels, "_MAX_SHIFTED_WASTE", waste)
+    return request.param
+
+
 @pytest.mark.parametrize("name", CONV_CASES)
-def test_conv_matches_direct_loop(name):
+def test_conv_matches_direct_loop(name, layout):
     x, w, b, opts = conv_inputs(CONV_CASES[name])
     got = kernels.conv(const(x), const(w), None if b is None else const(b), **opts)
     expected = conv_loop(x, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"])
@@ -148,7 +157,7 @@ def test_conv_matches_direct_loop(name):
 
 
 @pytest.mark.parametrize("name", CONV_CASES)
-def test_conv_gradcheck(name):
+def test_conv_gradcheck(name, layout):
     x, w, b, opts = conv_inputs(CONV_CASES[name], seed=1)
     inputs = [leaf(x), leaf(w)] + ([] if b is None else [leaf(b)])
     assert gradcheck(lambda *t: kernels.conv(*t, **opts), inputs)
@@ -181,7 +190,7 @@ def test_frozen_conv_records_no_graph():
 
 
 @pytest.mark.parametrize("name", ["2d-plain", "2d-stride2", "2d-1x1", "2d-depthwise", "1d-plain"])
-def test_conv_float32_in_float32_out(name):
+def test_conv_float32_in_float32_out(name, layout):
     x, w, b, opts = conv_inputs(CONV_CASES[name])
     xt, wt = leaf(x, np.float32), leaf(w, np.float32)
     bt = None if b is None else leaf(b, np.float32)
@@ -280,3 +289,16 @@ def test_frozen_pools_record_nothing():
     x = const(distinct_values((1, 1, 4, 4)))
     assert kernels.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).grad_fn is None
     assert kernels.avg_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).grad_fn is None
+
+
+def test_resnet_shapes_take_the_fast_layouts():
+    """Stride-1 3x3 convolutions read shifted rows, 1x1 ones the input itself (the benchmark's
+    figures depend on it)."""
+
+    def plan(c, size, k, s, p):
+        return kernels._ConvPlan((8, c, size, size), (c, c, k, k), (s, s), ((p, p),) * 2, (1, 1), 1)
+
+    assert plan(64, 56, 3, 1, 1).shifted
+    assert plan(256, 14, 3, 1, 1).shifted
+    assert plan(64, 56, 1, 2, 0).pointwise
+    assert not plan(3, 224, 7, 2, 3).shifted

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 import numpy as np
 
@@ -41,6 +42,31 @@ def _padded(x: np.ndarray, pads: Pairs, value: float = 0.0) -> np.ndarray:
     out = np.full(shape, value, dtype=x.dtype) if value else np.zeros(shape, dtype=x.dtype)
     out[_interior(x.shape, pads)] = x
     return out
+
+
+def _pad_into(out: np.ndarray, x: np.ndarray, pads: Pairs, value: float = 0.0) -> None:
+    """Write ``x`` padded with ``value`` into ``out``, touching the border only once."""
+    out[_interior(x.shape, pads)] = x
+    for axis, (size, (lo, hi)) in enumerate(zip(x.shape[2:], pads)):
+        prefix = (slice(None),) * (axis + 2)
+        if lo:
+            out[(*prefix, slice(0, lo))] = value
+        if hi:
+            out[(*prefix, slice(lo + size, None))] = value
+
+
+_scratch_space = threading.local()
+
+
+def _scratch(slot: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A per-thread buffer reused across calls, for temporaries that never leave a kernel (the
+    im2col columns and their padded input): fresh buffers of this size cost page faults."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffers = _scratch_space.__dict__
+    buffer = buffers.get(slot)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = buffers[slot] = np.empty(nbytes, dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def _interior(shape: tuple, pads: Pairs) -> tuple:
@@ -82,6 +108,122 @@ def _windows(xp: np.ndarray, kernel, outs, stride, dilation) -> np.ndarray:
 # -- convolution -----------------------------------------------------------------------------
 
 
+class _ConvPlan:
+    """The shapes of one convolution and the im2col layout chosen for them.
+
+    Columns are laid out ``n g (c k...) l`` so one batched matmul with the ``g o (c k...)``
+    weights gives ``n g o l``, already NC[D]HW. Three layouts for ``l``:
+    - pointwise (1x1, no padding): the (strided) input itself, ``l`` the output pixels;
+    - shifted (stride 1): the padded input flattened per channel, where each kernel tap is one
+      contiguous range starting at ``offsets[t]``; ``l`` runs over whole padded rows, and the few
+      columns past each row's end are cropped from the output;
+    - windows (anything else): a copy of the strided window view, ``l`` the output pixels.
+    """
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups) -> None:
+        self.x_shape, self.w_shape = tuple(x_shape), tuple(w_shape)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.kernel = self.w_shape[2:]
+        spatial = self.x_shape[2:]
+        self.outs = tuple(
+            _out_size(s, p, k, st, d, False)
+            for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
+        )
+        self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
+        self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
+        self.pointwise = all(k == 1 for k in self.kernel) and not any(map(any, padding))
+        extended = self.outs[0] * math.prod(self.padded[1:])
+        self.shifted = (
+            not self.pointwise
+            and all(s == 1 for s in stride)
+            and extended <= _MAX_SHIFTED_WASTE * math.prod(self.outs)
+        )
+        if self.shifted:
+            pitch = [math.prod(self.padded[i + 1 :]) for i in range(len(spatial))]
+            self.offsets = [
+                sum(t * d * p for t, d, p in zip(tap, dilation, pitch)) for tap in self.taps
+            ]
+            self.length = extended
+            self.flat = max(math.prod(self.padded), self.offsets[-1] + extended)
+        else:
+            self.length = math.prod(self.outs)
+
+    def columns(self, x: np.ndarray) -> np.ndarray:
+        """im2col into a reused scratch buffer: ``n (g c) i... -> n g (c k...) l``."""
+        n, c = self.x_shape[:2]
+        g = self.groups
+        if self.pointwise:
+            if any(s != 1 for s in self.stride):
+                picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
+                x = _scratch("columns", picked.shape, x.dtype)
+                np.copyto(x, picked)
+            return x.reshape(n, g, c // g, self.length)
+        cols = _scratch("columns", (n, c, len(self.taps), self.length), x.dtype)
+        if self.shifted:
+            flat = _scratch("padded", (n, c, self.flat), x.dtype)
+            _pad_into(
+                flat[..., : math.prod(self.padded)].reshape(n, c, *self.padded), x, self.padding
+            )
+            flat[..., math.prod(self.padded) :] = 0
+            for t, offset in enumerate(self.offsets):
+                cols[:, :, t] = flat[..., offset : offset + self.length]
+        else:
+            xp = _scratch("padded", (n, c, *self.padded), x.dtype)
+            _pad_into(xp, x, self.padding)
+            win = _windows(xp, self.kernel, self.outs, self.stride, self.dilation)
+            nd = len(self.outs)
+            # n c j... k... -> n c k... j...
+            order = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
+            np.copyto(cols.reshape(n, c, *self.kernel, *self.outs), win.transpose(order))
+        return cols.reshape(n, g, -1, self.length)
+
+    def crop(self, out: np.ndarray) -> np.ndarray:
+        """``n o l -> n o j...``: the output pixels of the extended (shifted) layout."""
+        n, o = out.shape[:2]
+        if not self.shifted:
+            return out.reshape(n, o, *self.outs)
+        rows = out.reshape(n, o, self.outs[0], *self.padded[1:])
+        return rows[(slice(None), slice(None), slice(None), *(slice(k) for k in self.outs[1:]))]
+
+    def extend(self, grad: np.ndarray) -> np.ndarray:
+        """``n o j... -> n g o l``: the output gradient in the columns' layout (zeros past rows)."""
+        n, o = grad.shape[:2]
+        if self.shifted:
+            extended = np.zeros((n, o, self.length), dtype=grad.dtype)
+            self.crop(extended)[...] = grad
+            grad = extended
+        return np.ascontiguousarray(grad).reshape(n, self.groups, o // self.groups, self.length)
+
+    def scatter(self, gcols: np.ndarray) -> np.ndarray:
+        """col2im, ``n g (c k...) l -> n c i...``: add each kernel tap back where it was read."""
+        n, c = self.x_shape[:2]
+        if self.pointwise:
+            gx = gcols.reshape(n, c, *self.outs)
+            if all(s == 1 for s in self.stride):
+                return gx
+            full = np.zeros(self.x_shape, dtype=gcols.dtype)
+            full[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))] = gx
+            return full
+        gcols = gcols.reshape(n, c, len(self.taps), self.length)
+        if self.shifted:
+            flat = np.zeros((n, c, self.flat), dtype=gcols.dtype)
+            for t, offset in enumerate(self.offsets):
+                flat[..., offset : offset + self.length] += gcols[:, :, t]
+            gxp = flat[..., : math.prod(self.padded)].reshape(n, c, *self.padded)
+        else:
+            gxp = np.zeros((n, c, *self.padded), dtype=gcols.dtype)
+            for t, tap in enumerate(self.taps):
+                gxp[_tap(tap, self.outs, self.stride, self.dilation)] += gcols[:, :, t].reshape(
+                    n, c, *self.outs
+                )
+        return gxp[_interior(self.x_shape, self.padding)]
+
+
+# the shifted layout multiplies a few wasted columns per row; past this ratio the copy of the
+# windows is cheaper
+_MAX_SHIFTED_WASTE = 1.2
+
+
 class Convolution(Function):
     """``n c i..., o c/g k... -> n o j...``: N-d convolution with bias, stride, asymmetric
     padding, dilation and groups."""
@@ -92,75 +234,44 @@ class Convolution(Function):
     def forward(ctx, x, weight, bias=None, *, stride, padding, dilation, groups):
         dtype = np.result_type(x, weight)
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
-        kernel = weight.shape[2:]
-        outs = tuple(
-            _out_size(s, p, k, st, d, False)
-            for s, p, k, st, d in zip(x.shape[2:], padding, kernel, stride, dilation)
-        )
-        xp = _padded(x, padding)
-        cols = _columns(xp, kernel, outs, stride, dilation, groups)
-        w = weight.reshape(groups, weight.shape[0] // groups, -1)
-        # g (n j...) (c k...), g o (c k...) -> g (n j...) o
-        out = np.matmul(cols, w.transpose(0, 2, 1))
-        n = x.shape[0]
-        out = out.reshape(groups, n, math.prod(outs), -1).transpose(1, 0, 3, 2)
-        out = out.reshape(n, weight.shape[0], *outs)
+        plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
+        n, o = x.shape[0], weight.shape[0]
+        w = weight.reshape(groups, o // groups, -1)
+        # g o (c k...), n g (c k...) l -> n g o l
+        out = plan.crop(np.matmul(w, plan.columns(x)).reshape(n, o, plan.length))
         if bias is not None:
-            out += bias.astype(dtype, copy=False).reshape(-1, *([1] * len(outs)))
+            b = bias.astype(dtype, copy=False).reshape(-1, *([1] * len(plan.outs)))
+            out = np.add(out, b, out=out if out.flags.c_contiguous else None)
+        elif not out.flags.c_contiguous:
+            out = np.ascontiguousarray(out)
         needs = ctx.needs_input_grad
-        ctx.geometry = (x.shape, weight.shape, outs, stride, padding, dilation, groups)
+        ctx.plan = plan
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(
             x if len(needs) > 1 and needs[1] else None,
             weight if needs[0] else None,
         )
-        return np.ascontiguousarray(out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        x_shape, w_shape, outs, stride, padding, dilation, groups = ctx.geometry
+        plan = ctx.plan
         needs = ctx.needs_input_grad
-        n, o = grad.shape[:2]
-        # n (g o) j... -> g o (n j...)
-        g = grad.reshape(n, groups, o // groups, -1).transpose(1, 2, 0, 3)
-        g = g.reshape(groups, o // groups, -1)
+        g = plan.extend(grad)
         grad_x = grad_w = grad_b = None
         if needs[0]:
-            grad_x = _conv_input_grad(g, weight, x_shape, outs, stride, padding, dilation, groups)
+            w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
+            # g (c k...) o, n g o l -> n g (c k...) l
+            gcols = np.matmul(w.transpose(0, 2, 1), g)
+            grad_x = plan.scatter(gcols).astype(ctx.dtypes[0], copy=False)
         if len(needs) > 1 and needs[1]:
-            cols = _columns(_padded(x, padding), w_shape[2:], outs, stride, dilation, groups)
-            grad_w = np.matmul(g, cols).reshape(w_shape).astype(ctx.dtypes[1], copy=False)
+            # n g o l, n g l (c k...) -> g o (c k...)
+            per_sample = np.matmul(g, plan.columns(x).transpose(0, 1, 3, 2))
+            grad_w = per_sample.sum(axis=0).reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)
         if len(needs) > 2 and needs[2]:
             grad_b = grad.sum(axis=(0, *range(2, grad.ndim))).astype(ctx.dtypes[2], copy=False)
         return (grad_x, grad_w, grad_b)[: len(needs)]
-
-
-def _columns(xp, kernel, outs, stride, dilation, groups) -> np.ndarray:
-    """im2col: ``n (g c) j... k... -> g (n j...) (c k...)``, one copy of the window view."""
-    n, c = xp.shape[:2]
-    win = _windows(xp, kernel, outs, stride, dilation)
-    nd = len(outs)
-    win = win.reshape(n, groups, c // groups, *outs, *kernel)
-    # n g c j... k... -> g n j... c k...
-    order = (1, 0, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd))
-    return win.transpose(order).reshape(groups, n * math.prod(outs), -1)
-
-
-def _conv_input_grad(g, weight, x_shape, outs, stride, padding, dilation, groups) -> np.ndarray:
-    """col2im: ``g o (n j...)`` times the weights, scattered back over the kernel offsets only."""
-    kernel = weight.shape[2:]
-    n, c = x_shape[:2]
-    w = weight.reshape(groups, weight.shape[0] // groups, -1)
-    gcols = np.matmul(w.transpose(0, 2, 1), g)  # g (c k...) (n j...)
-    gcols = gcols.reshape(groups, c // groups, *kernel, n, *outs)
-    padded_shape = (n, c) + tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], padding))
-    gxp = np.zeros(padded_shape, dtype=g.dtype)
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        tap = gcols[(slice(None), slice(None), *offset)]  # g c n j...
-        tap = tap.reshape(c, n, *outs).swapaxes(0, 1)
-        gxp[_tap(offset, outs, stride, dilation)] += tap
-    return gxp[_interior(x_shape, padding)]
 
 
 def conv(

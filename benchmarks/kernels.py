@@ -1,0 +1,115 @@
+"""Time the convolution and pooling kernels at ResNet-18's shapes (batch 8, 3x224x224, float32).
+
+Prints, per layer shape: forward and backward milliseconds, GFLOP/s, and how often the shape
+occurs in the network; then the network totals next to numpy's own 2048x2048 float32 matmul
+GFLOP/s, the machine's ceiling for these kernels. Run: ``python benchmarks/kernels.py [--batch N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import finetune as torch
+from finetune.autograd import conv as kernels
+
+# name, in channels, out channels, input size, kernel, stride, padding, occurrences in ResNet-18
+CONVS = [
+    ("conv1 7x7/2", 3, 64, 224, 7, 2, 3, 1),
+    ("layer1 3x3/1", 64, 64, 56, 3, 1, 1, 4),
+    ("layer2.0 3x3/2", 64, 128, 56, 3, 2, 1, 1),
+    ("layer2 3x3/1", 128, 128, 28, 3, 1, 1, 3),
+    ("layer2 down 1x1/2", 64, 128, 56, 1, 2, 0, 1),
+    ("layer3.0 3x3/2", 128, 256, 28, 3, 2, 1, 1),
+    ("layer3 3x3/1", 256, 256, 14, 3, 1, 1, 3),
+    ("layer3 down 1x1/2", 128, 256, 28, 1, 2, 0, 1),
+    ("layer4.0 3x3/2", 256, 512, 14, 3, 2, 1, 1),
+    ("layer4 3x3/1", 512, 512, 7, 3, 1, 1, 3),
+    ("layer4 down 1x1/2", 256, 512, 14, 1, 2, 0, 1),
+]
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    return 2 * size**3 / median_ms(lambda: a @ b, repeats) / 1e6
+
+
+def bench_conv(batch: int, cin, cout, size, k, s, p, repeats: int) -> tuple[float, float, float]:
+    """Forward ms (no graph), backward ms (input and weight gradients), GFLOP of the forward."""
+    r = np.random.default_rng(0)
+    x = torch.tensor(r.standard_normal((batch, cin, size, size), dtype=np.float32))
+    w = torch.tensor(r.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.05)
+    opts = dict(stride=(s, s), padding=((p, p), (p, p)), dilation=(1, 1), groups=1)
+    with torch.no_grad():
+        forward = median_ms(lambda: kernels.conv(x, w, None, **opts), repeats)
+    xg, wg = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    y = kernels.conv(xg, wg, None, **opts)
+    grad = np.ones(y.shape, dtype=np.float32)
+    node = y.grad_fn
+    backward = median_ms(lambda: node.apply_backward(grad), repeats)
+    out = (size + 2 * p - k) // s + 1
+    flops = 2 * batch * cout * out * out * cin * k * k
+    return forward, backward, flops / 1e9
+
+
+def bench_maxpool(batch: int, repeats: int) -> tuple[float, float]:
+    r = np.random.default_rng(0)
+    x = torch.tensor(r.standard_normal((batch, 64, 112, 112), dtype=np.float32))
+    opts = dict(kernel_size=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)))
+    with torch.no_grad():
+        forward = median_ms(lambda: kernels.max_pool(x, **opts), repeats)
+    y = kernels.max_pool(x.detach().requires_grad_(True), **opts)
+    grad = np.ones(y.shape, dtype=np.float32)
+    node = y.grad_fn
+    backward = median_ms(lambda: node.apply_backward(grad), repeats)
+    return forward, backward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    ceiling = matmul_gflops()
+    print(f"numpy 2048x2048 float32 matmul: {ceiling:.0f} GFLOP/s")
+    print(f"batch {args.batch}, float32, median of {args.repeats}")
+    header = f"{'layer':20} {'x':>2} {'fwd ms':>8} {'GFLOP/s':>8} {'bwd ms':>8} {'GFLOP/s':>8}"
+    print(header)
+    total_fwd = total_bwd = total_flops = 0.0
+    for name, cin, cout, size, k, s, p, count in CONVS:
+        fwd, bwd, gflop = bench_conv(args.batch, cin, cout, size, k, s, p, args.repeats)
+        total_fwd += count * fwd
+        total_bwd += count * bwd
+        total_flops += count * gflop
+        print(
+            f"{name:20} {count:>2} {fwd:8.1f} {gflop / fwd * 1e3:8.0f} "
+            f"{bwd:8.1f} {2 * gflop / bwd * 1e3:8.0f}"
+        )
+    fwd, bwd = bench_maxpool(args.batch, args.repeats)
+    print(f"{'maxpool 3x3/2':20} {1:>2} {fwd:8.1f} {'':>8} {bwd:8.1f}")
+    total_fwd += fwd
+    total_bwd += bwd
+    print(
+        f"{'all convs + maxpool':20} {'':>2} {total_fwd:8.1f} "
+        f"{total_flops / total_fwd * 1e3:8.0f} {total_bwd:8.1f} "
+        f"{2 * total_flops / total_bwd * 1e3:8.0f}"
+    )
+    print(f"forward at {100 * total_flops / total_fwd * 1e3 / ceiling:.0f}% of the matmul ceiling")
+
+
+if __name__ == "__main__":
+    main()
