@@ -1,10 +1,12 @@
 """The size budget for tensors an ONNX file makes the library create from numbers in the file.
 
 A shape read from a file (an initializer's ``dims``, ``ConstantOfShape``'s input, ``Pad``'s
-pads, a convolution's padding) costs the file a few bytes but can ask for terabytes. Every such
-shape is checked here before anything is allocated: no dimension may be negative and the tensor
-may hold at most ``MAX_ELEMENTS`` elements (default 2**30, 4 GiB of float32, several times the
-largest activation of a ResNet-50 at batch 256). Set ``FINETUNE_ONNX_MAX_ELEMENTS`` to change it.
+pads, a convolution's padding) costs the file a few bytes but can ask for terabytes, and ops
+whose output outgrows their inputs (broadcasting, ``MatMul``, ``Concat``) multiply what is
+already there. Every such shape is checked here before anything is allocated: no dimension may
+be negative and a tensor may hold at most ``MAX_ELEMENTS`` elements (default 2**30, 4 GiB of
+float32, several times the largest activation of a ResNet-50 at batch 256). Set
+``FINETUNE_ONNX_MAX_ELEMENTS`` to change it.
 """
 
 from __future__ import annotations
