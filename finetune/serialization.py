@@ -87,6 +87,7 @@ def _load_from(fh: IO[bytes], name: str) -> Any:
         with np.load(fh, allow_pickle=False) as archive:
             if _STRUCTURE not in archive.files:
                 raise CheckpointError(_foreign_archive_message(name, archive.zip.namelist()))
+            _check_stored_size(archive, _STRUCTURE, name)
             document = json.loads(archive[_STRUCTURE].tobytes().decode("utf-8"))
             if not isinstance(document, dict) or document.get("format") != FORMAT:
                 raise CheckpointError(
@@ -108,6 +109,7 @@ def _load_from(fh: IO[bytes], name: str) -> Any:
         ValueError,
         KeyError,
         TypeError,
+        MemoryError,
     ) as e:
         raise CheckpointError(f"{name} is truncated or corrupt: {e}") from e
 
@@ -181,6 +183,30 @@ class _Encoder:
         )
 
 
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_stored_size(archive: Any, key: str, name: str) -> None:
+    """An entry's header must declare exactly the bytes the archive stores: numpy allocates what
+    the header says before reading, so a hostile header could ask for terabytes."""
+    member = f"{key}.npy"
+    stored = archive.zip.getinfo(member).file_size
+    with archive.zip.open(member) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version not in _HEADER_READERS:
+            raise CheckpointError(f"{name}: entry {key!r} has unsupported .npy version {version}")
+        shape, _, dtype = _HEADER_READERS[version](fp)
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != stored - fp.tell():
+            raise CheckpointError(
+                f"{name}: entry {key!r} declares shape {list(shape)} of {dtype} ({declared:,} "
+                f"bytes) but stores {stored - fp.tell():,}; the file is corrupt or hostile"
+            )
+
+
 class _Decoder:
     """Rebuilds the object tree from JSON nodes and the archive's arrays."""
 
@@ -192,6 +218,7 @@ class _Decoder:
 
     def _array(self, key: str) -> np.ndarray:
         if key not in self.arrays:
+            _check_stored_size(self.archive, key, self.name)
             self.arrays[key] = self.archive[key]
         return self.arrays[key]
 

@@ -204,6 +204,28 @@ def test_a_file_that_is_not_a_training_checkpoint_is_refused_by_name(tmp_path):
     _assert_same(model, before)
 
 
+def test_a_checkpoint_entry_declaring_more_than_it_stores_is_refused_before_allocation(tmp_path):
+    """numpy allocates what an .npy header declares before reading; a hostile header claiming
+    10^10 floats (37 GiB) over 64 stored bytes is refused by name instead."""
+    import io
+    import zipfile
+
+    path = tmp_path / "bomb.npz"
+    ft.save({"w": ft.ones(2)}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {n: archive.read(n) for n in archive.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**5, 10**5)}
+    )
+    entries["arr_0.npy"] = header.getvalue() + bytes(64)
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in entries.items():
+            archive.writestr(member, data)
+    with pytest.raises(CheckpointError, match=r"bomb.npz: entry 'arr_0' declares shape \[100000"):
+        ft.load(path)
+
+
 # -- writes that fail half-way keep the previous checkpoint and exported model --------------------
 
 
