@@ -111,9 +111,11 @@ def _windows(xp: np.ndarray, kernel, outs, stride, dilation) -> np.ndarray:
 class _ConvPlan:
     """The shapes of one convolution and the im2col layout chosen for them.
 
-    Columns are laid out ``n g (c k...) l`` so one batched matmul with the ``g o (c k...)``
-    weights gives ``n g o l``, already NC[D]HW. Three layouts for ``l``:
-    - pointwise (1x1, no padding): the (strided) input itself, ``l`` the output pixels;
+    Columns are laid out ``g (c k...) (n l)``: the batch joins the pixels, so each group is one
+    large matmul with the ``g o (c k...)`` weights (per-sample matmuls starve BLAS on the small
+    late layers: 7x7 pixels), and its ``o (n l)`` product is transposed to NC[D]HW in the same
+    copy that adds the bias. Three layouts for ``l``:
+    - pointwise (1x1, no padding): the (strided) input pixels;
     - shifted (stride 1): the padded input flattened per channel, where each kernel tap is one
       contiguous range starting at ``offsets[t]``; ``l`` runs over whole padded rows, and the few
       columns past each row's end are cropped from the output;
@@ -149,73 +151,85 @@ class _ConvPlan:
             self.length = math.prod(self.outs)
 
     def columns(self, x: np.ndarray) -> np.ndarray:
-        """im2col into a reused scratch buffer: ``n (g c) i... -> n g (c k...) l``."""
+        """im2col into a reused scratch buffer: ``n (g c) i... -> g (c k...) (n l)``."""
         n, c = self.x_shape[:2]
-        g = self.groups
+        shape = (self.groups, -1, n * self.length)
         if self.pointwise:
-            if any(s != 1 for s in self.stride):
-                picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
-                x = _scratch("columns", picked.shape, x.dtype)
-                np.copyto(x, picked)
-            return x.reshape(n, g, c // g, self.length)
-        cols = _scratch("columns", (n, c, len(self.taps), self.length), x.dtype)
+            picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
+            if n == 1 and picked.flags.c_contiguous:
+                return picked.reshape(shape)
+            cols = _scratch("columns", (c, n, *self.outs), x.dtype)
+            np.copyto(cols, picked.swapaxes(0, 1))
+            return cols.reshape(shape)
+        cols = _scratch("columns", (c, len(self.taps), n, self.length), x.dtype)
         if self.shifted:
             flat = _scratch("padded", (n, c, self.flat), x.dtype)
-            _pad_into(
-                flat[..., : math.prod(self.padded)].reshape(n, c, *self.padded), x, self.padding
-            )
-            flat[..., math.prod(self.padded) :] = 0
+            size = math.prod(self.padded)
+            _pad_into(flat[..., :size].reshape(n, c, *self.padded), x, self.padding)
+            flat[..., size:] = 0
             for t, offset in enumerate(self.offsets):
-                cols[:, :, t] = flat[..., offset : offset + self.length]
+                cols[:, t] = flat[..., offset : offset + self.length].swapaxes(0, 1)
         else:
             xp = _scratch("padded", (n, c, *self.padded), x.dtype)
             _pad_into(xp, x, self.padding)
             win = _windows(xp, self.kernel, self.outs, self.stride, self.dilation)
             nd = len(self.outs)
-            # n c j... k... -> n c k... j...
-            order = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
-            np.copyto(cols.reshape(n, c, *self.kernel, *self.outs), win.transpose(order))
-        return cols.reshape(n, g, -1, self.length)
+            # n c j... k... -> c k... n j...
+            order = (1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd))
+            np.copyto(cols.reshape(c, *self.kernel, n, *self.outs), win.transpose(order))
+        return cols.reshape(shape)
 
-    def crop(self, out: np.ndarray) -> np.ndarray:
-        """``n o l -> n o j...``: the output pixels of the extended (shifted) layout."""
-        n, o = out.shape[:2]
+    def _pixels(self, rows: np.ndarray) -> np.ndarray:
+        """``o n l -> o n j...``: the output pixels of the (possibly extended) layout."""
+        o, n = rows.shape[:2]
         if not self.shifted:
-            return out.reshape(n, o, *self.outs)
-        rows = out.reshape(n, o, self.outs[0], *self.padded[1:])
+            return rows.reshape(o, n, *self.outs)
+        rows = rows.reshape(o, n, self.outs[0], *self.padded[1:])
         return rows[(slice(None), slice(None), slice(None), *(slice(k) for k in self.outs[1:]))]
 
-    def extend(self, grad: np.ndarray) -> np.ndarray:
-        """``n o j... -> n g o l``: the output gradient in the columns' layout (zeros past rows)."""
+    def output(self, product: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """``o (n l) -> n o j...`` plus bias, in one copy."""
+        o, n = self.w_shape[0], self.x_shape[0]
+        pixels = self._pixels(product.reshape(o, n, self.length)).swapaxes(0, 1)
+        out = np.empty((n, o, *self.outs), dtype=product.dtype)
+        if bias is None:
+            np.copyto(out, pixels)
+        else:
+            np.add(pixels, bias.reshape(-1, *([1] * len(self.outs))), out=out)
+        return out
+
+    def output_grad(self, grad: np.ndarray) -> np.ndarray:
+        """``n o j... -> g o (n l)``: the output gradient in the columns' layout (zeros where
+        the extended layout has columns past a row's end)."""
         n, o = grad.shape[:2]
         if self.shifted:
-            extended = np.zeros((n, o, self.length), dtype=grad.dtype)
-            self.crop(extended)[...] = grad
-            grad = extended
-        return np.ascontiguousarray(grad).reshape(n, self.groups, o // self.groups, self.length)
+            rows = np.zeros((o, n, self.length), dtype=grad.dtype)
+            self._pixels(rows)[...] = grad.swapaxes(0, 1)
+        else:
+            rows = np.ascontiguousarray(grad.swapaxes(0, 1))
+        return rows.reshape(self.groups, o // self.groups, n * self.length)
 
     def scatter(self, gcols: np.ndarray) -> np.ndarray:
-        """col2im, ``n g (c k...) l -> n c i...``: add each kernel tap back where it was read."""
+        """col2im, ``g (c k...) (n l) -> n c i...``: add each tap back where it was read."""
         n, c = self.x_shape[:2]
         if self.pointwise:
-            gx = gcols.reshape(n, c, *self.outs)
+            gx = gcols.reshape(c, n, *self.outs).swapaxes(0, 1)
             if all(s == 1 for s in self.stride):
-                return gx
+                return np.ascontiguousarray(gx)
             full = np.zeros(self.x_shape, dtype=gcols.dtype)
             full[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))] = gx
             return full
-        gcols = gcols.reshape(n, c, len(self.taps), self.length)
+        gcols = gcols.reshape(c, len(self.taps), n, self.length)
         if self.shifted:
             flat = np.zeros((n, c, self.flat), dtype=gcols.dtype)
             for t, offset in enumerate(self.offsets):
-                flat[..., offset : offset + self.length] += gcols[:, :, t]
+                flat[..., offset : offset + self.length] += gcols[:, t].swapaxes(0, 1)
             gxp = flat[..., : math.prod(self.padded)].reshape(n, c, *self.padded)
         else:
             gxp = np.zeros((n, c, *self.padded), dtype=gcols.dtype)
             for t, tap in enumerate(self.taps):
-                gxp[_tap(tap, self.outs, self.stride, self.dilation)] += gcols[:, :, t].reshape(
-                    n, c, *self.outs
-                )
+                tap_grad = gcols[:, t].reshape(c, n, *self.outs).swapaxes(0, 1)
+                gxp[_tap(tap, self.outs, self.stride, self.dilation)] += tap_grad
         return gxp[_interior(self.x_shape, self.padding)]
 
 
@@ -235,15 +249,11 @@ class Convolution(Function):
         dtype = np.result_type(x, weight)
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
         plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
-        n, o = x.shape[0], weight.shape[0]
-        w = weight.reshape(groups, o // groups, -1)
-        # g o (c k...), n g (c k...) l -> n g o l
-        out = plan.crop(np.matmul(w, plan.columns(x)).reshape(n, o, plan.length))
-        if bias is not None:
-            b = bias.astype(dtype, copy=False).reshape(-1, *([1] * len(plan.outs)))
-            out = np.add(out, b, out=out if out.flags.c_contiguous else None)
-        elif not out.flags.c_contiguous:
-            out = np.ascontiguousarray(out)
+        w = weight.reshape(groups, weight.shape[0] // groups, -1)
+        cols = plan.columns(x)
+        product = _scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
+        np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
+        out = plan.output(product, None if bias is None else bias.astype(dtype, copy=False))
         needs = ctx.needs_input_grad
         ctx.plan = plan
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -258,17 +268,17 @@ class Convolution(Function):
         x, weight = ctx.saved_tensors
         plan = ctx.plan
         needs = ctx.needs_input_grad
-        g = plan.extend(grad)
+        g = plan.output_grad(grad)
         grad_x = grad_w = grad_b = None
         if needs[0]:
             w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
-            # g (c k...) o, n g o l -> n g (c k...) l
-            gcols = np.matmul(w.transpose(0, 2, 1), g)
+            gcols = _scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
+            np.matmul(w.transpose(0, 2, 1), g, out=gcols)  # g (c k...) o, g o (n l)
             grad_x = plan.scatter(gcols).astype(ctx.dtypes[0], copy=False)
         if len(needs) > 1 and needs[1]:
-            # n g o l, n g l (c k...) -> g o (c k...)
-            per_sample = np.matmul(g, plan.columns(x).transpose(0, 1, 3, 2))
-            grad_w = per_sample.sum(axis=0).reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)
+            # g o (n l), g (n l) (c k...) -> g o (c k...)
+            grad_w = np.matmul(g, plan.columns(x).transpose(0, 2, 1))
+            grad_w = grad_w.reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)
         if len(needs) > 2 and needs[2]:
             grad_b = grad.sum(axis=(0, *range(2, grad.ndim))).astype(ctx.dtypes[2], copy=False)
         return (grad_x, grad_w, grad_b)[: len(needs)]
