@@ -13,6 +13,7 @@ import collections
 import json
 import math
 import os
+import struct
 import zipfile
 import zlib
 from typing import IO, Any
@@ -110,6 +111,9 @@ def _load_from(fh: IO[bytes], name: str) -> Any:
         KeyError,
         TypeError,
         MemoryError,
+        RuntimeError,  # zipfile: an "encrypted" member
+        NotImplementedError,  # zipfile: an unknown compression method or flag
+        struct.error,
     ) as e:
         raise CheckpointError(f"{name} is truncated or corrupt: {e}") from e
 

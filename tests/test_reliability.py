@@ -11,10 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import finetune as ft
 from finetune import nn, optim
-from finetune.errors import CheckpointError, ShapeError, TrainingError
+from finetune.errors import (
+    CheckpointError,
+    DataError,
+    FinetuneError,
+    ShapeError,
+    TrainingError,
+)
 from finetune.train import CHECKPOINT_NAME, fit, load_checkpoint, save_checkpoint
 from finetune.utils import atomic
 
@@ -496,3 +504,88 @@ def test_cli_file_system_errors_are_one_line(shapes, tmp_path):
     proc = _cli(*_train_argv(shapes, tmp_path / "file" / "run")[3:])
     _assert_one_line_error(proc, "Not a directory", "file/run")
     assert "Traceback" not in proc.stderr
+
+
+# -- fuzzed checkpoints and images: a clear error or a result, nothing else ----------------------
+
+
+def _valid_checkpoint_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    model = _tiny_classifier(0)
+    ft.save({"model": model.state_dict(), "epoch": 3, "history": [{"loss": 0.5}]}, buffer)
+    return buffer.getvalue()
+
+
+CHECKPOINT_BYTES = _valid_checkpoint_bytes()
+
+
+def _corrupt(data, original: bytes) -> bytes:
+    raw = bytearray(original)
+    if data.draw(st.booleans()):
+        return bytes(raw[: data.draw(st.integers(0, len(raw) - 1))])
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    return bytes(raw)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_corrupted_checkpoints_load_or_raise_checkpoint_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("ckpt") / "corrupt.npz"
+    path.write_bytes(_corrupt(data, CHECKPOINT_BYTES))
+    try:
+        state = ft.load(path)
+    except CheckpointError as error:
+        assert "corrupt.npz" in str(error)
+        return
+    model = _tiny_classifier(1)
+    try:
+        model.load_state_dict(state["model"])
+    except (FinetuneError, KeyError, TypeError):  # a flipped key or type inside a readable file
+        pass
+
+
+@pytest.mark.parametrize("flag", [0x1, 0x20, 0x40], ids=["encrypted", "patched", "strong"])
+def test_zip_flags_the_reader_cannot_handle_are_checkpoint_errors(tmp_path, flag):
+    """zipfile raises RuntimeError / NotImplementedError for these (found by a deeper fuzz run)."""
+    raw = bytearray(CHECKPOINT_BYTES)
+    central = raw.index(b"PK\x01\x02")  # the first member's central directory entry
+    raw[central + 8] |= flag
+    path = tmp_path / "flagged.npz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="flagged.npz is truncated or corrupt"):
+        ft.load(path)
+
+
+def _valid_image_bytes(fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 90)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+IMAGE_BYTES = {"png": _valid_image_bytes("PNG"), "jpg": _valid_image_bytes("JPEG")}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(fmt=st.sampled_from(sorted(IMAGE_BYTES)), data=st.data())
+def test_corrupted_images_load_or_raise_data_error_naming_the_file(tmp_path_factory, fmt, data):
+    from finetune.data import ImageFolder
+    from finetune.data import transforms as T
+
+    root = tmp_path_factory.mktemp("images")
+    (root / "cls").mkdir()
+    path = root / "cls" / f"broken.{fmt}"
+    path.write_bytes(_corrupt(data, IMAGE_BYTES[fmt]))
+    dataset = ImageFolder(root, transform=T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor()]))
+    try:
+        x, y = dataset[0]
+    except DataError as error:
+        assert "broken" in str(error)
+        return
+    assert tuple(x.shape) == (3, 8, 8) and y == 0
