@@ -332,21 +332,24 @@ class _Phases:
             )
             for tap in itertools.product(*(range(k) for k in kernel))
         ]
-        nd = len(sizes)
-        # n c (q s)... -> n c s... q...
-        self.order = (0, 1, *range(3, 2 + 2 * nd, 2), *range(2, 2 + 2 * nd, 2))
-        self.split_shape = (*self.shape[:2], *itertools.chain(*zip(self.blocks, self.stride)))
+        # where each phase's share of the input sits: x[..., a::s] is planes[..., p, b:b+count]
+        # (padded position q * s + p holds input position q * s + p - lo)
+        self.pieces = []
+        for phase in itertools.product(*(range(st) for st in stride)):
+            x_index, plane_index = [], []
+            for p, size, st, (lo, _) in zip(phase, sizes, stride, self.padding):
+                first = (p - lo) % st
+                count = len(range(first, size, st))
+                x_index.append(slice(first, None, st))
+                plane_index.append(slice((first + lo - p) // st, (first + lo - p) // st + count))
+            self.pieces.append(((..., *x_index), (slice(None), slice(None), *phase, *plane_index)))
 
     def split(self, x: np.ndarray, value: float) -> np.ndarray:
         """``x`` padded with ``value`` and regrouped, in a reused scratch buffer."""
-        n, c = self.shape[:2]
-        padded = tuple(q * st for q, st in zip(self.blocks, self.stride))
-        xp = _scratch("pool input", (n, c, *padded), x.dtype)
-        _pad_into(xp, x, self.padding, value)
-        if all(st == 1 for st in self.stride):
-            return xp.reshape(n, c, *self.stride, *self.blocks)
-        planes = _scratch("pool phases", (n, c, *self.stride, *self.blocks), x.dtype)
-        np.copyto(planes, xp.reshape(self.split_shape).transpose(self.order))
+        planes = _scratch("pool phases", (*self.shape[:2], *self.stride, *self.blocks), x.dtype)
+        planes.fill(value)
+        for x_index, plane_index in self.pieces:
+            planes[plane_index] = x[x_index]
         return planes
 
     def tap(self, planes: np.ndarray, t: int) -> np.ndarray:
@@ -354,12 +357,11 @@ class _Phases:
         return planes[(slice(None), slice(None), *self.taps[t])]
 
     def merge(self, planes: np.ndarray) -> np.ndarray:
-        """The inverse of ``split`` for a gradient: ``n c s... q... -> n c i...``, contiguous."""
-        n, c = self.shape[:2]
-        padded = tuple(q * st for q, st in zip(self.blocks, self.stride))
-        inverse = np.argsort(self.order)
-        xp = planes.transpose(inverse).reshape(n, c, *padded)
-        return np.ascontiguousarray(xp[_interior(self.shape, self.padding)])
+        """The inverse of ``split`` for a gradient: ``n c s... q... -> n c i...``."""
+        out = np.empty(self.shape, dtype=planes.dtype)
+        for x_index, plane_index in self.pieces:
+            out[x_index] = planes[plane_index]
+        return out
 
 
 class MaxPool(Function):
