@@ -63,14 +63,71 @@ def _base_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def _wide_model() -> onnx.ModelProto:
+    """Many more converters in one graph, for the value mutations (attributes, int inputs)."""
+    rng = np.random.default_rng(1)
+
+    def floats(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def int64s(*values):
+        return np.array(values, dtype=np.int64)
+
+    constants = {
+        "bn_scale": floats(3), "bn_bias": floats(3), "bn_mean": floats(3),
+        "bn_var": np.abs(floats(3)) + 0.5, "pads": int64s(0, 0, 1, 1, 0, 0, 1, 1),
+        "starts": int64s(1), "ends": int64s(7), "axes2": int64s(2), "steps": int64s(1),
+        "split": int64s(1, 2), "axes1": int64s(1), "lo": np.array(-0.5, np.float32),
+        "hi": np.array(0.5, np.float32), "idx": int64s(0, 2, 4), "two": np.array(2, np.float32),
+    }  # fmt: skip
+    nodes = [
+        ("BatchNormalization", ["x", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["bn"],
+         {"epsilon": 1e-5}),
+        ("Pad", ["bn", "pads"], ["pd"], {"mode": "reflect"}),
+        ("AveragePool", ["pd"], ["ap"], {"kernel_shape": [3, 3], "strides": [1, 1]}),
+        ("Transpose", ["ap"], ["tp"], {"perm": [0, 1, 3, 2]}),
+        ("Slice", ["tp", "starts", "ends", "axes2", "steps"], ["sl"], {}),
+        ("Split", ["sl", "split"], ["s1", "s2"], {"axis": 1}),
+        ("Concat", ["s2", "s1"], ["cc"], {"axis": 1}),
+        ("ReduceMean", ["cc"], ["rm"], {"axes": [2], "keepdims": 1}),
+        ("Squeeze", ["rm", "axes2"], ["sq"], {}),
+        ("Unsqueeze", ["sq", "axes1"], ["us"], {}),
+        ("Flatten", ["us"], ["fl"], {"axis": 1}),
+        ("Softmax", ["fl"], ["sm"], {"axis": 1}),
+        ("Clip", ["sm", "lo", "hi"], ["cl"], {}),
+        ("Gather", ["cl", "idx"], ["ga"], {"axis": 1}),
+        ("LeakyRelu", ["ga"], ["lr"], {"alpha": 0.1}),
+        ("Pow", ["lr", "two"], ["pw"], {}),
+        ("Sqrt", ["pw"], ["sr"], {}),
+        ("Cast", ["sr"], ["ct"], {"to": TensorProto.DOUBLE}),
+        ("Cast", ["ct"], ["y"], {"to": TensorProto.FLOAT}),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        [
+            helper.make_node(op, inputs, outputs, name=f"n{i}_{op}", **attributes)
+            for i, (op, inputs, outputs, attributes) in enumerate(nodes)
+        ],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 BASE = _base_model()
 BASE_BYTES = BASE.SerializeToString()
+WIDE = _wide_model()
 
 
-def test_base_model_loads_and_runs():
-    model = ft.onnx.load(BASE_BYTES)
-    out = model(ft.ones(2, 3, 8, 8))
-    assert out.shape == (2, 3)
+@pytest.mark.parametrize("base", [BASE, WIDE], ids=["base", "wide"])
+def test_base_models_load_and_run_like_onnxruntime(base):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    out = ft.onnx.load(base.SerializeToString())(ft.from_numpy(x)).numpy()
+    session = ort.InferenceSession(base.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(out, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
 @contextmanager
@@ -218,10 +275,42 @@ MUTATIONS = [
     "concat_doubling",
     "broadcast_outer",
     "matmul_outer",
+    "attribute_value",
+    "int_constant",
 ]
 
 
+_ODD_INTS = [-(2**40), -100, -3, -1, 0, 1, 2, 3, 99, 2**40]
+
+
+def _mutate_values(kind: str, data) -> bytes:
+    """Change one attribute's value (keeping its type) or one int64 constant input."""
+    m = onnx.ModelProto()
+    m.CopyFrom(data.draw(st.sampled_from([BASE, WIDE])))
+    g = m.graph
+    if kind == "attribute_value":
+        node = data.draw(st.sampled_from([n for n in g.node if n.attribute]))
+        attr = data.draw(st.sampled_from(list(node.attribute)))
+        if attr.type == onnx.AttributeProto.INT:
+            attr.i = data.draw(st.sampled_from(_ODD_INTS))
+        elif attr.type == onnx.AttributeProto.INTS:
+            del attr.ints[:]
+            attr.ints.extend(data.draw(st.lists(st.sampled_from(_ODD_INTS), max_size=5)))
+        elif attr.type == onnx.AttributeProto.FLOAT:
+            attr.f = data.draw(st.sampled_from([float("nan"), float("inf"), -1.0, 0.0, 1e30]))
+        elif attr.type == onnx.AttributeProto.STRING:
+            attr.s = data.draw(st.sampled_from([b"", b"bogus", b"edge", b"wrap", b"constant"]))
+    else:
+        ints = [t for t in g.initializer if t.data_type == TensorProto.INT64]
+        tensor = data.draw(st.sampled_from(ints))
+        values = data.draw(st.lists(st.sampled_from(_ODD_INTS), max_size=8))
+        tensor.CopyFrom(numpy_helper.from_array(np.array(values, np.int64), tensor.name))
+    return m.SerializeToString()
+
+
 def _mutated_bytes(kind: str, data) -> bytes:
+    if kind in ("attribute_value", "int_constant"):
+        return _mutate_values(kind, data)
     if kind == "bytes_flip":
         raw = bytearray(BASE_BYTES)
         for _ in range(data.draw(st.integers(1, 8))):
@@ -319,3 +408,37 @@ def test_invalid_utf8_in_a_name_is_an_import_error():
     raw = m.SerializeToString().replace(b"fuzzname", b"\xe6uzzname")
     with pytest.raises(FinetuneError, match="not valid UTF-8"):
         ft.onnx.load(raw)
+
+
+def _with_node_changed(change) -> bytes:
+    m = onnx.ModelProto()
+    m.CopyFrom(WIDE)
+    change(m.graph)
+    return m.SerializeToString()
+
+
+def _set_attribute(graph, op_type, name, value):
+    node = next(n for n in graph.node if n.op_type == op_type)
+    attr = next(a for a in node.attribute if a.name == name)
+    attr.CopyFrom(helper.make_attribute(name, value))
+
+
+def _set_initializer(graph, name, values):
+    tensor = next(t for t in graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(np.array(values, np.int64), name))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda g: _set_attribute(g, "Pad", "mode", ""), "Pad: mode '' is not"),
+        (lambda g: _set_attribute(g, "Cast", "to", -(2**40)), "not an ONNX element type"),
+        (lambda g: _set_initializer(g, "split", []), "Split: 0 sizes"),
+    ],
+    ids=["pad_mode", "cast_to", "split_sizes"],
+)
+def test_value_mutations_found_by_make_fuzz_are_import_errors(change, message):
+    """Each once escaped as KeyError (found by `make fuzz` with value mutations)."""
+    model = ft.onnx.load(_with_node_changed(change))
+    with pytest.raises(FinetuneError, match=message):
+        model(ft.ones(1, 3, 8, 8))

@@ -103,7 +103,13 @@ class OnnxModule(Module):
         for name, attribute in self._constants.items():
             values[name] = getattr(self, attribute)
         for index, step in enumerate(self._steps):
-            args = [values[name] if name else None for name in step.inputs]
+            try:
+                args = [values[name] if name else None for name in step.inputs]
+            except KeyError as error:
+                raise OnnxImportError(
+                    f"{self.source}: node {step.node!r} ({step.op_type}) reads {error.args[0]!r}, "
+                    "which no earlier node produced"
+                ) from None
             try:
                 if step.module is not None:
                     out = step.run(self.get_submodule(step.module), *args)

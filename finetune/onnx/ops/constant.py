@@ -53,7 +53,10 @@ def constant_of_shape(input: Tensor, *, value=None) -> Tensor:
 
 
 def _cast(x, to: int):
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    except (KeyError, TypeError, ValueError):
+        raise OnnxImportError(f"Cast: to={to} is not an ONNX element type") from None
     source = x._data.dtype
     if source.kind == "f" and dtype.kind == "f":
         return ops.Cast.apply(x, dtype=dtype)

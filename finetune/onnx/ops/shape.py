@@ -10,7 +10,7 @@ import numpy as np
 
 from ... import functions as fn
 from ...autograd import ops
-from ...errors import ShapeError
+from ...errors import OnnxImportError, ShapeError
 from ...tensor import Tensor
 from ..limits import check_shape
 from ..registry import register
@@ -105,6 +105,8 @@ def _split(x, sizes, axis, count):
                 "equal parts"
             )
         sizes = [n // count] * count
+    if len(sizes) != count:
+        raise ShapeError(f"Split: {len(sizes)} sizes {list(sizes)} for {count} outputs")
     return tuple(ops.Split.apply(x, sizes=list(sizes), dim=axis)) if len(sizes) > 1 else (x,)
 
 
@@ -199,7 +201,8 @@ def _pad(x, pads, mode, value, axes=None):
     for i, axis in enumerate(axes):
         pairs[axis] = (pads[i], pads[i + len(axes)])
     check_shape([n + lo + hi for n, (lo, hi) in zip(x.shape, pairs)], "Pad")
-    mode = {"edge": "edge", "reflect": "reflect", "wrap": "wrap", "constant": "constant"}[mode]
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise OnnxImportError(f"Pad: mode {mode!r} is not constant, reflect, edge or wrap")
     return ops.Pad.apply(x, pads=tuple(pairs), mode=mode, value=value)
 
 
