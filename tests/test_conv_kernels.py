@@ -303,3 +303,29 @@ def test_resnet_shapes_take_the_fast_layouts():
     assert plan(256, 14, 3, 1, 1).shifted
     assert plan(64, 56, 1, 2, 0).pointwise
     assert not plan(3, 224, 7, 2, 3).shifted
+
+
+@pytest.mark.parametrize("name", ["2d-plain", "2d-stride2", "2d-1x1", "2d-grouped"])
+def test_conv_of_a_permuted_view(name):
+    """Inputs that are views (a channels-last array seen as NCHW) give the same result."""
+    x, w, b, opts = conv_inputs(CONV_CASES[name])
+    for batch in (x, x[:1]):
+        view = torch.tensor(np.ascontiguousarray(batch.transpose(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        got = kernels.conv(view, const(w), const(b) if b is not None else None, **opts)
+        expected = conv_loop(
+            batch, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"]
+        )
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_empty_batch():
+    """A batch of zero images gives empty outputs and gradients of the right shapes."""
+    x = leaf(np.zeros((0, 3, 5, 5)))
+    w = leaf(np.ones((4, 3, 3, 3)))
+    y = kernels.conv(x, w, None, (2, 2), ((1, 1), (1, 1)), (1, 1), 1)
+    assert y.shape == (0, 4, 3, 3)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3, 5, 5)
+    np.testing.assert_array_equal(w.grad.numpy(), np.zeros((4, 3, 3, 3)))
+    for pool in (kernels.max_pool, kernels.avg_pool):
+        assert pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).shape == (0, 3, 2, 2)

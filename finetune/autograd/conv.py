@@ -149,7 +149,7 @@ class _ConvPlan:
     def columns(self, x: np.ndarray) -> np.ndarray:
         """im2col into a reused scratch buffer: ``n (g c) i... -> g (c k...) (n l)``."""
         n, c = self.x_shape[:2]
-        shape = (self.groups, -1, n * self.length)
+        shape = (self.groups, c // self.groups * len(self.taps), n * self.length)
         if self.pointwise:
             picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
             if n == 1 and picked.flags.c_contiguous:
