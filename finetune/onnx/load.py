@@ -8,9 +8,12 @@ operator the library cannot convert (with node names and opset), never a ``KeyEr
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import math
 import os
+import select
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -323,13 +326,13 @@ _NUMPY_DTYPES = {
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Known ranks of the graph's values, from shape inference when it succeeds. Inference runs
-    on a copy whose float weights are declared as inputs, not copied: ranks need no values."""
-    light = _without_float_weights(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light).graph
-    except Exception:  # noqa: BLE001 - ranks are a hint; a graph shape inference cannot follow still loads
-        inferred = model.graph
+    """Known ranks of the graph's values, from shape inference when a builder needs them and it
+    succeeds. Inference runs on a copy whose float weights are declared as inputs, not copied:
+    ranks need no values."""
+    inferred = None
+    if any(node.op_type in _NEED_RANKS for node in model.graph.node):
+        inferred = _infer_shapes_isolated(_without_float_weights(model))
+    inferred = inferred or model.graph
     ranks = {}
     for info in (*inferred.input, *inferred.value_info, *inferred.output):
         kind = info.type.WhichOneof("value")
@@ -338,6 +341,54 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     for tensor in model.graph.initializer:
         ranks[tensor.name] = len(tensor.dims)
     return ranks
+
+
+def _infer_shapes_isolated(light: onnx.ModelProto) -> onnx.GraphProto | None:
+    """onnx's shape inference on ``light``, or None when it fails. Its C++ code can abort the
+    whole process on a hostile graph (a failed assertion on absurd Pad pads), so where ``fork``
+    exists it runs in a child process; the light model carries no float weights, so this is cheap.
+    """
+    if not hasattr(os, "fork"):
+        try:
+            return onnx.shape_inference.infer_shapes(light).graph
+        except Exception:  # noqa: BLE001 - ranks are a hint; a graph inference cannot follow loads
+            return None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: infer, send the result, exit without running any cleanup
+        code = 1
+        try:
+            os.close(read_end)
+            faulthandler.disable()  # an abort here is expected on hostile files: stay quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            data = onnx.shape_inference.infer_shapes(light).SerializeToString()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    try:
+        while select.select([read_end], [], [], _INFERENCE_SECONDS)[0]:
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        return None
+    inferred = onnx.ModelProto()
+    inferred.ParseFromString(b"".join(chunks))
+    return inferred.graph
+
+
+_INFERENCE_SECONDS = 60
+_NEED_RANKS = {"BatchNormalization"}  # the builders that call NodeView.rank
 
 
 def _without_float_weights(model: onnx.ModelProto) -> onnx.ModelProto:
