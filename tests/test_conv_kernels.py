@@ -329,3 +329,13 @@ def test_empty_batch():
     np.testing.assert_array_equal(w.grad.numpy(), np.zeros((4, 3, 3, 3)))
     for pool in (kernels.max_pool, kernels.avg_pool):
         assert pool(x, (2, 2), (2, 2), ((0, 0), (0, 0))).shape == (0, 3, 2, 2)
+
+
+def test_conv_saves_only_what_backward_needs():
+    """The input gradient needs the weight, the weight gradient needs the input: a frozen weight
+    keeps the input out of memory, and a first layer keeps the weight out of the saved set."""
+    x, w, b, opts = conv_inputs(CONV_CASES["2d-plain"])
+    saved_x, saved_w = kernels.conv(leaf(x), const(w), None, **opts).grad_fn.saved_tensors
+    assert saved_x is None and saved_w is not None
+    saved_x, saved_w = kernels.conv(const(x), leaf(w), None, **opts).grad_fn.saved_tensors
+    assert saved_x is not None and saved_w is None
