@@ -399,13 +399,24 @@ class _FirstChoice:
         return elements[0] if elements else 0
 
 
-def test_invalid_utf8_in_a_name_is_an_import_error():
-    """protobuf hands back an invalid UTF-8 string as bytes, which fail when copied into a new
-    graph (as the loader does for shape inference when BatchNormalization needs ranks); a
-    flipped byte in the graph's name once escaped as UnicodeDecodeError (found by `make fuzz`)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(WIDE)
+def _name_graph(m):
     m.graph.name = "fuzzname"
+
+
+def _name_node(m):
+    m.graph.node[1].name = "fuzzname"
+
+
+@pytest.mark.parametrize(
+    "base, rename", [(WIDE, _name_graph), (BASE, _name_node)], ids=["graph", "node"]
+)
+def test_invalid_utf8_in_a_name_is_an_import_error(base, rename):
+    """protobuf hands back an invalid UTF-8 string as bytes, or raises when it is copied; a
+    flipped byte in a name escaped as UnicodeDecodeError, and as TypeError in the naming of
+    submodules (both found by `make fuzz`)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    rename(m)
     raw = m.SerializeToString().replace(b"fuzzname", b"\xe6uzzname")
     with pytest.raises(FinetuneError, match="not valid UTF-8"):
         ft.onnx.load(raw)

@@ -167,6 +167,7 @@ def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
     """Convert a parsed model into an ``OnnxModule`` (weights trainable; ``load`` freezes them)."""
     _load_converters()
     with _utf8_strings(label):
+        _refuse_undecodable_names(model, label)
         opset = _default_opset(model, label)
         _check(model, label)
         _refuse_unsupported(model.graph, opset, label)
@@ -234,6 +235,25 @@ class _Importer:
     def _place(self, node: onnx.NodeProto, weight: str | None, index: int, built: Built) -> str:
         path = naming.candidate_path(node.name, node.op_type, weight, index)
         return naming.place(self.module, path, built.module, Scope)
+
+
+def _refuse_undecodable_names(model: onnx.ModelProto, label: str) -> None:
+    """protobuf hands back a string field that is not valid UTF-8 as bytes (or raises when it is
+    read); refuse such a file before any name reaches the converters."""
+    graph = model.graph
+    strings = [graph.name, *(o.domain for o in model.opset_import)]
+    strings += [p for prop in model.metadata_props for p in (prop.key, prop.value)]
+    for info in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        strings.append(info.name)
+    for node in graph.node:
+        strings += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        strings += [a.name for a in node.attribute]
+    bad = next((s for s in strings if not isinstance(s, str)), None)
+    if bad is not None:
+        raise OnnxImportError(
+            f"{label}: the name {bad!r} is not valid UTF-8; the file is corrupt, re-download or "
+            "re-export it"
+        )
 
 
 def _default_opset(model: onnx.ModelProto, label: str) -> int:
