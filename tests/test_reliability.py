@@ -1,5 +1,6 @@
-"""Issue 8 beyond the ONNX fuzzing: shape mistakes, checkpoints that do not fit, writes that
-fail half-way, non-finite gradients, Ctrl-C during `finetune train`, one-line CLI errors."""
+"""Issue 8 beyond the ONNX fuzzing: shape mistakes, checkpoints that do not fit or lie about
+their sizes, writes that fail half-way, non-finite gradients, Ctrl-C during `finetune train`,
+one-line CLI errors, and fuzzed checkpoint and image bytes. docs/reliability.md lists them."""
 
 import copy
 import errno
