@@ -590,3 +590,29 @@ def test_corrupted_images_load_or_raise_data_error_naming_the_file(tmp_path_fact
         assert "broken" in str(error)
         return
     assert tuple(x.shape) == (3, 8, 8) and y == 0
+
+
+def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    """The location is resolved before the check, so a link inside the folder cannot reach out."""
+    from onnx import TensorProto, helper
+
+    outside, folder = tmp_path / "outside", tmp_path / "model"
+    outside.mkdir()
+    folder.mkdir()
+    (outside / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    (folder / "w.bin").symlink_to(outside / "secret.bin")
+    weight = TensorProto(
+        name="w", data_type=TensorProto.FLOAT, dims=[2, 2], data_location=TensorProto.EXTERNAL
+    )
+    weight.external_data.add(key="location", value="w.bin")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
+    path = folder / "linked.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(FinetuneError, match="outside the model's folder"):
+        ft.onnx.load(path)
