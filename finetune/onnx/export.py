@@ -209,7 +209,7 @@ def _probe_inputs(inputs: list[Tensor], dynamic_batch: bool) -> list[Tensor]:
     probes = []
     for tensor in inputs:
         x = tensor._data
-        if x.ndim:
+        if x.ndim and x.shape[0]:
             rows = x.shape[0] + 1 if dynamic_batch else x.shape[0]
             x = x[(np.arange(rows) + 1) % x.shape[0]]
         if x.dtype.kind == "f":
@@ -247,7 +247,7 @@ def _check_constants(calls, probe_calls, inputs, probe, model) -> None:
             )
             if not same:
                 raise OnnxExportError(
-                    f"cannot export {export_ops.describe(first.function)}: its input {position} "
+                    f"cannot export {_describe(first.function)}: its input {position} "
                     f"(shape {list(a.shape)}) was computed from the model's input outside the "
                     "traced operations (a comparison, argmax, .numpy(), a tensor sized from "
                     "x.shape, ...) and would be frozen into the file as a constant"
