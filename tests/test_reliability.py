@@ -181,6 +181,20 @@ def test_bad_optimizer_state_dict_leaves_the_optimizer_untouched():
     assert opt.param_groups[0]["lr"] == 0.01
 
 
+def test_another_optimizers_state_is_refused_at_load_not_at_the_next_step():
+    """SGD's state loaded into Adam used to be accepted, then fail in step() with KeyError."""
+    p = ft.zeros(2, requires_grad=True)
+    sgd = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = ft.ones(2)
+    sgd.step()
+    adam = optim.Adam([p], lr=0.01)
+    before = _optimizer_snapshot(adam)
+    with pytest.raises(CheckpointError, match=r"lacks the options \['amsgrad', 'betas'"):
+        adam.load_state_dict(sgd.state_dict())
+    _assert_optimizer_same(adam, before)
+    adam.step()  # still usable
+
+
 def test_resume_from_a_checkpoint_whose_optimizer_does_not_fit_changes_nothing(tmp_path):
     source = _net()
     source_opt = optim.SGD(source.parameters(), lr=0.1, momentum=0.9)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import enable_grad
-from ..errors import ShapeError
+from ..errors import CheckpointError, ShapeError
 from ..tensor import Tensor
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -149,6 +149,12 @@ class Optimizer:
                 f"{len(saved_groups)} saved, {len(self.param_groups)} in this {type(self).__name__}"
             )
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            missing = sorted(set(group) - set(saved))
+            if missing:
+                raise CheckpointError(
+                    f"loaded state dict's group {i} lacks the options {missing} this "
+                    f"{type(self).__name__} needs; was it saved by another optimizer?"
+                )
             if len(group["params"]) != len(saved["params"]):
                 raise ShapeError(
                     f"loaded state dict contains a parameter group that doesn't match the size of "
