@@ -1,11 +1,14 @@
 """``finetune.onnx.export``: trace a model's forward and write it as a standard ONNX file.
 
-The forward runs once on the example input, in eval mode under ``no_grad``, with a tracer that
-sees every primitive ``Function`` call. Each call needed for the outputs becomes standard ONNX
-nodes through the emitters in ``export_ops``; parameters and buffers become initializers named by
-their ``state_dict`` keys. A tensor a traced op reads that is none of those, nor an input, nor a
-traced result, was made outside the trace (``torch.ones(...)`` in ``forward``) and is written as
-a constant: if it secretly depends on the input's values or batch size, the file cannot know.
+The forward runs in eval mode under ``no_grad`` with a tracer that sees every primitive
+``Function`` call and every in-place rebind. Each call needed for the outputs becomes standard
+ONNX nodes through the emitters in ``export_ops``; parameters and buffers become initializers
+named by their ``state_dict`` keys. A tensor a traced op reads that is none of those, nor an
+input, nor a traced result, was made outside the trace (``torch.ones(...)``, a comparison,
+``argmax``) and can only be written as a constant. A second trace on other input rows (one more
+of them with a dynamic batch) tells the harmless ones from those that depend on the input, which
+are refused. Python ints taken from ``x.shape`` reach ops as options: reshapes and expands of
+the batch dimension are rewritten to follow it; other uses stay fixed to the traced size.
 """
 
 from __future__ import annotations
