@@ -194,6 +194,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
             f"{path} is not a training checkpoint (missing {', '.join(missing)}); "
             "delete it or start without --resume"
         )
+    kinds = {"epoch": int, "step": int, "history": list, "partial": (dict, type(None)), "rng": str}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind)]
+    if wrong or state["epoch"] < 0 or state["step"] < 0:
+        raise CheckpointError(
+            f"{path} is damaged: its fields {wrong or ['epoch', 'step']} do not hold what a "
+            "checkpoint writes; delete it or start without --resume"
+        )
     before = {k: np.array(v._data) for k, v in model.state_dict().items()}
     model.load_state_dict(state["model"])
     try:

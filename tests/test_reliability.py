@@ -249,6 +249,21 @@ def test_a_checkpoint_entry_declaring_more_than_it_stores_is_refused_before_allo
         ft.load(path)
 
 
+@pytest.mark.parametrize("field, value", [("epoch", "x"), ("history", 5), ("step", -1), ("rng", 7)])
+def test_a_checkpoint_with_damaged_fields_is_refused_before_anything_loads(tmp_path, field, value):
+    model = _net()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, _net(), optim.SGD(_net().parameters(), lr=0.1), None, 1, 0, [], None)
+    state = ft.load(path)
+    state[field] = value
+    ft.save(state, path)
+    before = _snapshot(model)
+    with pytest.raises(CheckpointError, match=rf"damaged: its fields \['{field}'\]|\['epoch'"):
+        load_checkpoint(path, model, opt, None)
+    _assert_same(model, before)
+
+
 # -- writes that fail half-way keep the previous checkpoint and exported model --------------------
 
 
