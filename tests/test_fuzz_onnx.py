@@ -2,7 +2,8 @@
 
 Never another exception, never a hang (each case is bounded by an alarm), never an allocation
 the file cannot justify (each case runs under a small size budget and its peak traced memory is
-bounded). `make fuzz` runs many more examples (FINETUNE_FUZZ_EXAMPLES).
+bounded). `make fuzz` runs many more examples (FINETUNE_FUZZ_EXAMPLES); FINETUNE_FUZZ_RANDOM=1
+draws new cases instead of the fixed seed's.
 """
 
 import os
@@ -22,6 +23,7 @@ from finetune.errors import FinetuneError
 from finetune.onnx import limits
 
 EXAMPLES = int(os.environ.get("FINETUNE_FUZZ_EXAMPLES", "120"))
+FIXED_SEED = not os.environ.get("FINETUNE_FUZZ_RANDOM")  # set it to explore new cases
 SECONDS_PER_CASE = 10
 BUDGET_ELEMENTS = 2**22  # 16 MiB of float32: the fuzz cases' size budget
 PEAK_BYTES = 256 * 2**20  # no case may trace more than this at once
@@ -349,7 +351,7 @@ def _check_case(payload: bytes, batch: int) -> None:
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=FIXED_SEED,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(kind=st.sampled_from(MUTATIONS), batch=st.integers(1, 3), data=st.data())
