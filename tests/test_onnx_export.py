@@ -309,6 +309,14 @@ def test_values_computed_outside_the_trace_are_refused_not_frozen(forward, tmp_p
     assert os.listdir(tmp_path) == []
 
 
+def test_a_batch_size_frozen_into_the_file_is_refused(tmp_path):
+    model = Lambda(lambda m, x: x + ft.ones(1, 4).expand(x.shape[0], 4))
+    with pytest.raises(OnnxExportError, match="fixes its first dimension at 2"):
+        ft.onnx.export(model, ft.randn(2, 4), tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+    assert_exports(model, (4,), tmp_path, batches=(2,), dynamic_batch=False)
+
+
 def test_input_dependent_control_flow_warns(tmp_path):
     model = Lambda(lambda m, x: x * 2 if x.shape[0] == 2 else x - 1)
     with pytest.warns(UserWarning, match="control flow depends on the input"):

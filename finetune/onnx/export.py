@@ -158,7 +158,25 @@ def to_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"the exported graph failed onnx.checker: {e}") from e
+    if dynamic_batch:
+        _check_batch_follows(proto, outputs, probe_outputs)
     return proto
+
+
+def _check_batch_follows(proto: onnx.ModelProto, outputs, probe_outputs) -> None:
+    """An output whose size follows the batch in the model must not have a fixed size in the
+    file; ONNX shape inference says which size the file gives it."""
+    inferred = onnx.shape_inference.infer_shapes(proto).graph.output
+    for value, out, probe in zip(inferred, outputs, probe_outputs):
+        dims = value.type.tensor_type.shape.dim
+        follows = out.ndim and probe.ndim and out.shape[0] != probe.shape[0]
+        if follows and dims and dims[0].HasField("dim_value"):
+            raise OnnxExportError(
+                f"output {value.name!r} follows the batch size in the model but the file fixes "
+                f"its first dimension at {dims[0].dim_value}: forward sizes a tensor from "
+                "x.shape (an expand or a new tensor of x.shape[0] rows); derive it from x "
+                "instead, or export with dynamic_batch=False"
+            )
 
 
 def _as_tensors(example_input) -> list[Tensor]:
