@@ -150,6 +150,7 @@ def to_onnx(
         graph,
         opset_imports=opsets,
         producer_name="finetune",
+        producer_version=_library_version(),
         ir_version=helper.find_min_ir_version_for(opsets),
     )
     if metadata:
@@ -529,3 +530,9 @@ def _describe(function: type) -> str:
 
 def _data(value):
     return value._data if isinstance(value, Tensor) else value
+
+
+def _library_version() -> str:
+    from .. import __version__
+
+    return __version__
