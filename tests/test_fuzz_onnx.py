@@ -461,3 +461,13 @@ def test_value_mutations_found_by_make_fuzz_are_import_errors(change, message):
     model = ft.onnx.load(_with_node_changed(change))
     with pytest.raises(FinetuneError, match=message):
         model(ft.ones(1, 3, 8, 8))
+
+
+def test_an_unknown_element_type_is_an_import_error():
+    """data_type 29 is no ONNX type; onnx's own lookup raised KeyError (found with
+    FINETUNE_FUZZ_RANDOM=1)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(BASE)
+    m.graph.initializer[4].data_type = 29
+    with pytest.raises(FinetuneError, match="unknown element type 29"):
+        ft.onnx.load(m.SerializeToString())

@@ -328,6 +328,8 @@ def read_tensor(tensor: onnx.TensorProto, where: str) -> np.ndarray:
             )
     try:
         return numpy_helper.to_array(tensor)
+    except KeyError:
+        raise OnnxImportError(f"{where} has unknown element type {tensor.data_type}") from None
     except (ValueError, TypeError) as error:
         raise OnnxImportError(f"{where} cannot be read ({error})") from error
 
