@@ -2,11 +2,20 @@
 
 from . import demo, transforms
 from .folder import IMG_EXTENSIONS, ImageFolder, load_image
-from .loader import DataLoader, DataWarning, Subset, TensorDataset, default_collate, random_split
+from .loader import (
+    DataLoader,
+    Dataset,
+    DataWarning,
+    Subset,
+    TensorDataset,
+    default_collate,
+    random_split,
+)
 
 __all__ = [
     "IMG_EXTENSIONS",
     "DataLoader",
+    "Dataset",
     "DataWarning",
     "ImageFolder",
     "Subset",

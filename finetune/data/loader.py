@@ -1,4 +1,4 @@
-"""``DataLoader``, ``TensorDataset``, ``Subset`` and ``random_split``, reproducible by seed.
+"""``DataLoader``, ``Dataset``, ``TensorDataset``, ``Subset`` and ``random_split``, by seed.
 
 The order of an epoch depends only on ``(seed, epoch)``, and each sample's random transforms on
 ``(seed, epoch, index)``, so a run resumed at epoch ``k`` sees exactly what an uninterrupted run
@@ -27,7 +27,17 @@ class DataWarning(UserWarning):
     """Samples were skipped because their files could not be read."""
 
 
-class TensorDataset:
+class Dataset:
+    """Base of map-style datasets (``torch.utils.data.Dataset``): define ``__getitem__``, ``__len__``.
+
+    The loader needs only those two, so any object with them works; subclassing is for PyTorch code.
+    """
+
+    def __getitem__(self, index: int):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__")
+
+
+class TensorDataset(Dataset):
     """Samples are the ``i``-th rows of each tensor."""
 
     def __init__(self, *tensors: Tensor) -> None:
@@ -45,7 +55,9 @@ class TensorDataset:
         return tuple(Tensor._from_array(t._data[index]) for t in self.tensors)
 
 
-class Subset:
+class Subset(Dataset):
+    """The samples of ``dataset`` at ``indices``, in that order."""
+
     def __init__(self, dataset, indices: Sequence[int]) -> None:
         self.dataset = dataset
         self.indices = list(indices)

@@ -1,0 +1,12 @@
+"""``torch.utils.data``'s import path for :mod:`finetune.data`, so PyTorch data code runs unchanged."""
+
+from ..data import (
+    DataLoader,
+    Dataset,
+    Subset,
+    TensorDataset,
+    default_collate,
+    random_split,
+)
+
+__all__ = ["DataLoader", "Dataset", "Subset", "TensorDataset", "default_collate", "random_split"]
