@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from . import dtypes
 from ._printing import set_printoptions
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autograd import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 from .creation import (
     BoolTensor,
     DoubleTensor,
@@ -63,6 +69,7 @@ from .functions import (
     argmax,
     argmin,
     argsort,
+    bmm,
     cat,
     chunk,
     clamp,

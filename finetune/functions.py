@@ -99,6 +99,21 @@ def mm(a, b):
     return ops.Mm.apply(a, b)
 
 
+def bmm(a, b):
+    """Batched matrix product of (B, N, M) and (B, M, P); unlike matmul, nothing broadcasts."""
+    if a.ndim != 3 or b.ndim != 3:
+        raise ShapeError(
+            f"bmm: batch1 and batch2 must be 3D tensors, got shapes {list(a.shape)} and "
+            f"{list(b.shape)}"
+        )
+    if b.shape[:2] != (a.shape[0], a.shape[2]):
+        raise ShapeError(
+            f"bmm: expected size for first two dimensions of batch2 tensor to be: "
+            f"[{a.shape[0]}, {a.shape[2]}] but got: {list(b.shape[:2])} (batch1 {list(a.shape)})"
+        )
+    return ops.MatMul.apply(a, b)
+
+
 def neg(x):
     return ops.Neg.apply(x)
 
@@ -460,7 +475,8 @@ def index_put(x, index, value):
 
 _METHODS = {
     "add": add, "sub": sub, "mul": mul, "div": div, "true_divide": div, "pow": pow,
-    "matmul": matmul, "mm": mm, "neg": neg, "abs": abs, "exp": exp, "log": log, "sqrt": sqrt,
+    "matmul": matmul,
+    "bmm": bmm, "mm": mm, "neg": neg, "abs": abs, "exp": exp, "log": log, "sqrt": sqrt,
     "rsqrt": rsqrt, "sin": sin, "cos": cos, "reciprocal": reciprocal, "square": square,
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "clamp": clamp, "clip": clamp,
     "maximum": maximum, "minimum": minimum,

@@ -528,8 +528,15 @@ class Tensor:
     def cpu(self):
         return self
 
-    def contiguous(self):
-        return self
+    def contiguous(self) -> Tensor:
+        """``self`` if its values are laid out row-major, else a row-major copy (as in PyTorch)."""
+        return self if self._data.flags.c_contiguous else _ops.clone(self)
+
+    def is_contiguous(self) -> bool:
+        return self._data.flags.c_contiguous
+
+    def type_as(self, other: Tensor) -> Tensor:
+        return self.to(other.dtype)
 
     def clone(self):
         return _ops.clone(self)

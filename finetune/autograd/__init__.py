@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .engine import enable_grad, is_grad_enabled, no_grad, run_backward, set_grad_enabled
+from .engine import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    no_grad,
+    run_backward,
+    set_grad_enabled,
+)
 from .function import Function
 from .gradcheck import gradcheck
 
@@ -83,6 +90,7 @@ __all__: Sequence[str] = [
     "Variable",
     "backward",
     "enable_grad",
+    "inference_mode",
     "grad",
     "gradcheck",
     "is_grad_enabled",

@@ -42,10 +42,15 @@ class _GradModeContext:
         _mode.enabled = self._prev
 
     def __call__(self, fn):
+        enabled = self.enabled
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with type(self)():
+            prev, _mode.enabled = _mode.enabled, enabled
+            try:
                 return fn(*args, **kwargs)
+            finally:
+                _mode.enabled = prev
 
         return wrapper
 
@@ -62,6 +67,13 @@ class enable_grad(_GradModeContext):  # noqa: N801
     enabled = True
 
 
+class inference_mode(_GradModeContext):  # noqa: N801
+    """``no_grad`` under PyTorch's faster-inference name; ``inference_mode(False)`` records."""
+
+    def __init__(self, mode: bool = True) -> None:
+        self.enabled = not mode
+
+
 class set_grad_enabled(_GradModeContext):  # noqa: N801
     """Switch recording on or off now; as a context manager or decorator, restore it after."""
 
@@ -75,14 +87,7 @@ class set_grad_enabled(_GradModeContext):  # noqa: N801
 
     def __call__(self, fn):
         _mode.enabled = self._prev
-        enabled = self.enabled
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with set_grad_enabled(enabled):
-                return fn(*args, **kwargs)
-
-        return wrapper
+        return super().__call__(fn)
 
 
 # -- backward -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``finetune.nn``: modules, parameters, layers, losses (``torch.nn``)."""
 
-from . import functional, init
+from . import functional, init, utils
 from .layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -63,4 +63,5 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "utils",
 ]

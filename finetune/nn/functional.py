@@ -380,6 +380,29 @@ flatten = functions.flatten
 # -- losses ----------------------------------------------------------------------------------------
 
 
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    """int64 one-hot codes of class indices, a new last axis of ``num_classes`` (max + 1 if -1)."""
+    data = tensor._data
+    if data.dtype.kind not in "iu":
+        raise ShapeError(
+            f"one_hot is only applicable to index tensor, got dtype {data.dtype} with shape "
+            f"{list(data.shape)}"
+        )
+    if data.size and data.min() < 0:
+        raise ShapeError("Class values must be non-negative.")
+    if num_classes == -1:
+        if not data.size:
+            raise ShapeError("Can not infer total number of classes from empty tensor.")
+        num_classes = int(data.max()) + 1
+    elif data.size and data.max() >= num_classes:
+        raise ShapeError(
+            f"Class values must be smaller than num_classes ({num_classes}); got {int(data.max())}"
+        )
+    out = np.zeros((*data.shape, num_classes), dtype=np.int64)
+    np.put_along_axis(out, data[..., None].astype(np.intp), 1, axis=-1)
+    return Tensor._from_array(out)
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{reduction} is not a valid value for reduction")

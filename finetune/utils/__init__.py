@@ -1,4 +1,4 @@
-"""Small helpers shared across the library (atomic file writes), and ``utils.data`` as in PyTorch."""
+"""Small helpers shared across the library (atomic file writes); ``utils.data`` as in PyTorch."""
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""``torch.utils.data``'s import path for :mod:`finetune.data`, so PyTorch data code runs unchanged."""
+"""``torch.utils.data``'s import path for :mod:`finetune.data`: PyTorch data code runs as is."""
 
 from ..data import (
     DataLoader,

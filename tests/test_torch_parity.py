@@ -1,0 +1,129 @@
+"""PyTorch spellings a training script reaches for: ``torch.utils.data``, ``nn.utils`` clipping,
+``F.one_hot``, ``torch.bmm``, ``inference_mode``, ``type_as`` and ``is_contiguous``."""
+
+import numpy as np
+import pytest
+
+import finetune as torch
+import finetune.nn.functional as F
+from finetune import nn
+from finetune.autograd import gradcheck
+from finetune.errors import TrainingError
+
+
+def test_utils_data_is_the_data_package():
+    from finetune.utils.data import DataLoader, Dataset, TensorDataset, random_split
+
+    assert DataLoader is torch.data.DataLoader
+    assert random_split is torch.data.random_split
+    assert torch.utils.data.TensorDataset is TensorDataset
+
+    class Squares(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.tensor([float(i * i)]), i
+
+    x, y = next(iter(DataLoader(Squares(), batch_size=4)))
+    assert x.flatten().tolist() == [0.0, 1.0, 4.0, 9.0]
+    assert y.tolist() == [0, 1, 2, 3]
+    assert isinstance(TensorDataset(torch.zeros(2)), Dataset)
+
+
+def _grads(model):
+    return [p.grad.numpy().copy() for p in model.parameters()]
+
+
+def test_clip_grad_norm_scales_to_max_norm_and_returns_total():
+    model = nn.Linear(3, 2)
+    model(torch.randn(4, 3)).pow(2).sum().mul(10).backward()
+    before = _grads(model)
+    total = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in before))
+    out = nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.item(), total, rtol=1e-6)
+    coef = 0.5 / (total + 1e-6)
+    for g, p in zip(before, model.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), g * coef, rtol=1e-6)
+        assert p.grad.dtype == torch.float32
+
+
+def test_clip_grad_norm_leaves_small_gradients_and_takes_inf_norm():
+    w = nn.Parameter(torch.tensor([3.0, -4.0]))
+    w.grad = torch.tensor([0.3, -0.4])
+    assert nn.utils.clip_grad_norm_([w], 1.0).item() == pytest.approx(0.5)
+    assert w.grad.tolist() == pytest.approx([0.3, -0.4])
+    assert nn.utils.clip_grad_norm_(w, 1.0, norm_type="inf").item() == pytest.approx(0.4)
+
+
+def test_clip_grad_norm_non_finite():
+    w = nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([float("nan"), 1.0])
+    with pytest.raises(TrainingError, match="non-finite"):
+        nn.utils.clip_grad_norm_([w], 1.0, error_if_nonfinite=True)
+
+
+def test_clip_grad_value_():
+    w = nn.Parameter(torch.zeros(3))
+    w.grad = torch.tensor([-2.0, 0.5, 3.0])
+    assert nn.utils.clip_grad_value_([w], 1.0) is None
+    assert w.grad.tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_one_hot():
+    out = F.one_hot(torch.tensor([[0, 2], [1, 0]]))
+    assert out.dtype == torch.int64 and out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out.numpy(), np.eye(3, dtype=np.int64)[[[0, 2], [1, 0]]])
+    assert F.one_hot(torch.tensor([1]), num_classes=4).tolist() == [[0, 1, 0, 0]]
+    with pytest.raises(RuntimeError, match="smaller than num_classes"):
+        F.one_hot(torch.tensor([3]), 3)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        F.one_hot(torch.tensor([-1]))
+    with pytest.raises(RuntimeError, match="index tensor"):
+        F.one_hot(torch.tensor([1.0]))
+
+
+def test_bmm_matches_a_loop_and_gradchecks():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
+    out = torch.bmm(torch.tensor(a), torch.tensor(b)).numpy()
+    np.testing.assert_allclose(out, np.stack([a[i] @ b[i] for i in range(2)]), rtol=1e-12)
+    assert gradcheck(
+        torch.bmm,
+        (torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)),
+    )
+    with pytest.raises(RuntimeError, match="3D"):
+        torch.bmm(torch.zeros(3, 4), torch.zeros(4, 5))
+
+
+def test_inference_mode_records_no_graph():
+    x = torch.ones(2, requires_grad=True)
+    with torch.inference_mode():
+        assert not (x * 2).requires_grad
+
+    @torch.inference_mode()
+    def f(v):
+        return v * 2
+
+    assert not f(x).requires_grad
+    with torch.inference_mode(False):
+        assert (x * 2).requires_grad
+    assert torch.is_grad_enabled()
+
+
+def test_type_as_and_is_contiguous():
+    x = torch.tensor([1, 2])
+    assert x.type_as(torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
+    y = torch.zeros(2, 3)
+    assert y.is_contiguous() and not y.t().is_contiguous()
+    assert y.t().contiguous().is_contiguous()
+
+
+def test_grad_mode_decorators_keep_their_mode():
+    x = torch.ones(1, requires_grad=True)
+    records = torch.inference_mode(False)(lambda v: (v * 2).requires_grad)
+    with torch.no_grad():
+        assert records(x)
+    assert torch.set_grad_enabled(False)(lambda v: (v * 2).requires_grad)(x) is False
+    assert torch.is_grad_enabled()
