@@ -9,12 +9,10 @@ printed ``repr``) are 2.1's, which include ``fused: None``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..autograd import no_grad
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_unsupported, update_in_place
 
@@ -67,14 +65,6 @@ class Adam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter with a gradient; returns ``closure()``'s loss if given."""
-        loss = self._closure_loss(closure)
-        with no_grad():
-            for group in self.param_groups:
-                self._update_group(group)
-        return loss
 
     def _init_state(self, p: Tensor, amsgrad: bool) -> dict[str, Any]:
         state = self.state[p]

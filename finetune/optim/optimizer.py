@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import enable_grad
+from ..autograd import enable_grad, no_grad
 from ..errors import CheckpointError, ShapeError
 from ..tensor import Tensor
 
@@ -116,8 +116,17 @@ class Optimizer:
                     p.grad.zero_()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every parameter that has a gradient; subclasses implement the rule."""
-        raise NotImplementedError(f"{type(self).__name__} does not define step()")
+        """One update of every parameter with a gradient; returns ``closure()``'s loss if given."""
+        self._step_count += 1
+        loss = self._closure_loss(closure)
+        with no_grad():
+            for group in self.param_groups:
+                self._update_group(group)
+        return loss
+
+    def _update_group(self, group: dict[str, Any]) -> None:
+        """Apply the subclass's rule to the parameters of one group (called without a graph)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no update rule")
 
     def _closure_loss(self, closure: Callable[[], Any] | None) -> Any:
         if closure is None:

@@ -8,10 +8,8 @@ differ on some elements; the algorithm and rounding of each step are the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from ..autograd import no_grad
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_unsupported, update_in_place
 
@@ -56,14 +54,6 @@ class SGD(Optimizer):
             differentiable=differentiable,
         )
         super().__init__(params, defaults)
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter with a gradient; returns ``closure()``'s loss if given."""
-        loss = self._closure_loss(closure)
-        with no_grad():
-            for group in self.param_groups:
-                self._update_group(group)
-        return loss
 
     def _update_group(self, group: dict[str, Any]) -> None:
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
