@@ -127,3 +127,18 @@ def test_grad_mode_decorators_keep_their_mode():
         assert records(x)
     assert torch.set_grad_enabled(False)(lambda v: (v * 2).requires_grad)(x) is False
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dt: nn.Linear(3, 2, dtype=dt),
+        lambda dt: nn.Conv2d(2, 2, 3, dtype=dt),
+        lambda dt: nn.BatchNorm2d(2, dtype=dt),
+    ],
+)
+def test_layers_honour_the_dtype_argument(make):
+    layer = make(torch.float64)
+    for name, value in layer.state_dict().items():
+        expected = torch.int64 if name == "num_batches_tracked" else torch.float64
+        assert value.dtype == expected, name

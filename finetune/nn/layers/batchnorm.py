@@ -53,6 +53,8 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        if dtype is not None:
+            self.to(dtype)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:

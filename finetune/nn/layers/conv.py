@@ -73,6 +73,8 @@ class _ConvNd(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        if dtype is not None:
+            self.to(dtype)
 
     def reset_parameters(self) -> None:
         """PyTorch's default: kaiming_uniform_(a=sqrt(5)), bias uniform in ±1/sqrt(fan_in)."""
