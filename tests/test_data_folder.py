@@ -126,3 +126,8 @@ def test_skip_mode_drops_counts_and_reports(tmp_path):
     assert ds.skipped == [str(tmp_path / "cls" / "broken.jpg")]
     assert any(issubclass(w.category, DataWarning) and "broken.jpg" in str(w.message)
                for w in caught)
+
+
+def test_missing_image_is_named_as_missing(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_image(tmp_path / "nowhere.jpg")

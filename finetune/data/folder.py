@@ -32,6 +32,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     torchvision's loader does.
     """
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"image file {path} does not exist")
     try:
         if os.path.getsize(path) == 0:
             raise DataError(f"image file {path} is empty (0 bytes); delete or replace it")
