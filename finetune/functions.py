@@ -99,6 +99,18 @@ def mm(a, b):
     return ops.Mm.apply(a, b)
 
 
+def isnan(x: Tensor) -> Tensor:
+    return x.isnan()
+
+
+def isinf(x: Tensor) -> Tensor:
+    return x.isinf()
+
+
+def isfinite(x: Tensor) -> Tensor:
+    return x.isfinite()
+
+
 def bmm(a, b):
     """Batched matrix product of (B, N, M) and (B, M, P); unlike matmul, nothing broadcasts."""
     if a.ndim != 3 or b.ndim != 3:

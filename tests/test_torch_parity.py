@@ -142,3 +142,47 @@ def test_layers_honour_the_dtype_argument(make):
     for name, value in layer.state_dict().items():
         expected = torch.int64 if name == "num_batches_tracked" else torch.float64
         assert value.dtype == expected, name
+
+
+def test_isnan_isinf_isfinite_functions():
+    x = torch.tensor([1.0, float("nan"), float("inf")])
+    assert torch.isnan(x).tolist() == [False, True, False]
+    assert torch.isinf(x).tolist() == [False, False, True]
+    assert torch.isfinite(x).tolist() == [True, False, False]
+
+
+def test_silu_matches_numpy_and_gradchecks():
+    x = np.linspace(-3, 3, 7)
+    out = F.silu(torch.tensor(x, dtype=torch.float32))
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), x / (1 + np.exp(-x)), rtol=1e-6, atol=1e-7)
+    assert nn.SiLU()(torch.tensor(x)).allclose(F.silu(torch.tensor(x)))
+    assert gradcheck(F.silu, (torch.tensor(x, requires_grad=True),))
+    y = torch.tensor(x)
+    assert F.silu(y, inplace=True) is y and np.allclose(y.numpy(), x / (1 + np.exp(-x)))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_l1_loss(reduction):
+    a, b = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([0.0, 1.0])
+    expected = {"mean": np.mean, "sum": np.sum, "none": lambda v: v}[reduction](np.abs(a - b))
+    out = F.l1_loss(torch.tensor(a), torch.tensor(b), reduction=reduction)
+    np.testing.assert_allclose(out.numpy(), expected)
+    layer = nn.L1Loss(reduction=reduction)
+    assert layer(torch.tensor(a), torch.tensor(b)).allclose(out)
+    assert gradcheck(
+        lambda u: F.l1_loss(u, torch.tensor(b), reduction=reduction),
+        (torch.tensor(a, requires_grad=True),),
+    )
+
+
+def test_normalize():
+    a = np.array([[3.0, 4.0], [0.0, 0.0]])
+    out = F.normalize(torch.tensor(a, dtype=torch.float32))
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        F.normalize(torch.tensor(a), p=1.0, dim=0).numpy(), a / np.abs(a).sum(0, keepdims=True)
+    )
+    u = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda v: F.normalize(v, dim=-1), (u,))

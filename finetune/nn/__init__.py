@@ -1,67 +1,9 @@
 """``finetune.nn``: modules, parameters, layers, losses (``torch.nn``)."""
 
-from . import functional, init, utils
-from .layers import (
-    AdaptiveAvgPool2d,
-    AvgPool2d,
-    BatchNorm1d,
-    BatchNorm2d,
-    BCEWithLogitsLoss,
-    Conv1d,
-    Conv2d,
-    CrossEntropyLoss,
-    Dropout,
-    Flatten,
-    Hardtanh,
-    Identity,
-    LeakyReLU,
-    Linear,
-    LogSoftmax,
-    MaxPool2d,
-    ModuleDict,
-    ModuleList,
-    MSELoss,
-    NLLLoss,
-    ReLU,
-    ReLU6,
-    Sequential,
-    Sigmoid,
-    Softmax,
-    Tanh,
-)
+from . import functional, init, layers, utils
+from .layers import *  # noqa: F403 - every layer, listed once in layers.__all__
 from .module import Module
 from .parameter import Parameter
 
-__all__ = [
-    "AdaptiveAvgPool2d",
-    "AvgPool2d",
-    "BCEWithLogitsLoss",
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "Conv1d",
-    "Conv2d",
-    "CrossEntropyLoss",
-    "Dropout",
-    "Flatten",
-    "Hardtanh",
-    "Identity",
-    "LeakyReLU",
-    "Linear",
-    "LogSoftmax",
-    "MSELoss",
-    "MaxPool2d",
-    "Module",
-    "ModuleDict",
-    "ModuleList",
-    "NLLLoss",
-    "Parameter",
-    "ReLU",
-    "ReLU6",
-    "Sequential",
-    "Sigmoid",
-    "Softmax",
-    "Tanh",
-    "functional",
-    "init",
-    "utils",
-]
+__all__ = ["Module", "Parameter", "functional", "init", "utils"]
+__all__ += layers.__all__  # the form static checkers follow

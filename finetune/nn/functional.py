@@ -340,6 +340,12 @@ def sigmoid(input: Tensor) -> Tensor:
     return ops.Sigmoid.apply(input)
 
 
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``x * sigmoid(x)`` (swish)."""
+    out = input * ops.Sigmoid.apply(input)
+    return input._inplace(out) if inplace else out
+
+
 def tanh(input: Tensor) -> Tensor:
     return ops.Tanh.apply(input)
 
@@ -527,14 +533,35 @@ def mse_loss(
 ) -> Tensor:
     """Mean squared error; shapes must match or broadcast (PyTorch warns, we broadcast too)."""
     _check_reduction(reduction)
+    _check_broadcast("mse_loss", input, target)
+    return nn_ops.MseLoss.apply(input, target, reduction=reduction)
+
+
+def _check_broadcast(name: str, input: Tensor, target: Tensor) -> None:
     try:
         np.broadcast_shapes(tuple(input.shape), tuple(target.shape))
     except ValueError:
         raise ShapeError(
-            f"mse_loss: input shape {_shape(input)} and target shape {_shape(target)} do not "
+            f"{name}: input shape {_shape(input)} and target shape {_shape(target)} do not "
             "broadcast"
         ) from None
-    return nn_ops.MseLoss.apply(input, target, reduction=reduction)
+
+
+def l1_loss(
+    input: Tensor, target: Tensor, size_average=None, reduce=None, reduction: str = "mean"
+) -> Tensor:
+    """Mean absolute error; shapes must match or broadcast."""
+    _check_reduction(reduction)
+    _check_broadcast("l1_loss", input, target)
+    loss = functions.abs(input - target)
+    if reduction == "none":
+        return loss
+    return functions.mean(loss) if reduction == "mean" else functions.sum(loss)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """Divide by the ``p``-norm along ``dim``, kept at least ``eps`` so zero vectors stay zero."""
+    return input / functions.clamp(functions.norm(input, p, dim, keepdim=True), min=eps)
 
 
 def binary_cross_entropy_with_logits(

@@ -1,4 +1,4 @@
-"""Loss layers: ``CrossEntropyLoss``, ``NLLLoss``, ``MSELoss``, ``BCEWithLogitsLoss``."""
+"""Loss layers: cross-entropy, NLL, L1, MSE and BCE-with-logits, over ``nn.functional``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ class NLLLoss(_WeightedLoss):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
         )
+
+
+class L1Loss(_Loss):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(input, target, reduction=self.reduction)
 
 
 class MSELoss(_Loss):
