@@ -81,6 +81,7 @@ from .functions import (
     exp,
     expand,
     flatten,
+    flip,
     gather,
     index_select,
     isfinite,

@@ -379,6 +379,28 @@ def expand(x, *shape):
     return ops.Expand.apply(x, shape=_shape_args(shape))
 
 
+def repeat(x, *sizes):
+    """Tile ``x`` ``sizes[i]`` times along each dim (``np.tile``): a view, an expand, a reshape."""
+    sizes = _shape_args(sizes)
+    if len(sizes) < x.ndim:
+        raise ShapeError(
+            f"Number of dimensions of repeat dims ({len(sizes)}) can not be smaller than number "
+            f"of dimensions of tensor ({x.ndim}, shape {list(x.shape)})"
+        )
+    shape = (1,) * (len(sizes) - x.ndim) + tuple(x.shape)
+    interleaved = [d for s in shape for d in (1, s)]
+    tiled = [d for r, s in zip(sizes, shape) for d in (r, s)]
+    out = expand(reshape(x, interleaved), tiled)
+    return reshape(out, [r * s for r, s in zip(sizes, shape)])
+
+
+def flip(x, dims):
+    """Reverse the order of elements along each of ``dims``."""
+    dims = {d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
+    reverse, keep = slice(None, None, -1), slice(None)
+    return getitem(x, tuple(reverse if d in dims else keep for d in range(x.ndim)))
+
+
 def expand_as(x, other):
     return expand(x, other.shape)
 
@@ -496,7 +518,9 @@ _METHODS = {
     "std": std, "norm": norm, "logsumexp": logsumexp, "prod": prod, "softmax": softmax,
     "log_softmax": log_softmax, "reshape": reshape, "view": view, "flatten": flatten,
     "unflatten": unflatten, "permute": permute, "transpose": transpose, "swapaxes": transpose,
-    "t": t, "expand": expand, "expand_as": expand_as, "squeeze": squeeze, "unsqueeze": unsqueeze,
+    "t": t, "expand": expand, "expand_as": expand_as,
+    "repeat": repeat,
+    "flip": flip, "squeeze": squeeze, "unsqueeze": unsqueeze,
     "split": split, "chunk": chunk, "gather": gather, "index_select": index_select,
     "__getitem__": getitem, "multiply": mul, "subtract": sub, "divide": div,
 }

@@ -186,3 +186,22 @@ def test_normalize():
     )
     u = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda v: F.normalize(v, dim=-1), (u,))
+
+
+def test_repeat_tiles_like_numpy_and_gradchecks():
+    a = np.arange(6.0).reshape(2, 3)
+    for reps in [(2, 1), (1, 3), (2, 2, 1)]:
+        np.testing.assert_array_equal(torch.tensor(a).repeat(*reps).numpy(), np.tile(a, reps))
+    assert torch.tensor(a).repeat((2, 1)).shape == (4, 3)
+    assert gradcheck(lambda u: u.repeat(2, 1, 2), (torch.tensor(a, requires_grad=True),))
+    with pytest.raises(RuntimeError, match="repeat dims"):
+        torch.tensor(a).repeat(2)
+
+
+def test_flip_reverses_dims_and_gradchecks():
+    a = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(torch.flip(torch.tensor(a), [0, -1]).numpy(), a[::-1, ::-1])
+    np.testing.assert_array_equal(torch.tensor(a).flip(1).numpy(), a[:, ::-1])
+    assert gradcheck(
+        lambda u: u.flip(0) * torch.tensor([[1.0], [2.0]]), (torch.tensor(a, requires_grad=True),)
+    )
