@@ -205,3 +205,14 @@ def test_flip_reverses_dims_and_gradchecks():
     assert gradcheck(
         lambda u: u.flip(0) * torch.tensor([[1.0], [2.0]]), (torch.tensor(a, requires_grad=True),)
     )
+
+
+@pytest.mark.filterwarnings("error")
+def test_ieee_results_without_numpy_warnings():
+    z = torch.zeros(1, requires_grad=True)
+    out = torch.ones(1) / z + z**-1 + torch.exp(z + 1000) + z.reciprocal()
+    assert out.item() == float("inf")
+    out.backward()
+    assert np.isnan(z.grad.item()) or np.isinf(z.grad.item())
+    assert np.isnan(((z - 1) ** 0.5).item())
+    assert torch.softmax(torch.tensor([float("-inf")] * 2), 0).isnan().all()

@@ -151,6 +151,7 @@ def _n_outputs(node) -> int:
     return len(node._output_meta) or 1
 
 
+@np.errstate(all="ignore")  # inf and nan gradients arrive silently, as in PyTorch
 def run_backward(
     tensors: Sequence,
     grad_tensors: Sequence,

@@ -201,7 +201,8 @@ class Function:
         else:
             ctx = _InertContext(len(args))
         arrays = [a._data if isinstance(a, Tensor) else a for a in args]
-        out = cls.forward(ctx, *arrays, **kwargs)
+        with np.errstate(all="ignore"):  # 1/0 is inf and 0/0 nan, silently, as in PyTorch
+            out = cls.forward(ctx, *arrays, **kwargs)
         multi = isinstance(out, tuple)
         # numpy turns 0-d results into scalars (np.float64); a tensor always holds an ndarray
         outs = tuple(
