@@ -46,8 +46,12 @@ def set_printoptions(
     if profile is not None:
         for name, value in _PROFILES[profile].items():
             setattr(PRINT_OPTS, name, value)
-    for name, value in (("precision", precision), ("threshold", threshold),
-                        ("edgeitems", edgeitems), ("linewidth", linewidth)):
+    for name, value in (
+        ("precision", precision),
+        ("threshold", threshold),
+        ("edgeitems", edgeitems),
+        ("linewidth", linewidth),
+    ):
         if value is not None:
             setattr(PRINT_OPTS, name, value)
     PRINT_OPTS.sci_mode = sci_mode
@@ -111,16 +115,20 @@ def _vector_str(values: np.ndarray, indent: int, summarize: bool, formatter: _Fo
     if summarize and not edge:
         data = ["..."]
     elif summarize and values.shape[0] > 2 * edge:
-        data = ([formatter.format(v) for v in values[:edge].tolist()] + [" ..."]
-                + [formatter.format(v) for v in values[-edge:].tolist()])
+        data = (
+            [formatter.format(v) for v in values[:edge].tolist()]
+            + [" ..."]
+            + [formatter.format(v) for v in values[-edge:].tolist()]
+        )
     else:
         data = [formatter.format(v) for v in values.tolist()]
-    lines = [", ".join(data[i:i + per_line]) for i in range(0, len(data), per_line)]
+    lines = [", ".join(data[i : i + per_line]) for i in range(0, len(data), per_line)]
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
 
-def _tensor_str_with_formatter(values: np.ndarray, indent: int, summarize: bool,
-                               formatter: _Formatter) -> str:
+def _tensor_str_with_formatter(
+    values: np.ndarray, indent: int, summarize: bool, formatter: _Formatter
+) -> str:
     dim = values.ndim
     if dim == 0:
         return formatter.format(values.item())

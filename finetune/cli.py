@@ -20,10 +20,20 @@ def _train(args) -> int:
     from .recipe import run
 
     result = run(
-        args.model, args.data, args.out, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
-        augment=args.augment, resume=args.resume, image_size=args.image_size,
-        num_workers=args.workers, progress=not args.quiet,
+        args.model,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        augment=args.augment,
+        resume=args.resume,
+        image_size=args.image_size,
+        num_workers=args.workers,
+        progress=not args.quiet,
     )
     last = result.history[-1] if result.history else {}
     if last.get("val_acc") is not None:
@@ -52,8 +62,10 @@ def _inspect(args) -> int:
     model = fonnx.load(proto)
     init_names = {i.name for i in proto.graph.initializer}
     print(f"file: {args.model}")
-    print(f"ir_version: {proto.ir_version}; opset: {opsets}; producer: "
-          f"{proto.producer_name or '?'} {proto.producer_version}")
+    print(
+        f"ir_version: {proto.ir_version}; opset: {opsets}; producer: "
+        f"{proto.producer_name or '?'} {proto.producer_version}"
+    )
     for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for v in values:
             if v.name in init_names:
@@ -64,8 +76,10 @@ def _inspect(args) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    print("trainable after import: " + (", ".join(trainable) if trainable else
-                                        "none (every imported weight is frozen)"))
+    print(
+        "trainable after import: "
+        + (", ".join(trainable) if trainable else "none (every imported weight is frozen)")
+    )
     try:
         head_name, head = fonnx.find_head(model)
         print(f"head: {head_name} ({head.in_features} -> {head.out_features})")
@@ -88,8 +102,13 @@ def _export(args) -> int:
     if args.checkpoint:
         state = load(args.checkpoint)
         model.load_state_dict(state.get("model", state))
-    fonnx.export(model, zeros(1, 3, args.image_size, args.image_size), args.out,
-                 opset_version=args.opset, fold_batchnorm=args.fold_batchnorm)
+    fonnx.export(
+        model,
+        zeros(1, 3, args.image_size, args.image_size),
+        args.out,
+        opset_version=args.opset,
+        fold_batchnorm=args.fold_batchnorm,
+    )
     print(f"exported {args.out}")
     return 0
 

@@ -104,8 +104,11 @@ def empty(*size, dtype=None, requires_grad: bool = False, device=None) -> Tensor
 def full(size, fill_value, dtype=None, requires_grad: bool = False, device=None) -> Tensor:
     if dtype is None:
         dtype = (
-            np.bool_ if isinstance(fill_value, bool)
-            else np.int64 if isinstance(fill_value, int) else np.float32
+            np.bool_
+            if isinstance(fill_value, bool)
+            else np.int64
+            if isinstance(fill_value, int)
+            else np.float32
         )
     array = np.full(_sizes((size,)), fill_value, dtype=dtypes.to_numpy_dtype(dtype))
     return _new(array, requires_grad)
@@ -185,8 +188,11 @@ def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
     if high is None:
         low, high = 0, low
     rng = generator or random.generator()
-    return Tensor._from_array(rng.integers(low, high, size=_sizes((size,))).astype(
-        dtypes.to_numpy_dtype(dtype) if dtype is not None else np.int64))
+    return Tensor._from_array(
+        rng.integers(low, high, size=_sizes((size,))).astype(
+            dtypes.to_numpy_dtype(dtype) if dtype is not None else np.int64
+        )
+    )
 
 
 def randperm(n: int, dtype=None, generator=None) -> Tensor:

@@ -239,8 +239,10 @@ def mean(x, dim=None, keepdim=False, dtype=None):
 
 def _max_min(x, dim, keepdim, largest: bool, other=None):
     if isinstance(dim, Tensor) or other is not None:
-        return maximum(x, dim if other is None else other) if largest else minimum(
-            x, dim if other is None else other
+        return (
+            maximum(x, dim if other is None else other)
+            if largest
+            else minimum(x, dim if other is None else other)
         )
     if dim is None:
         return (ops.MaxAll if largest else ops.MinAll).apply(x, largest=largest)
@@ -508,21 +510,67 @@ def index_put(x, index, value):
 # -- methods ---------------------------------------------------------------------------------------
 
 _METHODS = {
-    "add": add, "sub": sub, "mul": mul, "div": div, "true_divide": div, "pow": pow,
+    "add": add,
+    "sub": sub,
+    "mul": mul,
+    "div": div,
+    "true_divide": div,
+    "pow": pow,
     "matmul": matmul,
-    "bmm": bmm, "mm": mm, "neg": neg, "abs": abs, "exp": exp, "log": log, "sqrt": sqrt,
-    "rsqrt": rsqrt, "sin": sin, "cos": cos, "reciprocal": reciprocal, "square": square,
-    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "clamp": clamp, "clip": clamp,
-    "maximum": maximum, "minimum": minimum,
-    "sum": sum, "mean": mean, "max": max, "min": min, "amax": amax, "amin": amin, "var": var,
-    "std": std, "norm": norm, "logsumexp": logsumexp, "prod": prod, "softmax": softmax,
-    "log_softmax": log_softmax, "reshape": reshape, "view": view, "flatten": flatten,
-    "unflatten": unflatten, "permute": permute, "transpose": transpose, "swapaxes": transpose,
-    "t": t, "expand": expand, "expand_as": expand_as,
+    "bmm": bmm,
+    "mm": mm,
+    "neg": neg,
+    "abs": abs,
+    "exp": exp,
+    "log": log,
+    "sqrt": sqrt,
+    "rsqrt": rsqrt,
+    "sin": sin,
+    "cos": cos,
+    "reciprocal": reciprocal,
+    "square": square,
+    "relu": relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "clamp": clamp,
+    "clip": clamp,
+    "maximum": maximum,
+    "minimum": minimum,
+    "sum": sum,
+    "mean": mean,
+    "max": max,
+    "min": min,
+    "amax": amax,
+    "amin": amin,
+    "var": var,
+    "std": std,
+    "norm": norm,
+    "logsumexp": logsumexp,
+    "prod": prod,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "reshape": reshape,
+    "view": view,
+    "flatten": flatten,
+    "unflatten": unflatten,
+    "permute": permute,
+    "transpose": transpose,
+    "swapaxes": transpose,
+    "t": t,
+    "expand": expand,
+    "expand_as": expand_as,
     "repeat": repeat,
-    "flip": flip, "squeeze": squeeze, "unsqueeze": unsqueeze,
-    "split": split, "chunk": chunk, "gather": gather, "index_select": index_select,
-    "__getitem__": getitem, "multiply": mul, "subtract": sub, "divide": div,
+    "flip": flip,
+    "squeeze": squeeze,
+    "unsqueeze": unsqueeze,
+    "split": split,
+    "chunk": chunk,
+    "gather": gather,
+    "index_select": index_select,
+    "__getitem__": getitem,
+    "multiply": mul,
+    "subtract": sub,
+    "divide": div,
 }
 
 

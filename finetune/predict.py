@@ -23,10 +23,14 @@ class Predictor:
         meta = getattr(self.model, "metadata", {}) or {}
         size = int(meta.get("input_size", 224))
         resize = int(meta.get("resize", round(size * 256 / 224)))
-        self.transform = T.Compose([
-            T.Resize(resize), T.CenterCrop(size), T.ToTensor(),
-            T.Normalize(meta.get("mean", T.IMAGENET_MEAN), meta.get("std", T.IMAGENET_STD)),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize(resize),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize(meta.get("mean", T.IMAGENET_MEAN), meta.get("std", T.IMAGENET_STD)),
+            ]
+        )
         self.classes = list(meta["classes"]) if "classes" in meta else None
 
     def _names(self, n: int) -> list[str]:

@@ -7,9 +7,9 @@ Frozen backbone, a new ``fc`` for the folder's classes, SGD (lr 0.01, momentum 0
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import nn, optim
 from . import random as _random
@@ -30,20 +30,23 @@ class RunResult:
 
 
 def eval_transform(size: int) -> T.Compose:
-    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize()])
+    return T.Compose(
+        [T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), T.Normalize()]
+    )
 
 
 def train_transform(size: int, augment: bool) -> T.Compose:
     if not augment:
         return eval_transform(size)
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize()])
+    return T.Compose(
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize()]
+    )
 
 
-def load_datasets(data_dir: str | os.PathLike, size: int, augment: bool, seed: int,
-                  on_error: str = "raise"):
-    """``data/train`` and ``data/val`` when both exist; otherwise a seeded 80/20 split of ``data``."""
+def load_datasets(
+    data_dir: str | os.PathLike, size: int, augment: bool, seed: int, on_error: str = "raise"
+):
+    """``data/train`` and ``data/val`` when both exist, else a seeded 80/20 split of ``data``."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
@@ -151,16 +154,28 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     train_set, val_set, classes = load_datasets(data_dir, image_size, augment, seed)
     if log:
-        log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-            f"{len(classes)} classes: {', '.join(classes)}")
+        log(
+            f"data: {len(train_set)} training and {len(val_set)} validation images, "
+            f"{len(classes)} classes: {', '.join(classes)}"
+        )
     net = load_backbone(model, progress, log) if isinstance(model, (str, os.PathLike)) else model
     replace_head(net, len(classes))
     optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    train_loader = DataLoader(train_set, batch_size, shuffle=True, seed=seed,
-                              num_workers=num_workers)
+    train_loader = DataLoader(
+        train_set, batch_size, shuffle=True, seed=seed, num_workers=num_workers
+    )
     val_loader = DataLoader(val_set, batch_size, num_workers=num_workers)
-    history = fit(net, train_loader, optimizer, epochs, val_loader=val_loader,
-                  checkpoint_dir=out, resume=resume, progress=progress, log=log)
+    history = fit(
+        net,
+        train_loader,
+        optimizer,
+        epochs,
+        val_loader=val_loader,
+        checkpoint_dir=out,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )
     history.to_json(out / "history.json")
     notes = []
     plot_path: Path | None = out / "training.png"

@@ -40,7 +40,10 @@ class History(list):
 
 
 def format_epoch(record: dict) -> str:
-    """``epoch=3 train_loss=0.412 train_acc=0.861 val_loss=0.455 val_acc=0.842 lr=0.01 seconds=12.3``"""
+    """One line per epoch, e.g.
+
+    ``epoch=3 train_loss=0.412 train_acc=0.861 val_loss=0.455 val_acc=0.842 lr=0.01 seconds=12.3``
+    """
     parts = [f"epoch={record['epoch']}"]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         if record.get(key) is not None:
@@ -91,7 +94,9 @@ def _stochastic_in_training(module: nn.Module) -> bool:
 def cache_eligible(model: nn.Module, head: nn.Module, dataset) -> tuple[bool, str]:
     """Whether backbone features can be computed once and reused, with the reason if not."""
     head_params = {id(p) for p in head.parameters()}
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head_params]
+    trainable = [
+        n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head_params
+    ]
     if trainable:
         return False, f"backbone parameters are trainable ({trainable[0]}, ...)"
     transform = getattr(dataset, "transform", None)
@@ -114,7 +119,9 @@ def _capture_input(module: nn.Module) -> Iterator[list]:
         handle.remove()
 
 
-def compute_features(model: nn.Module, head: nn.Module, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compute_features(
+    model: nn.Module, head: nn.Module, loader
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Head inputs for every sample (dataset order), labels, and which samples were readable.
 
     Runs the model under ``no_grad``; checks once that the model's output is exactly the head's
@@ -156,8 +163,16 @@ def compute_features(model: nn.Module, head: nn.Module, loader) -> tuple[np.ndar
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, step: int,
-                    history: History, partial: dict | None) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    epoch: int,
+    step: int,
+    history: History,
+    partial: dict | None,
+) -> None:
     from .serialization import save
 
     save(
@@ -175,8 +190,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, step: i
     )
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "history", "partial",
-                    "rng")
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "history", "partial", "rng")
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
@@ -326,8 +340,11 @@ def fit(
             freeze_batchnorm(model)
             batches = train_loader.batches(epoch)
             first = start_step if epoch == start_epoch else 0
-            sums = dict(partial) if (partial and epoch == start_epoch) else {
-                "loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+            sums = (
+                dict(partial)
+                if (partial and epoch == start_epoch)
+                else {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+            )
             if cache is None:
                 train_loader.set_epoch(epoch, first)
                 stream = iter(train_loader)
@@ -348,15 +365,18 @@ def fit(
                 sums["count"] += n
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.3f}",
-                                    acc=f"{sums['correct'] / sums['count']:.3f}")
+                    bar.set_postfix(
+                        loss=f"{sums['loss'] / sums['count']:.3f}",
+                        acc=f"{sums['correct'] / sums['count']:.3f}",
+                    )
                 if stop.signal is not None:
                     if bar is not None:
                         bar.close()
                     sums["seconds"] += time.perf_counter() - t0
                     if ckpt is not None:
-                        save_checkpoint(ckpt, model, optimizer, scheduler, epoch, step + 1,
-                                        history, sums)
+                        save_checkpoint(
+                            ckpt, model, optimizer, scheduler, epoch, step + 1, history, sums
+                        )
                     where = f"; checkpoint saved to {ckpt}, resume to continue" if ckpt else ""
                     raise TrainingInterrupted(
                         f"training interrupted at epoch {epoch + 1} step {step + 1}{where}"
@@ -373,7 +393,8 @@ def fit(
             }
             if val_cache is not None:
                 record["val_loss"], record["val_acc"] = _evaluate(
-                    head, _cached_batches(val_cache, val_loader.batches(0)), loss_fn)
+                    head, _cached_batches(val_cache, val_loader.batches(0)), loss_fn
+                )
             elif val_loader is not None:
                 record["val_loss"], record["val_acc"] = _evaluate(model, val_loader, loss_fn)
             if scheduler is not None:
@@ -401,5 +422,11 @@ def _progress(total: int, initial: int, epoch: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}", leave=False,
-                unit="batch", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        unit="batch",
+        dynamic_ncols=True,
+    )

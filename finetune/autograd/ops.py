@@ -274,8 +274,10 @@ class MatMul(Function):
         sa, sb = ctx.shapes
         a_vec, b_vec = len(sa) == 1, len(sb) == 1
         if a_vec and b_vec:
-            return (grad * b if ctx.needs_input_grad[0] else None,
-                    grad * a if ctx.needs_input_grad[1] else None)
+            return (
+                grad * b if ctx.needs_input_grad[0] else None,
+                grad * a if ctx.needs_input_grad[1] else None,
+            )
         g = grad
         if a_vec:
             g = np.expand_dims(g, -2)
@@ -563,8 +565,14 @@ class SumDim(Sum):
     name = "SumBackward1"
 
 
-_TORCH_DTYPE_NAMES = {"int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char",
-                      "uint8": "Byte", "bool": "Bool"}
+_TORCH_DTYPE_NAMES = {
+    "int64": "Long",
+    "int32": "Int",
+    "int16": "Short",
+    "int8": "Char",
+    "uint8": "Byte",
+    "bool": "Bool",
+}
 
 
 class Mean(Function):
@@ -660,9 +668,7 @@ class Var(Function):
         ctx.save_for_backward(centered)
         ctx.axes, ctx.keepdim, ctx.denom = axes, keepdim, builtins.max(n - correction, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.sum(centered * centered, axis=axes, keepdims=keepdim) / x.dtype.type(
-                ctx.denom
-            )
+            out = np.sum(centered * centered, axis=axes, keepdims=keepdim) / x.dtype.type(ctx.denom)
         return np.asarray(out, dtype=x.dtype)
 
     @staticmethod
@@ -883,9 +889,7 @@ class Expand(Function):
                 f"expand: the number of sizes provided ({len(shape)}) must be greater or equal "
                 f"to the number of dimensions in the tensor ({x.ndim})"
             )
-        target = tuple(
-            x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)
-        )
+        target = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
         ctx.shape = x.shape
         try:
             return np.broadcast_to(x, target)
@@ -969,9 +973,7 @@ class IndexUnsqueeze(Index):
 
 def _is_advanced(index) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
-    return any(
-        isinstance(p, (list, np.ndarray)) and np.asarray(p).dtype.kind != "b" for p in parts
-    )
+    return any(isinstance(p, (list, np.ndarray)) and np.asarray(p).dtype.kind != "b" for p in parts)
 
 
 class IndexPut(Function):
@@ -1023,8 +1025,7 @@ class Stack(Function):
             return np.stack(xs, axis=dim)
         except ValueError:
             raise ShapeError(
-                f"stack expects each tensor to be equal size, but got "
-                f"{[list(x.shape) for x in xs]}"
+                f"stack expects each tensor to be equal size, but got {[list(x.shape) for x in xs]}"
             ) from None
 
     @staticmethod

@@ -41,8 +41,9 @@ def _class_colour(hue: float, rng: np.random.Generator) -> np.ndarray:
     return np.array([r, g, b]) * 255
 
 
-def draw_shape(kind: str, size: int, rng: np.random.Generator,
-               hue: float | None = None) -> Image.Image:
+def draw_shape(
+    kind: str, size: int, rng: np.random.Generator, hue: float | None = None
+) -> Image.Image:
     """One image: a random background colour with noise, one shape of random colour and pose.
 
     With ``hue``, the shape's colour stays near that hue and the background is grey (an easier,
@@ -94,6 +95,7 @@ def make_shapes(
             for i in range(count):
                 rng = np.random.default_rng([seed, split_id, class_id, i])
                 hue = class_id / len(classes) if colour_coded else None
-                draw_shape(kind, size, rng, hue).save(folder / f"{kind}_{i:04d}.png",
-                                                      optimize=False)
+                draw_shape(kind, size, rng, hue).save(
+                    folder / f"{kind}_{i:04d}.png", optimize=False
+                )
     return root

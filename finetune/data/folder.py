@@ -90,8 +90,9 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder {self.root} does not exist or is not a folder")
-        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir()
-                              and not e.name.startswith("."))
+        self.classes = sorted(
+            e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
+        )
         if not self.classes:
             raise DataError(
                 f"dataset folder {self.root} has no class sub-folders; expected "
@@ -105,7 +106,8 @@ class ImageFolder:
                 files.extend(os.path.join(dirpath, n) for n in sorted(names) if _is_image(n))
             if not files:
                 raise DataError(
-                    f"class folder {self.root / cls} has no image files ({', '.join(IMG_EXTENSIONS)})"
+                    f"class folder {self.root / cls} has no image files "
+                    f"({', '.join(IMG_EXTENSIONS)})"
                 )
             self.samples.extend((f, self.class_to_idx[cls]) for f in files)
         self.targets = [t for _, t in self.samples]
@@ -142,5 +144,7 @@ class ImageFolder:
         return sorted(self._skipped)
 
     def __repr__(self) -> str:
-        return (f"ImageFolder(root={str(self.root)!r}, classes={len(self.classes)}, "
-                f"samples={len(self)}, transform={self.transform!r})")
+        return (
+            f"ImageFolder(root={str(self.root)!r}, classes={len(self.classes)}, "
+            f"samples={len(self)}, transform={self.transform!r})"
+        )

@@ -28,7 +28,7 @@ class DataWarning(UserWarning):
 
 
 class Dataset:
-    """Base of map-style datasets (``torch.utils.data.Dataset``): define ``__getitem__``, ``__len__``.
+    """Base of map-style datasets (``torch.utils.data.Dataset``): define __getitem__ and __len__.
 
     The loader needs only those two, so any object with them works; subclassing is for PyTorch code.
     """
@@ -190,7 +190,8 @@ class DataLoader:
         if len(skipped) > skipped_before:
             warnings.warn(
                 f"skipped {len(skipped)} unreadable image file(s) so far: "
-                + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+                + ", ".join(skipped[:5])
+                + (" ..." if len(skipped) > 5 else ""),
                 DataWarning,
                 stacklevel=2,
             )

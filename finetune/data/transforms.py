@@ -1,4 +1,4 @@
-"""Image transforms (torchvision's names and algorithms): PIL image in, ``Tensor`` out at ``ToTensor``.
+"""Image transforms (torchvision's names and algorithms): PIL image in, tensor from ``ToTensor``.
 
 Random transforms draw from the per-sample generator the ``DataLoader`` installs (seeded by
 loader seed, epoch and sample index, so a run is reproducible whatever the thread order), or from
@@ -27,7 +27,7 @@ _local = threading.local()
 
 @contextlib.contextmanager
 def sample_rng(rng: np.random.Generator) -> Iterator[None]:
-    """Make random transforms in this thread draw from ``rng`` (the loader's per-sample generator)."""
+    """Make random transforms in this thread draw from ``rng`` (the per-sample generator)."""
     previous = getattr(_local, "rng", None)
     _local.rng = rng
     try:
@@ -88,7 +88,7 @@ def _size_pair(size) -> tuple[int, int]:
 
 
 class Resize(Transform):
-    """Resize the shorter side to ``size`` (an int) or to exactly ``(h, w)``; bilinear by default."""
+    """Resize the shorter side to ``size`` (an int), or to exactly ``(h, w)``; bilinear default."""
 
     def __init__(self, size, interpolation=Image.BILINEAR) -> None:
         self.size = size
@@ -134,8 +134,14 @@ class CenterCrop(Transform):
 class RandomResizedCrop(RandomTransform):
     """A random area/aspect crop resized to ``size`` (torchvision's algorithm and fallback)."""
 
-    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 interpolation=Image.BILINEAR, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        size,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        interpolation=Image.BILINEAR,
+        seed: int | None = None,
+    ) -> None:
         super().__init__(seed)
         self.size = _size_pair(size)
         self.scale, self.ratio, self.interpolation = scale, ratio, interpolation
@@ -222,6 +228,11 @@ def imagenet_eval(size: int = 224, resize: int = 256) -> Compose:
 
 def imagenet_train(size: int = 224, seed: int | None = None) -> Compose:
     """The standard augmenting pipeline: random resized crop, flip, to tensor, normalise."""
-    return Compose([
-        RandomResizedCrop(size, seed=seed), RandomHorizontalFlip(seed=seed), ToTensor(), Normalize()
-    ])
+    return Compose(
+        [
+            RandomResizedCrop(size, seed=seed),
+            RandomHorizontalFlip(seed=seed),
+            ToTensor(),
+            Normalize(),
+        ]
+    )
