@@ -8,7 +8,7 @@ import finetune as torch
 import finetune.nn.functional as F
 from finetune import nn
 from finetune.autograd import gradcheck
-from finetune.errors import TrainingError
+from finetune.errors import ShapeError, TrainingError
 
 
 def test_utils_data_is_the_data_package():
@@ -216,3 +216,28 @@ def test_ieee_results_without_numpy_warnings():
     assert np.isnan(z.grad.item()) or np.isinf(z.grad.item())
     assert np.isnan(((z - 1) ** 0.5).item())
     assert torch.softmax(torch.tensor([float("-inf")] * 2), 0).isnan().all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_cross_entropy(reduction):
+    p, t, w = np.array([0.2, 0.9, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([1.0, 2.0, 0.5])
+    with np.errstate(divide="ignore"):
+        logs = np.maximum(np.log(p), -100), np.maximum(np.log1p(-p), -100)
+    per = -w * (t * logs[0] + (1 - t) * logs[1])
+    expected = {"mean": np.mean, "sum": np.sum, "none": lambda v: v}[reduction](per)
+    args = torch.tensor(p), torch.tensor(t)
+    out = F.binary_cross_entropy(*args, weight=torch.tensor(w), reduction=reduction)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
+    layer = nn.BCELoss(weight=torch.tensor(w), reduction=reduction)
+    assert layer(*args).allclose(out)
+    inner = torch.tensor(p[:2], requires_grad=True)
+    assert gradcheck(
+        lambda u: F.binary_cross_entropy(u, args[1][:2], reduction=reduction), (inner,)
+    )
+
+
+def test_binary_cross_entropy_refusals():
+    with pytest.raises(ShapeError, match=r"\[2\].*\[3\]"):
+        F.binary_cross_entropy(torch.full((3,), 0.5), torch.zeros(2))
+    with pytest.raises(RuntimeError, match="between 0 and 1"):
+        F.binary_cross_entropy(torch.tensor([1.5]), torch.zeros(1))

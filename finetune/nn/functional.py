@@ -564,6 +564,33 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
     return input / functions.clamp(functions.norm(input, p, dim, keepdim=True), min=eps)
 
 
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average=None,
+    reduce=None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Binary cross-entropy of probabilities ``input``; logs are clamped at -100 as in PyTorch."""
+    _check_reduction(reduction)
+    if target.shape != input.shape:
+        raise ShapeError(
+            f"binary_cross_entropy: target shape {_shape(target)} must equal input shape "
+            f"{_shape(input)}"
+        )
+    if input.numel() and not ((input._data >= 0) & (input._data <= 1)).all():
+        raise ShapeError("binary_cross_entropy: all elements of input should be between 0 and 1")
+    log_p = functions.clamp(functions.log(input), min=-100.0)
+    log_not_p = functions.clamp(functions.log(1 - input), min=-100.0)
+    loss = -(target * log_p + (1 - target) * log_not_p)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    return functions.mean(loss) if reduction == "mean" else functions.sum(loss)
+
+
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,

@@ -1,4 +1,4 @@
-"""Loss layers: cross-entropy, NLL, L1, MSE and BCE-with-logits, over ``nn.functional``."""
+"""Loss layers: cross-entropy, NLL, L1, MSE, BCE and BCE-with-logits, over ``nn.functional``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,11 @@ class L1Loss(_Loss):
 class MSELoss(_Loss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class BCELoss(_WeightedLoss):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
