@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(err: BaseException) -> None:
+    """One line on stderr, however many lines the message has (a download lists each mirror)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"finetune: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -196,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .train import TrainingInterrupted
 
-        print(f"finetune: error: {err}", file=sys.stderr)
+        _report(err)
         return EXIT_INTERRUPTED if isinstance(err, TrainingInterrupted) else EXIT_ERROR
     except OSError as err:  # a full disk, a read-only or missing folder: previous files are kept
         if args.debug:
             raise
-        print(f"finetune: error: {err}", file=sys.stderr)
+        _report(err)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("finetune: interrupted", file=sys.stderr)

@@ -132,3 +132,12 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, demo, argv, message):
     assert len(lines) == 1 and lines[0].startswith("finetune: error:"), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_download_failure_is_one_line_saying_where_to_put_the_file(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
+    assert main(["download", "resnet18", "--dest", str(tmp_path), "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("finetune: error:")
+    assert "resnet18-v1-7.onnx" in err and str(tmp_path) in err
