@@ -240,8 +240,7 @@ class PowTensor(Function):
         if ctx.needs_input_grad[0]:
             ga = sum_to_shape(grad * b * np.power(a, b - 1), sa)
         if ctx.needs_input_grad[1]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log_a = np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0).astype(out.dtype)
+            log_a = np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0).astype(out.dtype)
             gb = sum_to_shape(grad * out * log_a, sb)
         return ga, gb
 
@@ -348,29 +347,25 @@ class Log(Function):
     def forward(ctx, x):
         x = _floating(x)
         ctx.save_for_backward(x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(x)
+        return np.log(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        with np.errstate(divide="ignore"):
-            return grad / x
+        return grad / x
 
 
 class Sqrt(Function):
     @staticmethod
     def forward(ctx, x):
-        with np.errstate(invalid="ignore"):
-            out = np.sqrt(_floating(x))
+        out = np.sqrt(_floating(x))
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        with np.errstate(divide="ignore"):
-            return grad / (2 * out)
+        return grad / (2 * out)
 
 
 class Abs(Function):
@@ -430,10 +425,9 @@ class Sigmoid(Function):
         x = _floating(x)
         out = np.empty_like(x)
         pos = x >= 0
-        with np.errstate(over="ignore"):
-            out[pos] = 1 / (1 + np.exp(-x[pos]))
-            e = np.exp(x[~pos])
-            out[~pos] = e / (1 + e)
+        out[pos] = 1 / (1 + np.exp(-x[pos]))
+        e = np.exp(x[~pos])
+        out[~pos] = e / (1 + e)
         ctx.save_for_backward(out)
         return out
 
@@ -667,8 +661,7 @@ class Var(Function):
         centered = x - mean
         ctx.save_for_backward(centered)
         ctx.axes, ctx.keepdim, ctx.denom = axes, keepdim, builtins.max(n - correction, 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.sum(centered * centered, axis=axes, keepdims=keepdim) / x.dtype.type(ctx.denom)
+        out = np.sum(centered * centered, axis=axes, keepdims=keepdim) / x.dtype.type(ctx.denom)
         return np.asarray(out, dtype=x.dtype)
 
     @staticmethod
@@ -689,8 +682,7 @@ class Std(Var):
 
     @staticmethod
     def backward(ctx, grad):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return Var.backward(ctx, grad / (2 * ctx.out))
+        return Var.backward(ctx, grad / (2 * ctx.out))
 
 
 class Norm(Function):
@@ -721,19 +713,16 @@ class Norm(Function):
         p, axes, keepdim = ctx.p, ctx.axes, ctx.keepdim
         g = _expand_back(grad, x.shape, axes, keepdim)
         n = _expand_back(out, x.shape, axes, keepdim)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if p == 2:
-                local = np.where(n == 0, 0, x / n)
-            elif p == 1:
-                local = np.sign(x)
-            elif p == float("inf"):
-                mask = np.abs(x) == n
-                count = _expand_back(
-                    np.sum(mask, axis=axes, keepdims=keepdim), x.shape, axes, keepdim
-                )
-                local = np.sign(x) * mask / count
-            else:
-                local = np.where(n == 0, 0, np.sign(x) * np.abs(x) ** (p - 1) / n ** (p - 1))
+        if p == 2:
+            local = np.where(n == 0, 0, x / n)
+        elif p == 1:
+            local = np.sign(x)
+        elif p == float("inf"):
+            mask = np.abs(x) == n
+            count = _expand_back(np.sum(mask, axis=axes, keepdims=keepdim), x.shape, axes, keepdim)
+            local = np.sign(x) * mask / count
+        else:
+            local = np.where(n == 0, 0, np.sign(x) * np.abs(x) ** (p - 1) / n ** (p - 1))
         return (g * local).astype(x.dtype)
 
 

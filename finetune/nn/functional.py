@@ -455,10 +455,9 @@ def nll_loss(
                 f"{_shape(input)}), got {weight.numel()}"
             )
         weight_data = weight._data.astype(input._data.dtype, copy=False)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return nn_ops.NllLoss.apply(
-            input, target_data, weight_data, reduction=reduction, ignore_index=int(ignore_index)
-        )
+    return nn_ops.NllLoss.apply(
+        input, target_data, weight_data, reduction=reduction, ignore_index=int(ignore_index)
+    )
 
 
 def cross_entropy(
