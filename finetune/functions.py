@@ -141,6 +141,15 @@ def exp(x):
     return ops.Exp.apply(x)
 
 
+def log1p(x):
+    return ops.Log1p.apply(x)
+
+
+def cumsum(x, dim, dtype=None):
+    out = ops.Cumsum.apply(x, dim=dim)
+    return out if dtype is None else out.to(dtype)
+
+
 def log(x):
     return ops.Log.apply(x)
 
@@ -523,6 +532,8 @@ _METHODS = {
     "abs": abs,
     "exp": exp,
     "log": log,
+    "log1p": log1p,
+    "cumsum": cumsum,
     "sqrt": sqrt,
     "rsqrt": rsqrt,
     "sin": sin,

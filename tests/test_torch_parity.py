@@ -241,3 +241,17 @@ def test_binary_cross_entropy_refusals():
         F.binary_cross_entropy(torch.full((3,), 0.5), torch.zeros(2))
     with pytest.raises(RuntimeError, match="between 0 and 1"):
         F.binary_cross_entropy(torch.tensor([1.5]), torch.zeros(1))
+
+
+def test_log1p_and_cumsum_match_numpy_and_gradcheck():
+    x = np.array([[0.5, 1e-9, 2.0], [3.0, -0.5, 0.25]])
+    out = torch.log1p(torch.tensor(x, dtype=torch.float32))
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), np.log1p(x), rtol=1e-6)
+    for dim in (0, 1, -1):
+        np.testing.assert_allclose(torch.tensor(x).cumsum(dim).numpy(), np.cumsum(x, axis=dim))
+        assert gradcheck(
+            lambda u, d=dim: torch.cumsum(u, dim=d), (torch.tensor(x, requires_grad=True),)
+        )
+    assert gradcheck(torch.log1p, (torch.tensor(x, requires_grad=True),))
+    assert torch.tensor([1, 2, 3]).cumsum(0).dtype == torch.int64

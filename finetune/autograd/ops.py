@@ -342,6 +342,21 @@ class Exp(Function):
         return grad * out
 
 
+class Log1p(Function):
+    """``log(1 + x)``, exact for tiny ``x``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return np.log1p(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / (1 + x)
+
+
 class Log(Function):
     @staticmethod
     def forward(ctx, x):
@@ -529,6 +544,23 @@ def _axes(dim, ndim: int):
     if isinstance(dim, (list, tuple)):
         return tuple(d % ndim if ndim else 0 for d in dim)
     return (dim % ndim,) if ndim else (0,)
+
+
+class Cumsum(Function):
+    """Running sum along ``dim``; its gradient is the reversed running sum of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, dim):
+        ctx.axis = dim % x.ndim if x.ndim else 0
+        out = np.cumsum(x, axis=ctx.axis) if x.ndim else x.copy()
+        return out.astype(np.int64) if x.dtype.kind in "biu" else out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not grad.ndim:
+            return grad
+        flipped = np.flip(grad, ctx.axis)
+        return np.flip(np.cumsum(flipped, axis=ctx.axis), ctx.axis)
 
 
 def _expand_back(grad: np.ndarray, shape: tuple, axes, keepdim: bool) -> np.ndarray:
