@@ -255,3 +255,10 @@ def test_log1p_and_cumsum_match_numpy_and_gradcheck():
         )
     assert gradcheck(torch.log1p, (torch.tensor(x, requires_grad=True),))
     assert torch.tensor([1, 2, 3]).cumsum(0).dtype == torch.int64
+
+
+def test_where_with_two_python_scalars():
+    cond = torch.tensor([True, False])
+    out = torch.where(cond, 1.0, 0.0)
+    assert out.dtype == torch.float32 and out.tolist() == [1.0, 0.0]
+    assert torch.where(cond, 2, 3).dtype == torch.int64

@@ -60,6 +60,8 @@ def result_dtype(a, b) -> np.dtype:
                 return _default_for(_kind_rank(hi))
             return hi.dtype
         return np.promote_types(a.dtype, b.dtype)
+    if not (a_arr or b_arr):  # torch.where(cond, 1.0, 0.0)
+        return _default_for(builtins.max(_kind_rank(a), _kind_rank(b)))
     arr, scalar = (a, b) if a_arr else (b, a)
     if _kind_rank(scalar) > _kind_rank(arr):
         return _default_for(_kind_rank(scalar))
