@@ -262,3 +262,13 @@ def test_where_with_two_python_scalars():
     out = torch.where(cond, 1.0, 0.0)
     assert out.dtype == torch.float32 and out.tolist() == [1.0, 0.0]
     assert torch.where(cond, 2, 3).dtype == torch.int64
+
+
+def test_trunc_normal_stays_in_bounds_with_the_right_spread():
+    torch.manual_seed(0)
+    w = nn.init.trunc_normal_(torch.empty(4000), mean=0.5, std=1.0, a=0.0, b=1.0)
+    values = w.numpy()
+    assert w.dtype == torch.float32 and values.min() >= 0.0 and values.max() <= 1.0
+    # a normal truncated to one std either side of its mean has std 0.540
+    assert values.mean() == pytest.approx(0.5, abs=0.03)
+    assert values.std() == pytest.approx(0.540, abs=0.02)

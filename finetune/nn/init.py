@@ -79,6 +79,26 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator=None)
     return _fill(tensor, rng.normal(mean, std, tensor.shape))
 
 
+def trunc_normal_(
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    a: float = -2.0,
+    b: float = 2.0,
+    generator=None,
+) -> Tensor:
+    """Normal(mean, std) kept to ``[a, b]`` (absolute bounds, as in PyTorch); outliers redrawn."""
+    if not a < b:
+        raise ValueError(f"trunc_normal_: empty interval [a, b] = [{a}, {b}]")
+    rng = generator or random.generator()
+    values = rng.normal(mean, std, tensor.shape)
+    outside = (values < a) | (values > b)
+    while outside.any():
+        values[outside] = rng.normal(mean, std, int(outside.sum()))
+        outside = (values < a) | (values > b)
+    return _fill(tensor, values)
+
+
 def constant_(tensor: Tensor, val: float) -> Tensor:
     return _fill(tensor, val)
 
