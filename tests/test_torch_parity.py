@@ -272,3 +272,34 @@ def test_trunc_normal_stays_in_bounds_with_the_right_spread():
     # N(0.5, 1) kept to half a std either side of its mean has std 0.284
     assert values.mean() == pytest.approx(0.5, abs=0.03)
     assert values.std() == pytest.approx(0.284, abs=0.01)
+
+
+def _sgd(lr=0.1):
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_linear_lr_warms_up_then_holds():
+    opt = _sgd()
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=4)
+    seen = [sched.get_last_lr()[0]]
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        seen.append(sched.get_last_lr()[0])
+    assert seen == pytest.approx([0.025, 0.04375, 0.0625, 0.08125, 0.1, 0.1])
+    with pytest.raises(ValueError, match="Starting multiplicative factor"):
+        torch.optim.lr_scheduler.LinearLR(_sgd(), start_factor=0)
+
+
+def test_reduce_lr_on_plateau():
+    opt = _sgd()
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    seen = []
+    for loss in [1.0, 1.0, 1.0, 0.5, 0.6, 0.6]:
+        sched.step(loss)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.05, 0.025])
+    assert sched.get_last_lr() == [0.025]
+    restored = torch.optim.lr_scheduler.ReduceLROnPlateau(_sgd(), mode="max")
+    restored.load_state_dict(sched.state_dict())
+    assert restored.best == 0.5 and restored.mode == "min"
