@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .. import nn
 from ..functions import flatten
+from ..nn.fusion import conv_bn
 from ..tensor import Tensor
 
 
@@ -39,10 +40,18 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else _shortcut(self.downsample, x)
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = conv_bn(self.conv2, self.bn2, out)
         return self.relu(out + identity)
+
+
+def _shortcut(downsample: nn.Module, x: Tensor) -> Tensor:
+    """The projection shortcut; a plain (conv, BatchNorm) pair can be folded like the others."""
+    hooked = downsample._forward_hooks or downsample._forward_pre_hooks
+    if type(downsample) is nn.Sequential and len(downsample) == 2 and not hooked:
+        return conv_bn(downsample[0], downsample[1], x)
+    return downsample(x)
 
 
 class ResNet(nn.Module):
@@ -88,6 +97,6 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(flatten(self.avgpool(x), 1))

@@ -85,7 +85,7 @@ class _ConvNd(Module):
                 bound = 1 / math.sqrt(fan_in)
                 init.uniform_(self.bias, -bound, bound)
 
-    def _conv(self, input: Tensor) -> Tensor:
+    def _conv(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         functional = F.conv2d if self._spatial == 2 else F.conv1d
         if self.padding_mode == "zeros":
             padding = self.padding
@@ -94,11 +94,9 @@ class _ConvNd(Module):
             flat = [p for pair in reversed(pads) for p in pair]
             input = F.pad(input, flat, mode=self.padding_mode)
             padding = 0
-        return functional(
-            input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
-        )
+        return functional(input, weight, bias, self.stride, padding, self.dilation, self.groups)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         from ...errors import ShapeError
 
         n = self._spatial
@@ -113,7 +111,10 @@ class _ConvNd(Module):
                 f"{self!r} expected input with {self.in_channels} channels in dimension 1, got "
                 f"input of shape {list(input.shape)}"
             )
-        return self._conv(input)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return self._conv(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         n = self._spatial

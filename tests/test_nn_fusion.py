@@ -1,0 +1,99 @@
+"""BatchNorm folded into the convolution for frozen inference: same results, never stale."""
+
+import numpy as np
+import onnx
+import pytest
+
+import finetune as ft
+from finetune import nn
+from finetune.nn.fusion import conv_bn
+
+
+def _pair(bias=False, affine=True, seed=0):
+    ft.manual_seed(seed)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias)
+    bn = nn.BatchNorm2d(4, affine=affine)
+    rng = np.random.default_rng(seed)
+    with ft.no_grad():
+        bn.running_mean.copy_(ft.from_numpy(rng.standard_normal(4).astype(np.float32)))
+        bn.running_var.copy_(ft.from_numpy(rng.uniform(0.5, 2, 4).astype(np.float32)))
+        if affine:
+            bn.weight.copy_(ft.from_numpy(rng.uniform(0.5, 1.5, 4).astype(np.float32)))
+            bn.bias.copy_(ft.from_numpy(rng.standard_normal(4).astype(np.float32)))
+    return conv.eval(), bn.eval()
+
+
+def _x(seed=1, shape=(2, 3, 9, 9)):
+    return ft.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_folded_equals_conv_then_batchnorm(bias, affine):
+    conv, bn = _pair(bias, affine)
+    x = _x()
+    with ft.no_grad():
+        expected = bn(conv(x)).numpy()
+        got = conv_bn(conv, bn, x)
+    assert got.dtype == ft.float32
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_follows_in_place_changes_and_new_parameters():
+    conv, bn = _pair()
+    x = _x()
+    with ft.no_grad():
+        first = conv_bn(conv, bn, x).numpy().copy()
+        bn.running_mean.add_(1.0)
+        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert not np.allclose(conv_bn(conv, bn, x).numpy(), first)
+        conv.weight = nn.Parameter(conv.weight.detach() * 2)
+        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        bn.load_state_dict(_pair(seed=5)[1].state_dict())
+        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_and_training_take_the_plain_path():
+    conv, bn = _pair()
+    x = _x().requires_grad_()
+    out = conv_bn(conv, bn, x)
+    assert out.grad_fn is not None and out.grad_fn.name() != "ConvolutionBackward0"
+    out.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    conv.train()
+    bn.train()
+    before = bn.running_mean.numpy().copy()
+    with ft.no_grad():
+        conv_bn(conv, bn, _x())
+    assert not np.array_equal(bn.running_mean.numpy(), before)  # batch statistics were used
+
+
+def test_hooks_are_honoured():
+    conv, bn = _pair()
+    seen = []
+    bn.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with ft.no_grad():
+        conv_bn(conv, bn, _x())
+    assert seen == [(2, 4, 5, 5)]
+
+
+def test_resnet18_frozen_inference_matches_the_unfolded_network(tmp_path):
+    ft.manual_seed(0)
+    model = ft.models.resnet18(num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with ft.no_grad():
+                m.running_mean.copy_(ft.randn(m.num_features) * 0.1)
+                m.running_var.copy_(ft.rand(m.num_features) + 0.5)
+    x = _x(shape=(2, 3, 64, 64))
+    with ft.no_grad():
+        folded = model(x).numpy()
+    reference = model(x.clone().requires_grad_()).detach().numpy()  # gradients: plain path
+    np.testing.assert_allclose(folded, reference, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "r18.onnx"
+    ft.onnx.export(model, ft.zeros(1, 3, 64, 64), path)  # the exporter sees the real layers
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("BatchNormalization") == 20 and ops.count("Conv") == 20
