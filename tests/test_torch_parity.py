@@ -303,3 +303,13 @@ def test_reduce_lr_on_plateau():
     restored = torch.optim.lr_scheduler.ReduceLROnPlateau(_sgd(), mode="max")
     restored.load_state_dict(sched.state_dict())
     assert restored.best == 0.5 and restored.mode == "min"
+
+
+def test_pooling_takes_unbatched_input():
+    x = torch.randn(2, 5, 5, dtype=torch.float64)
+    batched = x.unsqueeze(0)
+    for pool in (nn.MaxPool2d(2, ceil_mode=True), nn.AvgPool2d(3, 1, 1, count_include_pad=False)):
+        assert pool(x).shape == pool(batched).shape[1:]
+        assert pool(x).equal(pool(batched)[0])
+    with pytest.raises(ShapeError, match=r"3-D or 4-D input.*\[5, 5\]"):
+        F.max_pool2d(torch.zeros(5, 5), 2)

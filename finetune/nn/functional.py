@@ -199,7 +199,8 @@ def conv1d(
 def _pool_args(name, input, kernel_size, stride, padding, dilation, spatial=2):
     if input.ndim != spatial + 2:
         raise ShapeError(
-            f"{name} expects a {spatial + 2}-D input (N, C, H, W), got shape {_shape(input)}"
+            f"{name} expects a 3-D or 4-D input ((C, H, W) or (N, C, H, W)), got shape "
+            f"{_shape(input)}"
         )
     kernel = _ntuple(kernel_size, spatial, "kernel_size")
     stride = (
@@ -227,11 +228,14 @@ def max_pool2d(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> Tensor:
-    """Maximum over each window of ``(N, C, H, W)`` input; padding never wins the maximum."""
+    """Maximum over each window of ``(N, C, H, W)`` or ``(C, H, W)`` input; padding never wins."""
     from ..autograd import conv
 
     if return_indices:
         raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
+    if input.ndim == 3:
+        args = (kernel_size, stride, padding, dilation, ceil_mode)
+        return functions.squeeze(max_pool2d(functions.unsqueeze(input, 0), *args), 0)
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", input, kernel_size, stride, padding, dilation
     )
@@ -254,11 +258,14 @@ def avg_pool2d(
     count_include_pad: bool = True,
     divisor_override: int | None = None,
 ) -> Tensor:
-    """Mean over each window of ``(N, C, H, W)`` input."""
+    """Mean over each window of ``(N, C, H, W)`` or ``(C, H, W)`` input."""
     from ..autograd import conv
 
     if divisor_override is not None:
         raise NotImplementedError("avg_pool2d(divisor_override=...) is not supported")
+    if input.ndim == 3:
+        args = (kernel_size, stride, padding, ceil_mode, count_include_pad)
+        return functions.squeeze(avg_pool2d(functions.unsqueeze(input, 0), *args), 0)
     kernel, stride, padding, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding, 1)
     return conv.avg_pool(
         input,
