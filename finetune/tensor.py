@@ -6,7 +6,6 @@ side by side) or, for things with no gradient (comparisons, argmax), numpy direc
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from typing import Any
 
@@ -641,10 +640,6 @@ def _unwrap_index(index):
 
 def is_tensor(obj: Any) -> bool:
     return isinstance(obj, Tensor)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Number) and not isinstance(value, bool)
 
 
 from . import functions as _ops  # noqa: E402  (the functions need Tensor defined first)
