@@ -313,3 +313,32 @@ def test_pooling_takes_unbatched_input():
         assert pool(x).equal(pool(batched)[0])
     with pytest.raises(ShapeError, match=r"3-D or 4-D input.*\[5, 5\]"):
         F.max_pool2d(torch.zeros(5, 5), 2)
+
+
+def test_layer_norm_matches_numpy_and_gradchecks():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal(4), rng.standard_normal(4)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    expected = (x - mean) / np.sqrt(var + 1e-5) * w + b
+    out = F.layer_norm(torch.tensor(x), 4, torch.tensor(w), torch.tensor(b))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10)
+    leaves = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert gradcheck(lambda u, v, c: F.layer_norm(u, (4,), v, c), leaves)
+    layer = nn.LayerNorm([3, 4])
+    assert repr(layer) == "LayerNorm((3, 4), eps=1e-05, elementwise_affine=True)"
+    assert layer(torch.tensor(x, dtype=torch.float32)).dtype == torch.float32
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(ShapeError, match=r"normalized_shape \[5\].*\[2, 3, 4\]"):
+        F.layer_norm(torch.tensor(x), 5)
+
+
+def test_composed_layers_export_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import finetune.onnx as fonnx
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.SiLU(), nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 4)
+    fonnx.export(model, x, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-6)

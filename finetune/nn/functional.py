@@ -112,6 +112,29 @@ def batch_norm(
 # -- convolution and pooling -----------------------------------------------------------------------
 
 
+def layer_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims of each sample (biased variance)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(input.shape[input.ndim - len(shape) :]) != shape or len(shape) > input.ndim:
+        raise ShapeError(
+            f"layer_norm: normalized_shape {list(shape)} does not match the trailing dims of "
+            f"input of shape {_shape(input)}"
+        )
+    dims = tuple(range(input.ndim - len(shape), input.ndim))
+    centered = input - functions.mean(input, dim=dims, keepdim=True)
+    var = functions.mean(centered * centered, dim=dims, keepdim=True)  # ops ONNX export knows
+    out = centered / functions.sqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
 def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple:
     """``int``, tuple, ``'valid'`` or ``'same'`` → one ``(before, after)`` pair per dimension."""
     if isinstance(padding, str):
