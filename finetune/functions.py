@@ -391,18 +391,23 @@ def expand(x, *shape):
 
 
 def repeat(x, *sizes):
-    """Tile ``x`` ``sizes[i]`` times along each dim (``np.tile``): a view, an expand, a reshape."""
+    """Tile ``x`` ``sizes[i]`` times along each dim (``np.tile``), as concatenations, which keep
+    an exported batch dimension free."""
     sizes = _shape_args(sizes)
     if len(sizes) < x.ndim:
         raise ShapeError(
             f"Number of dimensions of repeat dims ({len(sizes)}) can not be smaller than number "
             f"of dimensions of tensor ({x.ndim}, shape {list(x.shape)})"
         )
-    shape = (1,) * (len(sizes) - x.ndim) + tuple(x.shape)
-    interleaved = [d for s in shape for d in (1, s)]
-    tiled = [d for r, s in zip(sizes, shape) for d in (r, s)]
-    out = expand(reshape(x, interleaved), tiled)
-    return reshape(out, [r * s for r, s in zip(sizes, shape)])
+    out = x
+    for _ in range(len(sizes) - x.ndim):
+        out = unsqueeze(out, 0)
+    for dim, times in enumerate(sizes):
+        if times == 0:
+            out = getitem(out, (slice(None),) * dim + (slice(0, 0),))
+        elif times > 1:
+            out = cat([out] * times, dim)
+    return clone(out) if out is x else out
 
 
 def flip(x, dims):

@@ -190,7 +190,7 @@ def test_normalize():
 
 def test_repeat_tiles_like_numpy_and_gradchecks():
     a = np.arange(6.0).reshape(2, 3)
-    for reps in [(2, 1), (1, 3), (2, 2, 1)]:
+    for reps in [(2, 1), (1, 3), (2, 2, 1), (1, 0), (1, 1)]:
         np.testing.assert_array_equal(torch.tensor(a).repeat(*reps).numpy(), np.tile(a, reps))
     assert torch.tensor(a).repeat((2, 1)).shape == (4, 3)
     assert gradcheck(lambda u: u.repeat(2, 1, 2), (torch.tensor(a, requires_grad=True),))
@@ -342,3 +342,18 @@ def test_composed_layers_export_to_onnx(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_repeat_and_flip_export_with_a_free_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import finetune.onnx as fonnx
+
+    class Tile(nn.Module):
+        def forward(self, x):
+            return x.repeat(1, 2).flip(1)
+
+    fonnx.export(Tile(), torch.randn(2, 3), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_array_equal(out, np.tile(x, (1, 2))[:, ::-1])
