@@ -357,3 +357,12 @@ def test_repeat_and_flip_export_with_a_free_batch(tmp_path):
     x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
     np.testing.assert_array_equal(out, np.tile(x, (1, 2))[:, ::-1])
+
+
+def test_data_loader_accepts_pytorch_cuda_and_worker_options():
+    from finetune.utils.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(torch.arange(4))
+    options = dict(pin_memory=True, persistent_workers=True, prefetch_factor=2, timeout=5)
+    loader = DataLoader(ds, batch_size=2, shuffle=False, num_workers=2, **options)
+    assert [b.tolist() for (b,) in loader] == [[0, 1], [2, 3]]

@@ -112,7 +112,11 @@ def default_collate(batch: list):
 
 
 class DataLoader:
-    """Batches of a dataset in a seed-determined order, decoded in a thread pool if asked."""
+    """Batches of a dataset in a seed-determined order, decoded in a thread pool if asked.
+
+    ``pin_memory``, ``persistent_workers``, ``prefetch_factor`` and ``timeout`` are accepted so
+    PyTorch loader calls run unchanged; on a CPU with a thread pool they have nothing to do.
+    """
 
     def __init__(
         self,
@@ -123,6 +127,11 @@ class DataLoader:
         seed: int | None = None,
         num_workers: int = 0,
         collate_fn: Callable | None = None,
+        *,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        timeout: float = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
