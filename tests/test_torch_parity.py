@@ -366,3 +366,43 @@ def test_data_loader_accepts_pytorch_cuda_and_worker_options():
     options = dict(pin_memory=True, persistent_workers=True, prefetch_factor=2, timeout=5)
     loader = DataLoader(ds, batch_size=2, shuffle=False, num_workers=2, **options)
     assert [b.tolist() for (b,) in loader] == [[0, 1], [2, 3]]
+
+
+def _cos_anneal(start, end, pct):
+    return end + (start - end) * (1 + np.cos(np.pi * pct)) / 2
+
+
+def test_one_cycle_lr_rises_then_anneals_with_momentum_opposite():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    lrs, momenta = [], []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    # rise over steps 0..2 from 1/25 to 1, then fall over steps 2..9 to 1/25/1e4
+    expected = [_cos_anneal(0.04, 1.0, t / 2) for t in range(3)]
+    expected += [_cos_anneal(1.0, 4e-6, (t - 2) / 7) for t in range(3, 10)]
+    assert lrs == pytest.approx(expected)
+    assert momenta[0] == pytest.approx(0.95) and momenta[2] == pytest.approx(0.85)
+    assert momenta[-1] == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="Tried to step 11 times"):
+        sched.step()
+
+
+def test_one_cycle_lr_cycles_adam_beta1_and_saves(tmp_path):
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))])
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.01, epochs=2, steps_per_epoch=5, anneal_strategy="linear"
+    )
+    assert opt.param_groups[0]["betas"] == (0.95, 0.999)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0004 + (0.01 - 0.0004) / 2)
+    torch.save(sched.state_dict(), tmp_path / "sched.pt")
+    restored = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=3)
+    restored.load_state_dict(torch.load(tmp_path / "sched.pt"))
+    assert restored.total_steps == 10 and restored.last_epoch == 1
+    with pytest.raises(ValueError, match="total_steps OR"):
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01)
