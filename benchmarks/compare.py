@@ -77,10 +77,10 @@ def lib_task(task: str, cfg: dict) -> dict:
             with ft.no_grad():
                 model(x)
     elif task in ("frozen_step", "full_step"):
-        if task == "frozen_step":
-            for p in model.parameters():
-                p.requires_grad = False
-        else:
+        # imported weights arrive frozen; the full step trains every one of them
+        for p in model.parameters():
+            p.requires_grad = task == "full_step"
+        if task == "full_step":
             model.train()
         model.fc = nn.Linear(512, 10)
         opt = optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)

@@ -27,6 +27,9 @@ from .errors import CheckpointError, FinetuneError, TrainingError
 from .tensor import Tensor
 
 CHECKPOINT_NAME = "checkpoint.npz"
+# backbone features are computed in batches of at most this many images: per-image cost is flat
+# up to here and grows beyond (larger im2col buffers), and memory stays bounded
+FEATURE_BATCH = 16
 
 
 class History(list):
@@ -133,9 +136,10 @@ def compute_features(
     valid = np.zeros(n, dtype=bool)
     indices = list(range(n))
     checked = False
+    batch = min(loader.batch_size, FEATURE_BATCH)
     with no_grad():
-        for start in range(0, n, loader.batch_size):
-            idx = indices[start : start + loader.batch_size]
+        for start in range(0, n, batch):
+            idx = indices[start : start + batch]
             samples = [(i, loader._load(0, i)) for i in idx]
             samples = [(i, s) for i, s in samples if s is not None]
             if not samples:
