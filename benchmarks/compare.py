@@ -68,11 +68,13 @@ def lib_task(task: str, cfg: dict) -> dict:
     model = ft.models.resnet18(weights=cfg["onnx"])
     model.eval()
     rng = np.random.default_rng(0)
-    x = ft.from_numpy(rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]),
-                                          dtype=np.float32))
+    x = ft.from_numpy(
+        rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)
+    )
     y = ft.from_numpy(rng.integers(0, 10, cfg["batch"]))
     base = _current_rss_mb()
     if task == "forward":
+
         def run():
             with ft.no_grad():
                 model(x)
@@ -95,8 +97,9 @@ def lib_task(task: str, cfg: dict) -> dict:
         from finetune.train import fit
 
         n = cfg["fit_images"]
-        images = ft.from_numpy(rng.standard_normal((n, 3, cfg["size"], cfg["size"]),
-                                                   dtype=np.float32))
+        images = ft.from_numpy(
+            rng.standard_normal((n, 3, cfg["size"], cfg["size"]), dtype=np.float32)
+        )
         labels = ft.from_numpy(rng.integers(0, 10, n))
 
         def run():
@@ -105,13 +108,16 @@ def lib_task(task: str, cfg: dict) -> dict:
                 p.requires_grad = False
             net.fc = nn.Linear(512, 10)
             opt = optim.SGD(net.parameters(), lr=1e-2, momentum=0.9)
-            loader = DataLoader(TensorDataset(images, labels), cfg["fit_batch"], shuffle=True,
-                                seed=0)
+            loader = DataLoader(
+                TensorDataset(images, labels), cfg["fit_batch"], shuffle=True, seed=0
+            )
             fit(net, loader, opt, 5, progress=False, log=None)
     elif task == "import":
+
         def run():
             ft.onnx.load(cfg["onnx"])
     elif task == "import_resnet":
+
         def run():
             ft.models.resnet18(weights=cfg["onnx"])
     elif task == "export":
@@ -141,11 +147,16 @@ def ort_task(task: str, cfg: dict) -> dict:
     sess = ort.InferenceSession(cfg["onnx"], opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(
-        (cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)
+        (cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32
+    )
     base = _current_rss_mb()
     times = _timed(lambda: sess.run(None, {name: x}), cfg["repeats"], cfg["warmup"])
-    return {"times": times, "peak_rss_mb": _rss_mb(), "base_rss_mb": base,
-            "version": ort.__version__}
+    return {
+        "times": times,
+        "peak_rss_mb": _rss_mb(),
+        "base_rss_mb": base,
+        "version": ort.__version__,
+    }
 
 
 # -- PyTorch (a torchvision-layout ResNet-18 written here; torchvision is not needed) -----------
@@ -164,8 +175,9 @@ def torch_resnet18(torch, num_classes: int = 1000):
             self.bn2 = nn.BatchNorm2d(cout)
             self.downsample = None
             if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                nn.BatchNorm2d(cout))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x):
             identity = x if self.downsample is None else self.downsample(x)
@@ -182,8 +194,11 @@ def torch_resnet18(torch, num_classes: int = 1000):
             self.maxpool = nn.MaxPool2d(3, 2, 1)
             widths = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
             for i, (cin, cout, stride) in enumerate(widths, start=1):
-                setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride),
-                                                         BasicBlock(cout, cout, 1)))
+                setattr(
+                    self,
+                    f"layer{i}",
+                    nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)),
+                )
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.fc = nn.Linear(512, num_classes)
 
@@ -206,11 +221,13 @@ def torch_task(task: str, cfg: dict) -> dict:
     model.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files}, strict=False)
     model.eval()
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]),
-                                             dtype=np.float32))
+    x = torch.from_numpy(
+        rng.standard_normal((cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32)
+    )
     y = torch.from_numpy(rng.integers(0, 10, cfg["batch"]))
     base = _current_rss_mb()
     if task == "forward":
+
         def run():
             with torch.no_grad():
                 model(x)
@@ -230,14 +247,16 @@ def torch_task(task: str, cfg: dict) -> dict:
             opt.step()
     elif task == "fit5":
         n = cfg["fit_images"]
-        images = torch.from_numpy(rng.standard_normal((n, 3, cfg["size"], cfg["size"]),
-                                                      dtype=np.float32))
+        images = torch.from_numpy(
+            rng.standard_normal((n, 3, cfg["size"], cfg["size"]), dtype=np.float32)
+        )
         labels = torch.from_numpy(rng.integers(0, 10, n))
 
         def run():
             net = torch_resnet18(torch)
-            net.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files},
-                                strict=False)
+            net.load_state_dict(
+                {k: torch.from_numpy(weights[k]) for k in weights.files}, strict=False
+            )
             for p in net.parameters():
                 p.requires_grad = False
             net.fc = torch.nn.Linear(512, 10)
@@ -255,8 +274,12 @@ def torch_task(task: str, cfg: dict) -> dict:
     else:
         raise ValueError(task)
     times = _timed(run, cfg["repeats"], cfg["warmup"])
-    return {"times": times, "peak_rss_mb": _rss_mb(), "base_rss_mb": base,
-            "version": torch.__version__}
+    return {
+        "times": times,
+        "peak_rss_mb": _rss_mb(),
+        "base_rss_mb": base,
+        "version": torch.__version__,
+    }
 
 
 WORKERS = {"finetune": lib_task, "onnxruntime": ort_task, "pytorch": torch_task}
@@ -281,7 +304,9 @@ def _thread_env(threads: int) -> dict:
 def run_worker(system: str, task: str, cfg: dict) -> dict:
     proc = subprocess.run(
         [sys.executable, str(HERE), "--worker", system, task, json.dumps(cfg)],
-        capture_output=True, text=True, env=_thread_env(cfg["threads"]),
+        capture_output=True,
+        text=True,
+        env=_thread_env(cfg["threads"]),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{system} {task} failed:\n{proc.stderr[-3000:]}")
@@ -297,8 +322,13 @@ def numpy_matmul_gflops(threads: int, n: int = 2048) -> float:
         "    t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n"
         f"print(2 * {n}**3 / sorted(ts)[2] / 1e9)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=_thread_env(threads), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_thread_env(threads),
+        check=True,
+    )
     return float(out.stdout.strip())
 
 
@@ -359,8 +389,15 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = prepare(Path(tmp), args.size)
-        common = dict(base, size=args.size, threads=args.threads, warmup=args.warmup,
-                      repeats=args.repeats, fit_images=args.fit_images, fit_batch=args.fit_batch)
+        common = dict(
+            base,
+            size=args.size,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            fit_images=args.fit_images,
+            fit_batch=args.fit_batch,
+        )
         results: dict = {}
 
         def measure(key, system, task, **over):
@@ -377,8 +414,7 @@ def main(argv=None) -> int:
             for system in [s for s in systems if s != "onnxruntime"]:
                 measure(task, system, task, batch=step_batch)
         for system in [s for s in systems if s != "onnxruntime"]:
-            measure("fit5", system, "fit5", batch=args.batch, repeats=args.fit_repeats,
-                    warmup=0)
+            measure("fit5", system, "fit5", batch=args.batch, repeats=args.fit_repeats, warmup=0)
         for task in ("import", "import_resnet", "export"):
             measure(task, "finetune", task, batch=1, repeats=max(args.repeats, 1))
         gflops = numpy_matmul_gflops(args.threads)
@@ -386,8 +422,9 @@ def main(argv=None) -> int:
     report = format_report(results, args, gflops, notes)
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "numpy_gflops": gflops,
-                                               "args": vars(args)}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"results": results, "numpy_gflops": gflops, "args": vars(args)}, indent=2)
+        )
     return 0
 
 
@@ -431,20 +468,25 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
             if key.startswith("forward") and "pytorch" in per:
                 vs_torch = median_ms(lib) / median_ms(per["pytorch"])
                 verdict += f"; no slower than PyTorch: {'met' if vs_torch <= 1 else 'NOT met'}"
-        lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios)
-                     + f" | {verdict} |")
+        lines.append(
+            f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {verdict} |"
+        )
     fwd = results.get(f"forward_b{args.batch}", {}).get("finetune")
     if fwd:
         rate = FLOPS_PER_IMAGE_224 * (args.size / 224) ** 2 * args.batch / (median_ms(fwd) / 1000)
         lines.append("")
         share = rate / 1e9 / gflops
-        lines.append(f"finetune forward: {rate / 1e9:.0f} GFLOP/s ({share:.0%} of numpy's "
-                     f"matmul; target >= 60%: {'met' if share >= 0.6 else 'NOT met'})")
+        lines.append(
+            f"finetune forward: {rate / 1e9:.0f} GFLOP/s ({share:.0%} of numpy's "
+            f"matmul; target >= 60%: {'met' if share >= 0.6 else 'NOT met'})"
+        )
         full = results.get("full_step", {}).get("finetune")
         if full:
             ratio = median_ms(full) / median_ms(fwd)
-            lines.append(f"finetune full training step / forward: {ratio:.2f}x "
-                         f"(target <= 3.5x: {'met' if ratio <= 3.5 else 'NOT met'})")
+            lines.append(
+                f"finetune full training step / forward: {ratio:.2f}x "
+                f"(target <= 3.5x: {'met' if ratio <= 3.5 else 'NOT met'})"
+            )
     lines.append("")
     lines.append("| peak memory (RSS) | finetune | pytorch | finetune / pytorch |")
     lines.append("|---|---|---|---|")
@@ -454,12 +496,16 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
             continue
         lib = per["finetune"]["peak_rss_mb"]
         peer = per.get("pytorch", {}).get("peak_rss_mb")
-        lines.append(f"| {key} | {lib:.0f} MB | " + (f"{peer:.0f} MB | {lib / peer:.2f}x |"
-                                                    if peer else "- | - |"))
+        lines.append(
+            f"| {key} | {lib:.0f} MB | "
+            + (f"{peer:.0f} MB | {lib / peer:.2f}x |" if peer else "- | - |")
+        )
         lib_d = lib - per["finetune"]["base_rss_mb"]
         peer_d = (peer - per["pytorch"]["base_rss_mb"]) if peer else None
-        lines.append(f"| {key}, above the process's baseline | {lib_d:.0f} MB | "
-                     + (f"{peer_d:.0f} MB | {lib_d / peer_d:.2f}x |" if peer_d else "- | - |"))
+        lines.append(
+            f"| {key}, above the process's baseline | {lib_d:.0f} MB | "
+            + (f"{peer_d:.0f} MB | {lib_d / peer_d:.2f}x |" if peer_d else "- | - |")
+        )
     for note in notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

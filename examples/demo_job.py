@@ -40,8 +40,9 @@ def calibrated_random_resnet18(data: Path, image_size: int):
     return net.eval()
 
 
-def starting_model(models_dir: Path, data: Path, image_size: int,
-                   allow_download: bool) -> tuple[Path, str]:
+def starting_model(
+    models_dir: Path, data: Path, image_size: int, allow_download: bool
+) -> tuple[Path, str]:
     import finetune as ft
     from finetune.errors import DownloadError
 
@@ -58,11 +59,15 @@ def starting_model(models_dir: Path, data: Path, image_size: int,
     if not random_path.exists():
         net = calibrated_random_resnet18(data, image_size)
         ft.onnx.export(net, ft.zeros(1, 3, image_size, image_size), random_path)
-    print("NOTE: no pretrained weights are available here, so this run starts from a ResNet-18 "
-          f"with RANDOM weights built by the library ({random_path}). Accuracy will be far below "
-          "what a pretrained backbone gives; put resnet18-v1-7.onnx in models/ to use it.")
-    return random_path, ("a randomly initialised ResNet-18, BatchNorm statistics estimated on the "
-                         "demo images (no pretrained weights available)")
+    print(
+        "NOTE: no pretrained weights are available here, so this run starts from a ResNet-18 "
+        f"with RANDOM weights built by the library ({random_path}). Accuracy will be far below "
+        "what a pretrained backbone gives; put resnet18-v1-7.onnx in models/ to use it."
+    )
+    return random_path, (
+        "a randomly initialised ResNet-18, BatchNorm statistics estimated on the "
+        "demo images (no pretrained weights available)"
+    )
 
 
 def main(argv=None) -> int:
@@ -85,11 +90,17 @@ def main(argv=None) -> int:
         print(f"generated the demo data set in {data}")
     models_dir = ROOT / "models"
     models_dir.mkdir(exist_ok=True)
-    model_path, described = starting_model(models_dir, data, args.image_size,
-                                           allow_download=not args.no_download)
+    model_path, described = starting_model(
+        models_dir, data, args.image_size, allow_download=not args.no_download
+    )
     print(f"starting model: {described}")
-    result = run(str(model_path), data, ROOT / "runs" / args.name, epochs=args.epochs,
-                 image_size=args.image_size)
+    result = run(
+        str(model_path),
+        data,
+        ROOT / "runs" / args.name,
+        epochs=args.epochs,
+        image_size=args.image_size,
+    )
     predictor = Predictor(result.model_path)
     val_images = sorted((data / "val").glob("*/*.png"))[:: max(1, len(result.classes))][:6]
     print(f"predictions from {result.model_path}:")
@@ -97,8 +108,10 @@ def main(argv=None) -> int:
         (name, prob), *_ = predictor.predict(image, top_k=1)
         print(f"  {image.parent.name}/{image.name}: {name} ({prob:.1%})")
     last = result.history[-1]
-    print(f"done in {time.perf_counter() - t0:.0f} s: val_acc={last['val_acc']:.3f} "
-          f"(run folder {result.out_dir})")
+    print(
+        f"done in {time.perf_counter() - t0:.0f} s: val_acc={last['val_acc']:.3f} "
+        f"(run folder {result.out_dir})"
+    )
     return 0
 
 

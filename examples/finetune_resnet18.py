@@ -41,7 +41,11 @@ torch.onnx.export(
     model,
     torch.zeros(1, 3, 224, 224),
     out_dir / "model.onnx",
-    metadata={"classes": train_set.classes, "mean": list(T.IMAGENET_MEAN),
-              "std": list(T.IMAGENET_STD), "input_size": 224},
+    metadata={
+        "classes": train_set.classes,
+        "mean": list(T.IMAGENET_MEAN),
+        "std": list(T.IMAGENET_STD),
+        "input_size": 224,
+    },
 )
 print(f"val_acc={history[-1]['val_acc']:.3f}; wrote {out_dir / 'model.onnx'}")

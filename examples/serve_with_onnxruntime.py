@@ -25,7 +25,8 @@ def preprocess(path: str, meta: dict) -> np.ndarray:
     img = img.crop((left, top, left + size, top + size))
     x = np.asarray(img, dtype=np.float32) / 255
     x = (x - np.array(meta.get("mean", [0.485, 0.456, 0.406]), dtype=np.float32)) / np.array(
-        meta.get("std", [0.229, 0.224, 0.225]), dtype=np.float32)
+        meta.get("std", [0.229, 0.224, 0.225]), dtype=np.float32
+    )
     return x.transpose(2, 0, 1)[None]
 
 

@@ -71,4 +71,3 @@ def as_dtype(value) -> dtype:
 
 def to_numpy_dtype(value) -> np.dtype:
     return as_dtype(value).numpy
-

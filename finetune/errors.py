@@ -17,7 +17,8 @@ class ShapeError(FinetuneError, RuntimeError, ValueError):
 
 
 class AutogradError(FinetuneError, RuntimeError):
-    """Autograd was misused: backward through a freed graph, an in-place change of a saved tensor."""
+    """Autograd was misused: a second backward through a freed graph, an in-place change of a
+    tensor that backward still needs."""
 
 
 class OnnxImportError(FinetuneError):

@@ -12,7 +12,9 @@ def test_tiny_benchmark_runs_and_reports_every_measurement(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--skip", "pytorch", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = proc.stdout

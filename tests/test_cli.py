@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,12 +13,17 @@ from finetune.cli import main
 from finetune.data.demo import make_shapes
 
 
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    make_shapes(root, n_per_class=24, size=32, seed=0, classes=("circle", "square", "star"),
-                colour_coded=True)
+    make_shapes(
+        root,
+        n_per_class=24,
+        size=32,
+        seed=0,
+        classes=("circle", "square", "star"),
+        colour_coded=True,
+    )
     return root
 
 
@@ -54,8 +58,14 @@ def pretrained(demo, tmp_path_factory):
     ft.manual_seed(0)
     net = SmallNet()
     data = ImageFolder(demo / "train", eval_transform(32))
-    history = fit(net, DataLoader(data, 8, shuffle=True, seed=0),
-                  ft.optim.Adam(net.parameters(), 0.01), 30, progress=False, log=None)
+    history = fit(
+        net,
+        DataLoader(data, 8, shuffle=True, seed=0),
+        ft.optim.Adam(net.parameters(), 0.01),
+        30,
+        progress=False,
+        log=None,
+    )
     assert history[-1]["train_acc"] > 0.8
     path = tmp_path_factory.mktemp("pretrained") / "small.onnx"
     ft.onnx.export(net.eval(), ft.zeros(1, 3, 32, 32), path)
@@ -65,9 +75,26 @@ def pretrained(demo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(demo, pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(["train", "--model", str(pretrained), "--data", str(demo), "--epochs", "8",
-                 "--batch-size", "8", "--image-size", "32", "--out", str(out), "--quiet",
-                 "--workers", "0"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(pretrained),
+            "--data",
+            str(demo),
+            "--epochs",
+            "8",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     return out
 
@@ -92,8 +119,9 @@ def test_exported_model_agrees_with_the_library_in_onnxruntime(trained):
 
 def test_predict_and_inspect(trained, demo, capsys):
     image = sorted((demo / "val" / "star").glob("*.png"))[0]
-    assert main(["predict", "--model", str(trained / "model.onnx"), str(image),
-                 "--top-k", "2"]) == 0
+    assert (
+        main(["predict", "--model", str(trained / "model.onnx"), str(image), "--top-k", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert str(image) in out and out.count("%") == 2
     assert main(["inspect", str(trained / "model.onnx")]) == 0
@@ -103,9 +131,27 @@ def test_predict_and_inspect(trained, demo, capsys):
 
 def test_resume_after_finishing_is_a_no_op_and_keeps_weights(trained, demo, pretrained):
     before = (trained / "model.onnx").read_bytes()
-    code = main(["train", "--model", str(pretrained), "--data", str(demo), "--epochs", "8",
-                 "--batch-size", "8", "--image-size", "32", "--out", str(trained), "--quiet",
-                 "--workers", "0", "--resume"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(pretrained),
+            "--data",
+            str(demo),
+            "--epochs",
+            "8",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--out",
+            str(trained),
+            "--quiet",
+            "--workers",
+            "0",
+            "--resume",
+        ]
+    )
     assert code == 0
     assert (trained / "model.onnx").read_bytes() == before
 
@@ -114,19 +160,24 @@ def test_resume_after_finishing_is_a_no_op_and_keeps_weights(trained, demo, pret
     "argv, message",
     [
         (["train", "--data", "/nonexistent/folder", "--out", "{tmp}"], "does not exist"),
-        (["train", "--model", "{tmp}/missing.onnx", "--data", "{demo}", "--out", "{tmp}"],
-         "missing.onnx"),
+        (
+            ["train", "--model", "{tmp}/missing.onnx", "--data", "{demo}", "--out", "{tmp}"],
+            "missing.onnx",
+        ),
         (["inspect", "{tmp}/garbage.onnx"], "garbage.onnx"),
-        (["train", "--model", "{tmp}/garbage.onnx", "--data", "{empty}", "--out", "{tmp}"],
-         "no image files"),
+        (
+            ["train", "--model", "{tmp}/garbage.onnx", "--data", "{empty}", "--out", "{tmp}"],
+            "no image files",
+        ),
     ],
 )
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, demo, argv, message):
     (tmp_path / "garbage.onnx").write_bytes(b"\x00not a model at all")
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     argv = [a.format(tmp=tmp_path, demo=demo, empty=tmp_path / "empty") for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "finetune", *argv], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune", *argv], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("finetune: error:"), proc.stderr
@@ -134,8 +185,7 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, demo, argv, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_download_failure_is_one_line_saying_where_to_put_the_file(tmp_path, monkeypatch,
-                                                                   capsys):
+def test_download_failure_is_one_line_saying_where_to_put_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FINETUNE_OFFLINE", "1")
     assert main(["download", "resnet18", "--dest", str(tmp_path), "--quiet"]) != 0
     err = capsys.readouterr().err.strip()

@@ -19,8 +19,9 @@ def _save(path, mode="RGB", size=(8, 6), fmt=None, **kw):
     if mode in ("RGB", "CMYK", "RGBA"):
         img = Image.new(mode, size, (10, 20, 30, 40)[: len(mode)])
     elif mode == "I;16":
-        img = Image.fromarray((np.arange(size[0] * size[1]).reshape(size[1], size[0]) * 1000)
-                              .astype(np.uint16))
+        img = Image.fromarray(
+            (np.arange(size[0] * size[1]).reshape(size[1], size[0]) * 1000).astype(np.uint16)
+        )
     elif mode == "P":
         img = Image.new("P", size, 3)
         img.putpalette(list(range(256)) * 3)
@@ -87,12 +88,18 @@ def test_empty_root_and_empty_class_raise_data_error(tmp_path):
 
 def _bomb_png(path, w=30000, h=30000):
     """A tiny PNG whose header claims w x h pixels."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text", "bomb"])
@@ -124,8 +131,9 @@ def test_skip_mode_drops_counts_and_reports(tmp_path):
         batches = list(loader)
     assert len(batches) == 1 and batches[0][0].shape[0] == 3
     assert ds.skipped == [str(tmp_path / "cls" / "broken.jpg")]
-    assert any(issubclass(w.category, DataWarning) and "broken.jpg" in str(w.message)
-               for w in caught)
+    assert any(
+        issubclass(w.category, DataWarning) and "broken.jpg" in str(w.message) for w in caught
+    )
 
 
 def test_missing_image_is_named_as_missing(tmp_path):

@@ -1,4 +1,4 @@
-"""DataLoader order and per-sample randomness reproducible by seed; datasets and splits; demo set."""
+"""DataLoader order and per-sample randomness reproducible by seed; datasets, splits, demo set."""
 
 import hashlib
 

@@ -45,15 +45,18 @@ def test_cache_follows_in_place_changes_and_new_parameters():
     with ft.no_grad():
         first = conv_bn(conv, bn, x).numpy().copy()
         bn.running_mean.add_(1.0)
-        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(), rtol=1e-5, atol=1e-6
+        )
         assert not np.allclose(conv_bn(conv, bn, x).numpy(), first)
         conv.weight = nn.Parameter(conv.weight.detach() * 2)
-        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(), rtol=1e-5, atol=1e-6
+        )
         bn.load_state_dict(_pair(seed=5)[1].state_dict())
-        np.testing.assert_allclose(conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            conv_bn(conv, bn, x).numpy(), bn(conv(x)).numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_gradients_and_training_take_the_plain_path():

@@ -28,8 +28,9 @@ def test_train_and_val_must_have_the_same_classes(tmp_path):
 
 
 def test_replace_head_freezes_everything_else_and_finds_nested_heads():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Dropout(0.1),
-                                                                     nn.Linear(8, 5)))
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 5))
+    )
     new = replace_head(model, 3)
     assert model[2][1] is new and (new.in_features, new.out_features) == (8, 3)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -39,7 +40,18 @@ def test_replace_head_freezes_everything_else_and_finds_nested_heads():
 
 def test_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    history = History([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
-                        "val_acc": 0.5, "lr": 0.01, "seconds": 1.0}])
+    history = History(
+        [
+            {
+                "epoch": 1,
+                "train_loss": 1.0,
+                "train_acc": 0.5,
+                "val_loss": 1.0,
+                "val_acc": 0.5,
+                "lr": 0.01,
+                "seconds": 1.0,
+            }
+        ]
+    )
     note = save_plot(history, tmp_path / "plot.png")
     assert "matplotlib" in note and not (tmp_path / "plot.png").exists()

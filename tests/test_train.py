@@ -60,18 +60,30 @@ def _run(epochs, cache, tmp=None, resume=False, model=None, log=None):
     model = model or _frozen_model()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = DataLoader(_data(), batch_size=5, shuffle=True, seed=7)
-    history = fit(model, loader, opt, epochs, checkpoint_dir=tmp, resume=resume, progress=False,
-                  cache_features=cache, log=log, val_loader=DataLoader(_data(9, 1), 4))
+    history = fit(
+        model,
+        loader,
+        opt,
+        epochs,
+        checkpoint_dir=tmp,
+        resume=resume,
+        progress=False,
+        cache_features=cache,
+        log=log,
+        val_loader=DataLoader(_data(9, 1), 4),
+    )
     return model, history
 
 
 def test_cached_and_uncached_paths_reach_the_same_head():
     cached, h1 = _run(4, cache=True)
     full, h2 = _run(4, cache=False)
-    np.testing.assert_allclose(cached.fc.weight.detach().numpy(), full.fc.weight.detach().numpy(),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose([r["train_loss"] for r in h1], [r["train_loss"] for r in h2],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        cached.fc.weight.detach().numpy(), full.fc.weight.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in h1], [r["train_loss"] for r in h2], rtol=1e-5
+    )
     np.testing.assert_allclose([r["val_acc"] for r in h1], [r["val_acc"] for r in h2])
 
 
@@ -100,11 +112,22 @@ def test_epoch_line_is_parseable():
     _run(2, cache=True, log=lines.append)
     epoch_lines = [line for line in lines if line.startswith("epoch=")]
     assert len(epoch_lines) == 2
-    pattern = (r"epoch=2 train_loss=\d+\.\d{3} train_acc=\d\.\d{3} val_loss=\d+\.\d{3} "
-               r"val_acc=\d\.\d{3} lr=0\.1 seconds=\d+\.\d")
+    pattern = (
+        r"epoch=2 train_loss=\d+\.\d{3} train_acc=\d\.\d{3} val_loss=\d+\.\d{3} "
+        r"val_acc=\d\.\d{3} lr=0\.1 seconds=\d+\.\d"
+    )
     assert re.fullmatch(pattern, epoch_lines[1])
-    assert format_epoch({"epoch": 3, "train_loss": 0.4123, "train_acc": 0.861, "val_loss": 0.455,
-                         "val_acc": 0.842, "lr": 0.01, "seconds": 12.34}) == (
+    assert format_epoch(
+        {
+            "epoch": 3,
+            "train_loss": 0.4123,
+            "train_acc": 0.861,
+            "val_loss": 0.455,
+            "val_acc": 0.842,
+            "lr": 0.01,
+            "seconds": 12.34,
+        }
+    ) == (
         "epoch=3 train_loss=0.412 train_acc=0.861 val_loss=0.455 val_acc=0.842 lr=0.01 seconds=12.3"
     )
 
@@ -115,8 +138,9 @@ def test_resume_equals_uninterrupted(tmp_path, cache):
     _run(2, cache, tmp=tmp_path)
     resumed, history = _run(4, cache, tmp=tmp_path, resume=True, model=_frozen_model(seed=99))
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
-    np.testing.assert_array_equal(resumed.fc.weight.detach().numpy(),
-                                  straight.fc.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        resumed.fc.weight.detach().numpy(), straight.fc.weight.detach().numpy()
+    )
 
 
 def test_sigterm_mid_epoch_saves_and_resume_finishes_identically(tmp_path):
@@ -136,12 +160,22 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes_identically(tmp_path):
     model.fc.forward = forward_then_signal
     assert threading.current_thread() is threading.main_thread()
     with pytest.raises(TrainingInterrupted, match="epoch 2 step 2"):
-        fit(model, loader, opt, 3, checkpoint_dir=tmp_path, progress=False, cache_features=False,
-            log=None, val_loader=DataLoader(_data(9, 1), 4))
+        fit(
+            model,
+            loader,
+            opt,
+            3,
+            checkpoint_dir=tmp_path,
+            progress=False,
+            cache_features=False,
+            log=None,
+            val_loader=DataLoader(_data(9, 1), 4),
+        )
     assert (tmp_path / CHECKPOINT_NAME).exists()
     resumed, _ = _run(3, cache=False, tmp=tmp_path, resume=True, model=_frozen_model(seed=5))
-    np.testing.assert_allclose(resumed.fc.weight.detach().numpy(),
-                               straight.fc.weight.detach().numpy(), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        resumed.fc.weight.detach().numpy(), straight.fc.weight.detach().numpy(), rtol=0, atol=0
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
