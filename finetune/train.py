@@ -327,15 +327,21 @@ def fit(
     if use_cache and not eligible:
         raise TrainingError(f"cannot cache backbone features: {reason}")
     cache = val_cache = None
+    caching_seconds = 0.0  # counted in the first epoch's time: it is that epoch's forward pass
     if use_cache and start_epoch < epochs:
+        started = time.perf_counter()
         model.eval()
         cache = compute_features(model, head, train_loader)
         if val_loader is not None and getattr(
             getattr(val_loader.dataset, "transform", None), "deterministic", True
         ):
             val_cache = compute_features(model, head, val_loader)
+        caching_seconds = time.perf_counter() - started
         if log:
-            log(f"caching backbone features: {reason}; {int(cache[2].sum())} samples")
+            log(
+                f"cached backbone features of {int(cache[2].sum())} samples in "
+                f"{caching_seconds:.1f} s ({reason})"
+            )
 
     with _StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
@@ -404,6 +410,8 @@ def fit(
             if scheduler is not None:
                 scheduler.step()
             record["seconds"] = sums["seconds"] + time.perf_counter() - t0
+            if epoch == start_epoch:
+                record["seconds"] += caching_seconds
             history.append(record)
             if log:
                 log(format_epoch(record))
