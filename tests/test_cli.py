@@ -72,29 +72,32 @@ def pretrained(demo, tmp_path_factory):
     return path
 
 
+def _train_argv(model, data, out, *extra):
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--epochs",
+        "8",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "0",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(demo, pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(
-        [
-            "train",
-            "--model",
-            str(pretrained),
-            "--data",
-            str(demo),
-            "--epochs",
-            "8",
-            "--batch-size",
-            "8",
-            "--image-size",
-            "32",
-            "--out",
-            str(out),
-            "--quiet",
-            "--workers",
-            "0",
-        ]
-    )
+    code = main(_train_argv(pretrained, demo, out))
     assert code == 0
     return out
 
@@ -131,27 +134,7 @@ def test_predict_and_inspect(trained, demo, capsys):
 
 def test_resume_after_finishing_is_a_no_op_and_keeps_weights(trained, demo, pretrained):
     before = (trained / "model.onnx").read_bytes()
-    code = main(
-        [
-            "train",
-            "--model",
-            str(pretrained),
-            "--data",
-            str(demo),
-            "--epochs",
-            "8",
-            "--batch-size",
-            "8",
-            "--image-size",
-            "32",
-            "--out",
-            str(trained),
-            "--quiet",
-            "--workers",
-            "0",
-            "--resume",
-        ]
-    )
+    code = main(_train_argv(pretrained, demo, trained, "--resume"))
     assert code == 0
     assert (trained / "model.onnx").read_bytes() == before
 
