@@ -312,6 +312,8 @@ def fit(
     """
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None and not resume:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
     history = History()
     start_epoch, start_step, partial = 0, 0, None
     if resume:

@@ -192,3 +192,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state = load(tmp_path / CHECKPOINT_NAME)
     assert all(np.isfinite(v.numpy()).all() for v in state["model"].values())
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
+
+
+def test_checkpoint_folder_is_created(tmp_path):
+    folder = tmp_path / "runs" / "new"
+    _run(1, cache=True, tmp=folder)
+    assert (folder / CHECKPOINT_NAME).exists()
