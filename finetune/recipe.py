@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import nn, optim
 from . import random as _random
-from .data import DataLoader, ImageFolder, random_split
+from .data import DataLoader, ImageFolder, Subset, random_split
 from .data import transforms as T
 from .errors import DataError, OnnxImportError
 from .train import History, find_head, fit
@@ -46,7 +46,8 @@ def train_transform(size: int, augment: bool) -> T.Compose:
 def load_datasets(
     data_dir: str | os.PathLike, size: int, augment: bool, seed: int, on_error: str = "raise"
 ):
-    """``data/train`` and ``data/val`` when both exist, else a seeded 80/20 split of ``data``."""
+    """``data/train`` and ``data/val`` when both exist, else a seeded 80/20 split of ``data``
+    (validation images always get the evaluation transform, never augmentation)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
@@ -61,6 +62,8 @@ def load_datasets(
     full = ImageFolder(root, train_transform(size, augment), on_error=on_error)
     n_val = max(1, len(full) // 5)
     train, val = random_split(full, [len(full) - n_val, n_val], seed=seed)
+    # the validation images are never augmented: same files, the evaluation transform
+    val = Subset(ImageFolder(root, eval_transform(size), on_error=on_error), val.indices)
     return train, val, full.classes
 
 

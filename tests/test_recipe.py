@@ -16,8 +16,9 @@ def test_a_folder_without_train_and_val_is_split_80_20(tmp_path):
     make_shapes(tmp_path, n_per_class=5, size=16, seed=0, classes=("circle", "star"))
     train, val, classes = load_datasets(tmp_path / "train", 16, augment=False, seed=0)
     assert classes == ["circle", "star"] and (len(train), len(val)) == (8, 2)
-    train2, val2, _ = load_datasets(tmp_path / "train", 16, augment=False, seed=0)
+    train2, val2, _ = load_datasets(tmp_path / "train", 16, augment=True, seed=0)
     assert val.indices == val2.indices  # the split is seeded
+    assert not train2.transform.deterministic and val2.transform.deterministic
 
 
 def test_train_and_val_must_have_the_same_classes(tmp_path):
