@@ -447,6 +447,8 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; "
         f"python {platform.python_version()}; numpy {np.__version__}; finetune {ft.__version__}",
         f"numpy float32 2048x2048 matmul: {gflops:.0f} GFLOP/s (the machine's ceiling here)",
+        f"threads: OMP/OPENBLAS/MKL_NUM_THREADS={args.threads} in every worker; PyTorch "
+        f"set_num_threads({args.threads}); onnxruntime intra_op={args.threads}, inter_op=1",
         "",
         "| measurement | finetune | onnxruntime | pytorch | finetune / onnxruntime "
         "| finetune / pytorch | target |",
