@@ -5,6 +5,9 @@ The surface reads like PyTorch on purpose: ``import finetune as torch`` runs PyT
 
 from __future__ import annotations
 
+# first: it sets OpenBLAS's thread timeout, which only counts before numpy loads OpenBLAS
+from .parallel import get_num_threads, set_num_threads  # isort: skip
+
 from . import dtypes
 from ._printing import set_printoptions
 from .autograd import (

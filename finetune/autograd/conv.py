@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from ..parallel import split
 from ..tensor import Tensor
 from .function import Function
 
@@ -150,29 +151,41 @@ class _ConvPlan:
         """im2col into a reused scratch buffer: ``n (g c) i... -> g (c k...) (n l)``."""
         n, c = self.x_shape[:2]
         shape = (self.groups, c // self.groups * len(self.taps), n * self.length)
+        work = math.prod(shape)
         if self.pointwise:
             picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
             if n == 1 and picked.flags.c_contiguous:
                 return picked.reshape(shape)
             cols = _scratch("columns", (c, n, *self.outs), x.dtype)
-            np.copyto(cols, picked.swapaxes(0, 1))
+            source = picked.swapaxes(0, 1)
+            split(lambda lo, hi: np.copyto(cols[lo:hi], source[lo:hi]), c, work)
             return cols.reshape(shape)
         cols = _scratch("columns", (c, len(self.taps), n, self.length), x.dtype)
         if self.shifted:
             flat = _scratch("padded", (n, c, self.flat), x.dtype)
             size = math.prod(self.padded)
-            _pad_into(flat[..., :size].reshape(n, c, *self.padded), x, self.padding)
-            flat[..., size:] = 0
-            for t, offset in enumerate(self.offsets):
-                cols[:, t] = flat[..., offset : offset + self.length].swapaxes(0, 1)
+
+            def channels(lo: int, hi: int) -> None:
+                part = flat[:, lo:hi]
+                _pad_into(
+                    part[..., :size].reshape(n, hi - lo, *self.padded), x[:, lo:hi], self.padding
+                )
+                part[..., size:] = 0
+                for t, offset in enumerate(self.offsets):
+                    cols[lo:hi, t] = part[..., offset : offset + self.length].swapaxes(0, 1)
         else:
             xp = _scratch("padded", (n, c, *self.padded), x.dtype)
-            _pad_into(xp, x, self.padding)
             win = _windows(xp, self.kernel, self.outs, self.stride, self.dilation)
             nd = len(self.outs)
             # n c j... k... -> c k... n j...
-            order = (1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd))
-            np.copyto(cols.reshape(c, *self.kernel, n, *self.outs), win.transpose(order))
+            source = win.transpose((1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd)))
+            target = cols.reshape(c, *self.kernel, n, *self.outs)
+
+            def channels(lo: int, hi: int) -> None:
+                _pad_into(xp[:, lo:hi], x[:, lo:hi], self.padding)
+                np.copyto(target[lo:hi], source[lo:hi])
+
+        split(channels, c, work)
         return cols.reshape(shape)
 
     def _pixels(self, rows: np.ndarray) -> np.ndarray:
@@ -188,21 +201,31 @@ class _ConvPlan:
         o, n = self.w_shape[0], self.x_shape[0]
         pixels = self._pixels(product.reshape(o, n, self.length)).swapaxes(0, 1)
         out = np.empty((n, o, *self.outs), dtype=product.dtype)
-        if bias is None:
-            np.copyto(out, pixels)
-        else:
-            np.add(pixels, bias.reshape(-1, *([1] * len(self.outs))), out=out)
+        if bias is not None:
+            bias = bias.reshape(-1, *([1] * len(self.outs)))
+
+        def channels(lo: int, hi: int) -> None:
+            if bias is None:
+                np.copyto(out[:, lo:hi], pixels[:, lo:hi])
+            else:
+                np.add(pixels[:, lo:hi], bias[lo:hi], out=out[:, lo:hi])
+
+        split(channels, o, out.size)
         return out
 
     def output_grad(self, grad: np.ndarray) -> np.ndarray:
         """``n o j... -> g o (n l)``: the output gradient in the columns' layout (zeros where
         the extended layout has columns past a row's end)."""
         n, o = grad.shape[:2]
-        if self.shifted:
-            rows = np.zeros((o, n, self.length), dtype=grad.dtype)
-            self._pixels(rows)[...] = grad.swapaxes(0, 1)
-        else:
-            rows = np.ascontiguousarray(grad.swapaxes(0, 1))
+        rows = np.empty((o, n, self.length), dtype=grad.dtype)
+        pixels, source = self._pixels(rows), grad.swapaxes(0, 1)
+
+        def channels(lo: int, hi: int) -> None:
+            if self.shifted:
+                rows[lo:hi] = 0
+            pixels[lo:hi] = source[lo:hi]
+
+        split(channels, o, rows.size)
         return rows.reshape(self.groups, o // self.groups, n * self.length)
 
     def scatter(self, gcols: np.ndarray) -> np.ndarray:
@@ -217,15 +240,26 @@ class _ConvPlan:
             return full
         gcols = gcols.reshape(c, len(self.taps), n, self.length)
         if self.shifted:
-            flat = np.zeros((n, c, self.flat), dtype=gcols.dtype)
-            for t, offset in enumerate(self.offsets):
-                flat[..., offset : offset + self.length] += gcols[:, t].swapaxes(0, 1)
+            flat = np.empty((n, c, self.flat), dtype=gcols.dtype)
+
+            def channels(lo: int, hi: int) -> None:
+                part = flat[:, lo:hi]
+                part[...] = 0
+                for t, offset in enumerate(self.offsets):
+                    part[..., offset : offset + self.length] += gcols[lo:hi, t].swapaxes(0, 1)
+
             gxp = flat[..., : math.prod(self.padded)].reshape(n, c, *self.padded)
         else:
-            gxp = np.zeros((n, c, *self.padded), dtype=gcols.dtype)
-            for t, tap in enumerate(self.taps):
-                tap_grad = gcols[:, t].reshape(c, n, *self.outs).swapaxes(0, 1)
-                gxp[_tap(tap, self.outs, self.stride, self.dilation)] += tap_grad
+            gxp = np.empty((n, c, *self.padded), dtype=gcols.dtype)
+            taps = [_tap(tap, self.outs, self.stride, self.dilation) for tap in self.taps]
+
+            def channels(lo: int, hi: int) -> None:
+                part = gxp[:, lo:hi]
+                part[...] = 0
+                for t, tap in enumerate(taps):
+                    part[tap] += gcols[lo:hi, t].reshape(hi - lo, n, *self.outs).swapaxes(0, 1)
+
+        split(channels, c, gcols.size)
         return gxp[_interior(self.x_shape, self.padding)]
 
 
@@ -345,24 +379,40 @@ class _Phases:
                 plane_index.append(slice((first + lo - p) // st, (first + lo - p) // st + count))
             self.pieces.append(((..., *x_index), (slice(None), slice(None), *phase, *plane_index)))
 
-    def split(self, x: np.ndarray, value: float) -> np.ndarray:
-        """``x`` padded with ``value`` and regrouped, in a reused scratch buffer."""
-        planes = _scratch("pool phases", (*self.shape[:2], *self.stride, *self.blocks), x.dtype)
+    @property
+    def planes_shape(self) -> tuple:
+        return (*self.shape[:2], *self.stride, *self.blocks)
+
+    def fill(self, planes: np.ndarray, x: np.ndarray, value: float) -> None:
+        """Write ``x`` padded with ``value`` and regrouped into ``planes`` (both may be slices
+        of the same channels)."""
         planes.fill(value)
         for x_index, plane_index in self.pieces:
             planes[plane_index] = x[x_index]
-        return planes
 
     def tap(self, planes: np.ndarray, t: int) -> np.ndarray:
         """Tap ``t`` of every window: ``n c s... q... -> n c j...``."""
         return planes[(slice(None), slice(None), *self.taps[t])]
 
-    def merge(self, planes: np.ndarray) -> np.ndarray:
-        """The inverse of ``split`` for a gradient: ``n c s... q... -> n c i...``."""
-        out = np.empty(self.shape, dtype=planes.dtype)
+    def merge(self, planes: np.ndarray, out: np.ndarray) -> None:
+        """The inverse of ``fill`` for a gradient: ``n c s... q... -> n c i...``."""
         for x_index, plane_index in self.pieces:
             out[x_index] = planes[plane_index]
-        return out
+
+    def gradient(self, add_taps, dtype) -> np.ndarray:
+        """The input gradient, from ``add_taps(planes, lo, hi)`` adding each tap's share of
+        channels ``lo:hi`` into their zeroed phase planes; split over channels."""
+        grad = np.empty(self.shape, dtype=dtype)
+        planes = np.empty(self.planes_shape, dtype=dtype)
+
+        def channels(lo: int, hi: int) -> None:
+            part = planes[:, lo:hi]
+            part[...] = 0
+            add_taps(part, lo, hi)
+            self.merge(part, grad[:, lo:hi])
+
+        split(channels, self.shape[1], 2 * planes.size)
+        return grad
 
 
 class MaxPool(Function):
@@ -379,37 +429,52 @@ class MaxPool(Function):
     def forward(ctx, x, *, kernel_size, stride, padding, dilation, ceil_mode):
         phases = _Phases(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        planes = phases.split(x, lowest)
-        out = phases.tap(planes, 0).copy()
-        if not ctx.needs_input_grad[0]:
+        planes = _scratch("pool phases", phases.planes_shape, x.dtype)
+        out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
+        saving = ctx.needs_input_grad[0]
+        winner = (
+            np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1)) if saving else None
+        )
+
+        def channels(lo: int, hi: int) -> None:
+            part, best = planes[:, lo:hi], out[:, lo:hi]
+            phases.fill(part, x[:, lo:hi], lowest)
+            np.copyto(best, phases.tap(part, 0))
+            if not saving:
+                for t in range(1, len(phases.taps)):
+                    np.maximum(best, phases.tap(part, t), out=best)
+                return
+            won = winner[:, lo:hi]
+            wins = np.empty(best.shape, dtype=bool)
+            index = np.empty_like(won)
             for t in range(1, len(phases.taps)):
-                np.maximum(out, phases.tap(planes, t), out=out)
-            return out
-        winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1))
-        wins = np.empty(out.shape, dtype=bool)
-        index = np.empty_like(winner)
-        for t in range(1, len(phases.taps)):
-            tap = phases.tap(planes, t)
-            np.greater(tap, out, out=wins)
-            np.maximum(out, tap, out=out)
-            np.multiply(wins, winner.dtype.type(t), out=index)
-            np.maximum(winner, index, out=winner)
-        ctx.save_for_backward(winner)
-        ctx.phases = phases
+                tap = phases.tap(part, t)
+                np.greater(tap, best, out=wins)
+                np.maximum(best, tap, out=best)
+                np.multiply(wins, winner.dtype.type(t), out=index)
+                np.maximum(won, index, out=won)
+
+        split(channels, x.shape[1], planes.size)
+        if saving:
+            ctx.save_for_backward(winner)
+            ctx.phases = phases
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (winner,) = ctx.saved_tensors
         phases = ctx.phases
-        planes = np.zeros((*phases.shape[:2], *phases.stride, *phases.blocks), dtype=grad.dtype)
-        won = np.empty(winner.shape, dtype=bool)
-        share = np.empty(grad.shape, dtype=grad.dtype)
-        for t in range(len(phases.taps)):
-            np.equal(winner, t, out=won)
-            np.multiply(grad, won, out=share)
-            phases.tap(planes, t)[...] += share
-        return phases.merge(planes)
+
+        def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
+            won, g = winner[:, lo:hi], grad[:, lo:hi]
+            hit = np.empty(won.shape, dtype=bool)
+            share = np.empty(g.shape, dtype=grad.dtype)
+            for t in range(len(phases.taps)):
+                np.equal(won, t, out=hit)
+                np.multiply(g, hit, out=share)
+                phases.tap(planes, t)[...] += share
+
+        return phases.gradient(add_taps, grad.dtype)
 
 
 class MaxPool1D(MaxPool):
@@ -465,7 +530,8 @@ class AvgPool(Function):
     def forward(ctx, x, *, kernel_size, stride, padding, ceil_mode, count_include_pad):
         ones = (1,) * len(kernel_size)
         phases = _Phases(x.shape, kernel_size, stride, padding, ones, ceil_mode)
-        planes = phases.split(x, 0)
+        planes = _scratch("pool phases", phases.planes_shape, x.dtype)
+        phases.fill(planes, x, 0)
         out = phases.tap(planes, 0).copy()
         for t in range(1, len(phases.taps)):
             out += phases.tap(planes, t)
@@ -480,10 +546,12 @@ class AvgPool(Function):
     def backward(ctx, grad):
         phases = ctx.phases
         share = grad / ctx.divisor
-        planes = np.zeros((*phases.shape[:2], *phases.stride, *phases.blocks), dtype=grad.dtype)
-        for t in range(len(phases.taps)):
-            phases.tap(planes, t)[...] += share
-        return phases.merge(planes)
+
+        def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
+            for t in range(len(phases.taps)):
+                phases.tap(planes, t)[...] += share[:, lo:hi]
+
+        return phases.gradient(add_taps, grad.dtype)
 
 
 class AvgPool1D(AvgPool):

@@ -1,0 +1,102 @@
+"""Intra-op threads for the memory-bound kernels: im2col copies, padding, pooling, output copies.
+
+numpy runs its matrix products on BLAS's own threads but every copy and ufunc on one core, so
+on a 2-core machine half the machine idles during the third of a forward pass that is copies.
+``split(fn, size, work)`` cuts ``range(size)`` into one contiguous chunk per thread and runs
+``fn(lo, hi)`` on each (numpy releases the GIL inside copies and ufuncs), when ``work`` elements
+are enough to pay for the hand-over (about 20 us); the kernels split along channels, so chunks
+never write the same memory.
+
+OpenBLAS keeps its worker threads spinning for a while after every matrix product, which takes
+the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT`` setting, read once when
+numpy loads OpenBLAS, makes them sleep instead; ``import finetune`` sets it to 4 (sleep at once)
+when numpy is not loaded yet and the user has not chosen a value. Imported after numpy, the
+threads still work but win less (measured in docs/performance.md).
+
+The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``; by default it is
+``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) when set, else the cores this process may use.
+This module does not import numpy: it must run before numpy is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+# below this many elements a kernel runs on the calling thread: the hand-over costs more
+MIN_WORK_PER_THREAD = 1 << 16
+
+
+def _default_threads() -> int:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_threads = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_inside = threading.local()
+
+
+def get_num_threads() -> int:
+    """The number of threads the library's own kernels use."""
+    return _threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for the library's own kernels (BLAS keeps its own setting, chosen by
+    ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` before numpy loads)."""
+    global _threads, _pool
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads expects a positive integer, got {n!r}")
+    with _pool_lock:
+        _threads = n
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="finetune-kernel")
+        return _pool
+
+
+def _run_inside(fn: Callable[[int, int], None], lo: int, hi: int) -> None:
+    _inside.active = True
+    try:
+        fn(lo, hi)
+    finally:
+        _inside.active = False
+
+
+def split(fn: Callable[[int, int], None], size: int, work: int) -> None:
+    """Run ``fn(lo, hi)`` over contiguous chunks covering ``range(size)``, one per thread, when
+    the ``work`` (elements touched in all) is large enough; the calling thread takes the first
+    chunk. Chunks must write disjoint memory. Exceptions from any chunk propagate."""
+    threads = min(_threads, size, work // MIN_WORK_PER_THREAD)
+    if threads < 2 or getattr(_inside, "active", False):
+        fn(0, size)
+        return
+    bounds = [size * i // threads for i in range(threads + 1)]
+    executor = _executor()
+    futures = [executor.submit(_run_inside, fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in futures:
+            future.result()

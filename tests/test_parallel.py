@@ -1,0 +1,176 @@
+"""The intra-op threads: chunking, errors, nesting, the thread-count API, and the threaded
+convolution and pooling kernels giving exactly the single-thread results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import finetune as torch
+from finetune import parallel
+from finetune.autograd import conv as kernels
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Run with ``n`` threads and every kernel split, however small; restore afterwards."""
+    before = parallel.get_num_threads()
+    monkeypatch.setattr(parallel, "MIN_WORK_PER_THREAD", 1)
+
+    def use(n: int) -> None:
+        parallel.set_num_threads(n)
+
+    yield use
+    parallel.set_num_threads(before)
+
+
+def test_split_covers_the_range_once_in_contiguous_chunks(threads):
+    threads(3)
+    seen, callers = [], set()
+    lock = threading.Lock()
+
+    def chunk(lo, hi):
+        with lock:
+            seen.append((lo, hi))
+            callers.add(threading.get_ident())
+
+    parallel.split(chunk, 10, work=10**6)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
+    # the caller takes a chunk; a quick pool worker may take both of the others
+    assert threading.get_ident() in callers and len(callers) >= 2
+
+
+def test_split_runs_small_work_on_the_calling_thread(threads):
+    threads(4)
+    parallel.MIN_WORK_PER_THREAD = 100
+    seen = []
+    parallel.split(lambda lo, hi: seen.append((lo, hi, threading.get_ident())), 8, work=150)
+    assert seen == [(0, 8, threading.get_ident())]
+
+
+def test_split_never_makes_more_chunks_than_items(threads):
+    threads(8)
+    seen = []
+    parallel.split(lambda lo, hi: seen.append((lo, hi)), 2, work=10**6)
+    assert sorted(seen) == [(0, 1), (1, 2)]
+
+
+def test_split_propagates_a_chunk_error_after_every_chunk_finished(threads):
+    threads(2)
+    finished = []
+
+    def chunk(lo, hi):
+        if lo > 0:
+            raise ValueError("second chunk failed")
+        finished.append(lo)
+
+    with pytest.raises(ValueError, match="second chunk failed"):
+        parallel.split(chunk, 4, work=10**6)
+    assert finished == [0]
+
+
+def test_nested_split_inside_a_worker_runs_serially(threads):
+    threads(2)
+    inner = []
+
+    def outer(lo, hi):
+        parallel.split(lambda a, b: inner.append((lo, a, b)), 6, work=10**6)
+
+    parallel.split(outer, 2, work=10**6)
+    # the calling thread's chunk may split again; the worker's chunk runs whole
+    assert (1, 0, 6) in inner
+    assert sorted(x for x in inner if x[0] == 0) in ([(0, 0, 6)], [(0, 0, 3), (0, 3, 6)])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_refuses_what_is_not_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        torch.set_num_threads(bad)
+
+
+def test_thread_count_and_blas_timeout_follow_the_environment():
+    code = (
+        "import os, finetune, numpy;"
+        "print(finetune.get_num_threads(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["3", "4"], out.stderr
+    # a value the user chose is kept, and numpy loaded first leaves the environment alone
+    env["OPENBLAS_THREAD_TIMEOUT"] = "10"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["3", "10"], out.stderr
+    env.pop("OPENBLAS_THREAD_TIMEOUT")
+    first = "import numpy, os, finetune; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    out = subprocess.run([sys.executable, "-c", first], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["None"], out.stderr
+
+
+# -- the threaded kernels give the single-thread results exactly ------------------------------
+
+CONVS = [
+    # x shape, w shape, stride, padding, dilation, groups
+    ((2, 5, 9, 9), (4, 5, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),  # shifted layout
+    ((2, 6, 9, 8), (6, 3, 3, 3), (2, 2), ((1, 0), (2, 1)), (1, 1), 2),  # windows, grouped
+    ((3, 4, 6, 6), (5, 4, 1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),  # pointwise, strided
+    ((2, 3, 7), (4, 3, 3), (1,), ((2, 1),), (2,), 1),  # 1-d, dilated
+]
+
+
+def _conv_results(case, seed=0):
+    x_shape, w_shape, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(rng.standard_normal(x_shape, dtype=np.float32), requires_grad=True)
+    w = torch.tensor(rng.standard_normal(w_shape, dtype=np.float32), requires_grad=True)
+    b = torch.tensor(rng.standard_normal(w_shape[0], dtype=np.float32), requires_grad=True)
+    y = kernels.conv(x, w, b, stride, padding, dilation, groups)
+    y.backward(torch.tensor(rng.standard_normal(y.shape, dtype=np.float32)))
+    return [t.detach().numpy().copy() for t in (y, x.grad, w.grad, b.grad)]
+
+
+@pytest.mark.parametrize("case", CONVS)
+def test_threaded_convolution_equals_one_thread(threads, case):
+    threads(1)
+    serial = _conv_results(case)
+    threads(3)
+    for got, want in zip(_conv_results(case), serial):
+        np.testing.assert_array_equal(got, want)
+
+
+POOLS = [
+    # x shape, kernel, stride, padding, ceil_mode
+    ((2, 5, 9, 9), (3, 3), (2, 2), ((1, 1), (1, 1)), False),
+    ((2, 3, 8, 7), (2, 3), (2, 1), ((0, 0), (1, 1)), True),
+]
+
+
+@pytest.mark.parametrize("case", POOLS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_threaded_pooling_equals_one_thread(threads, case, kind):
+    x_shape, kernel, stride, padding, ceil = case
+
+    def results():
+        rng = np.random.default_rng(1)
+        # ties on purpose: the first maximum must win in every chunk
+        data = rng.integers(-3, 3, x_shape).astype(np.float32)
+        x = torch.tensor(data, requires_grad=True)
+        if kind == "max":
+            y = kernels.max_pool(x, kernel, stride, padding, ceil_mode=ceil)
+        else:
+            y = kernels.avg_pool(x, kernel, stride, padding, ceil_mode=ceil)
+        y.backward(torch.tensor(rng.standard_normal(y.shape, dtype=np.float32)))
+        with torch.no_grad():
+            frozen = kernels.max_pool(x, kernel, stride, padding, ceil_mode=ceil)
+        return [y.detach().numpy().copy(), x.grad.numpy().copy(), frozen.numpy().copy()]
+
+    threads(1)
+    serial = results()
+    threads(3)
+    for got, want in zip(results(), serial):
+        np.testing.assert_array_equal(got, want)
