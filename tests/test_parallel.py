@@ -174,3 +174,31 @@ def test_threaded_pooling_equals_one_thread(threads, case, kind):
     threads(3)
     for got, want in zip(results(), serial):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(4, 5, 3, 3), (6, 7)])
+def test_threaded_batch_norm_equals_one_thread(threads, training, affine, shape):
+    from finetune.nn import functional as F
+
+    def results():
+        rng = np.random.default_rng(2)
+        c = shape[1]
+        x = torch.tensor(rng.standard_normal(shape, dtype=np.float32), requires_grad=True)
+        w = torch.tensor(rng.standard_normal(c, dtype=np.float32), requires_grad=True)
+        b = torch.tensor(rng.standard_normal(c, dtype=np.float32), requires_grad=True)
+        mean = torch.tensor(rng.standard_normal(c, dtype=np.float32))
+        var = torch.tensor(rng.random(c, dtype=np.float32) + 0.5)
+        y = F.batch_norm(
+            x, mean, var, w if affine else None, b if affine else None, training=training
+        )
+        y.backward(torch.tensor(rng.standard_normal(shape, dtype=np.float32)))
+        grads = [x.grad] + ([w.grad, b.grad] if affine else [])
+        return [t.detach().numpy().copy() for t in (y, mean, var, *grads)]
+
+    threads(1)
+    serial = results()
+    threads(3)
+    for got, want in zip(results(), serial):
+        np.testing.assert_array_equal(got, want)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
+from ..parallel import split
 from .function import Function
 
 
@@ -73,32 +74,54 @@ def _reduce_axes(ndim: int) -> tuple:
     return (0,) + tuple(range(2, ndim))
 
 
+def _channel_sums(a: np.ndarray) -> np.ndarray:
+    """``(N, C, *) -> (C,)``: each channel's sum, added in an order that does not depend on how
+    many channels ``a`` holds, so a block of channels sums exactly as the whole tensor does."""
+    if a.ndim > 2:
+        a = a.sum(axis=tuple(range(2, a.ndim)))
+    return a.sum(axis=0)
+
+
 class BatchNormTrain(Function):
     """Normalise with batch statistics and update the running averages in place.
 
     x (N, C, *), weight and bias (C) or None, running_mean and running_var (C) or None.
     The biased batch variance normalises; the unbiased one feeds ``running_var``.
+    Both directions work on blocks of channels (every statistic is per channel), in place
+    into their outputs, one block per thread.
     """
 
     name = "NativeBatchNormBackward0"
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        axes, view = _reduce_axes(x.ndim), _channel_view(x.ndim)
+        view = _channel_view(x.ndim)
         count = x.size // x.shape[1]
         if count <= 1:
             raise ShapeError(
                 f"Expected more than 1 value per channel when training, got input size "
                 f"{list(x.shape)}"
             )
-        mean = x.mean(axis=axes)
-        centered = x - mean.reshape(view)
-        var = np.mean(centered * centered, axis=axes)
-        invstd = 1.0 / np.sqrt(var + eps)
-        x_hat = centered * invstd.reshape(view)
-        out = x_hat * weight.reshape(view) if weight is not None else x_hat.copy()
-        if bias is not None:
-            out += bias.reshape(view)
+        channels = x.shape[1]
+        mean, var, invstd = (np.empty(channels, dtype=x.dtype) for _ in range(3))
+        x_hat, out = np.empty_like(x), np.empty_like(x)
+
+        def block(lo: int, hi: int) -> None:
+            xs, xh, o = x[:, lo:hi], x_hat[:, lo:hi], out[:, lo:hi]
+            mean[lo:hi] = _channel_sums(xs) / count
+            np.subtract(xs, mean[lo:hi].reshape(view), out=xh)
+            np.multiply(xh, xh, out=o)  # the squares, before o holds the output
+            var[lo:hi] = _channel_sums(o) / count
+            invstd[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
+            np.multiply(xh, invstd[lo:hi].reshape(view), out=xh)
+            if weight is not None:
+                np.multiply(xh, weight[lo:hi].reshape(view), out=o)
+            else:
+                np.copyto(o, xh)
+            if bias is not None:
+                o += bias[lo:hi].reshape(view)
+
+        split(block, channels, 6 * x.size)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean.astype(running_mean.dtype)
@@ -106,25 +129,37 @@ class BatchNormTrain(Function):
             running_var *= 1 - momentum
             running_var += momentum * (var * (count / (count - 1))).astype(running_var.dtype)
         ctx.save_for_backward(x_hat, invstd, weight)
-        return out.astype(x.dtype, copy=False)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x_hat, invstd, weight = ctx.saved_tensors
-        axes, view = _reduce_axes(grad.ndim), _channel_view(grad.ndim)
+        view = _channel_view(grad.ndim)
         needs = ctx.needs_input_grad
-        sum_g = grad.sum(axis=axes)
-        sum_g_xhat = (grad * x_hat).sum(axis=axes)
-        gx = None
-        if needs[0]:
-            count = grad.size // grad.shape[1]
-            scale = invstd if weight is None else weight * invstd
-            gx = (scale / count).reshape(view) * (
-                count * grad - sum_g.reshape(view) - x_hat * sum_g_xhat.reshape(view)
-            )
+        channels = grad.shape[1]
+        count = grad.size // channels
+        scale = invstd if weight is None else weight * invstd
+        sum_g = np.empty(channels, dtype=grad.dtype)
+        sum_g_xhat = np.empty(channels, dtype=grad.dtype)
+        gx = np.empty_like(grad)  # the products grad * x_hat first, then the gradient
+
+        def block(lo: int, hi: int) -> None:
+            g, xh, gxs = grad[:, lo:hi], x_hat[:, lo:hi], gx[:, lo:hi]
+            sum_g[lo:hi] = _channel_sums(g)
+            np.multiply(g, xh, out=gxs)
+            sum_g_xhat[lo:hi] = _channel_sums(gxs)
+            if not needs[0]:
+                return
+            # scale / count * (count * grad - sum_g - x_hat * sum_g_xhat)
+            k = scale[lo:hi] / count
+            np.multiply(xh, (-k * sum_g_xhat[lo:hi]).reshape(view), out=gxs)
+            gxs -= (k * sum_g[lo:hi]).reshape(view)
+            gxs += g * scale[lo:hi].reshape(view)
+
+        split(block, channels, 5 * grad.size)
         gw = sum_g_xhat if needs[1] else None
         gb = sum_g if needs[2] else None
-        return gx, gw, gb, None, None
+        return (gx if needs[0] else None), gw, gb, None, None
 
 
 class BatchNormEval(Function):
@@ -142,7 +177,13 @@ class BatchNormEval(Function):
         invstd = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
         scale = invstd if weight is None else weight * invstd
         shift = -running_mean * scale if bias is None else bias - running_mean * scale
-        out = x * scale.reshape(view) + shift.reshape(view)
+        out = np.empty_like(x)
+
+        def block(lo: int, hi: int) -> None:
+            np.multiply(x[:, lo:hi], scale[lo:hi].reshape(view), out=out[:, lo:hi])
+            out[:, lo:hi] += shift[lo:hi].reshape(view)
+
+        split(block, x.shape[1], 2 * x.size)
         needs = ctx.needs_input_grad
         x_hat = (x - running_mean.reshape(view)) * invstd.reshape(view) if needs[1] else None
         ctx.save_for_backward(x_hat, scale if needs[0] else None)
