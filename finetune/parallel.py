@@ -100,3 +100,14 @@ def split(fn: Callable[[int, int], None], size: int, work: int) -> None:
     finally:
         for future in futures:
             future.result()
+
+
+def elementwise(fn: Callable[..., None], out, *inputs) -> None:
+    """``fn(out_chunk, *input_chunks)`` over matching chunks of arrays of one shape, split like
+    ``split`` when all are C-contiguous (else one call on the whole arrays)."""
+    arrays = (out, *inputs)
+    if any(a.shape != out.shape or not a.flags.c_contiguous for a in arrays):
+        fn(out, *inputs)
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    split(lambda lo, hi: fn(*(a[lo:hi] for a in flat)), out.size, out.size * len(flat))

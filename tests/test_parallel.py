@@ -202,3 +202,43 @@ def test_threaded_batch_norm_equals_one_thread(threads, training, affine, shape)
     threads(3)
     for got, want in zip(results(), serial):
         np.testing.assert_array_equal(got, want)
+
+
+def test_elementwise_splits_contiguous_arrays_and_takes_others_whole(threads):
+    threads(3)
+    calls = []
+
+    def fn(out, a):
+        calls.append(out.shape)
+        np.add(a, 1, out=out)
+
+    a = np.arange(10, dtype=np.float32)
+    out = np.empty_like(a)
+    parallel.elementwise(fn, out, a)
+    np.testing.assert_array_equal(out, a + 1)
+    assert sorted(calls) == [(3,), (3,), (4,)]
+    calls.clear()
+    strided = np.arange(20, dtype=np.float32)[::2]
+    parallel.elementwise(fn, out, strided)
+    np.testing.assert_array_equal(out, strided + 1)
+    assert calls == [(10,)]
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_threaded_relu_equals_one_thread(threads, inplace):
+    from finetune.nn import functional as F
+
+    def results():
+        rng = np.random.default_rng(3)
+        x = torch.tensor(rng.standard_normal((3, 4, 5), dtype=np.float32), requires_grad=True)
+        y = F.relu(x * 1.0, inplace=inplace)
+        y.backward(torch.tensor(rng.standard_normal(y.shape, dtype=np.float32)))
+        with torch.no_grad():
+            z = F.relu(x * 1.0, inplace=inplace)
+        return [t.detach().numpy().copy() for t in (y, x.grad, z)]
+
+    threads(1)
+    serial = results()
+    threads(3)
+    for got, want in zip(results(), serial):
+        np.testing.assert_array_equal(got, want)

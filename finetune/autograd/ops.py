@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from ..errors import ShapeError
+from ..parallel import elementwise
 from .function import Function
 
 
@@ -426,14 +427,17 @@ class Cos(Function):
 class Relu(Function):
     @staticmethod
     def forward(ctx, x):
-        out = np.maximum(x, 0, dtype=x.dtype)
+        out = np.empty(x.shape, dtype=x.dtype)
+        elementwise(lambda o, a: np.maximum(a, 0, out=o), out, x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad * (out > 0)
+        gx = np.empty(grad.shape, dtype=grad.dtype)
+        elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
+        return gx
 
 
 class Sigmoid(Function):

@@ -16,6 +16,7 @@ from .. import functions, random
 from ..autograd import engine, nn_ops, ops
 from ..autograd.function import is_tracing
 from ..errors import DataError, ShapeError
+from ..parallel import elementwise
 from ..tensor import Tensor
 
 _IntOrTuple = int | Sequence[int]
@@ -339,7 +340,7 @@ def _inplace_ok(x: Tensor) -> bool:
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     if inplace:
         if _inplace_ok(input):
-            np.maximum(input._data, 0, out=input._data)
+            elementwise(lambda o, a: np.maximum(a, 0, out=o), input._data, input._data)
             input._version.value += 1
             return input
         return input.relu_()
