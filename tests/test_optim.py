@@ -496,3 +496,18 @@ def test_float32_adam_is_bit_identical_to_pytorch_op_sequence(decoupled, betas):
     actual = _run_f32(lambda ps: cls(ps, **options))
     for a, e in zip(actual, _torch_adam_f32(**options, decoupled=decoupled), strict=True):
         np.testing.assert_array_equal(a, e)
+
+
+def test_a_step_override_calling_super_counts_one_step_per_call():
+    class Logged(optim.SGD):
+        def step(self, closure=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().step(closure)
+
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = Logged([w], lr=0.1)
+    for expected in (1, 2, 3):
+        w.grad = torch.ones(2)
+        opt.step()
+        assert opt._step_count == expected and opt.calls == expected
+    np.testing.assert_allclose(w.detach().numpy(), [0.7, 0.7], rtol=1e-6)

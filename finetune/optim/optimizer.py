@@ -24,6 +24,24 @@ from ..tensor import Tensor
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
+def _counted(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` that adds one to ``_step_count`` per call from outside, however many overriding
+    ``step`` methods call ``super().step()`` on the way."""
+
+    @functools.wraps(step)
+    def counted_step(self: Optimizer, *args: Any, **kw: Any) -> Any:
+        if self.__dict__.get("_stepping"):
+            return step(self, *args, **kw)
+        self._step_count = getattr(self, "_step_count", 0) + 1
+        self._stepping = True
+        try:
+            return step(self, *args, **kw)
+        finally:
+            self._stepping = False
+
+    return counted_step
+
+
 class Optimizer:
     """Base class: subclasses pass their option ``defaults`` and implement ``step``."""
 
@@ -49,14 +67,7 @@ class Optimizer:
         """Count calls of every subclass's ``step``, so schedulers can warn about a wrong order."""
         super().__init_subclass__(**kwargs)
         if "step" in cls.__dict__:
-            step = cls.__dict__["step"]
-
-            @functools.wraps(step)
-            def counted_step(self: Optimizer, *args: Any, **kw: Any) -> Any:
-                self._step_count = getattr(self, "_step_count", 0) + 1
-                return step(self, *args, **kw)
-
-            cls.step = counted_step  # type: ignore[method-assign]
+            cls.step = _counted(cls.__dict__["step"])  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -115,9 +126,9 @@ class Optimizer:
                         p.grad = p.grad.detach()
                     p.grad.zero_()
 
+    @_counted
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter with a gradient; returns ``closure()``'s loss if given."""
-        self._step_count += 1
         loss = self._closure_loss(closure)
         with no_grad():
             for group in self.param_groups:
