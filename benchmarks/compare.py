@@ -4,8 +4,9 @@
     python benchmarks/compare.py --tiny          # batch 1, 32x32, one repeat (runs in the tests)
 
 Every measurement runs in a fresh worker process (so its peak resident set size is its own) and
-reports the median of ``--repeats`` runs after ``--warmup`` runs. Ratios are library / peer from
-the same run. Peers that are not installed are skipped with a note.
+reports the median of ``--repeats`` runs after ``--warmup`` runs, pooled over ``--rounds`` passes
+of the whole sequence (the systems interleave, so a slow spell of the machine hits all of them).
+Ratios are library / peer from the same run. Peers that are not installed are skipped with a note.
 """
 
 from __future__ import annotations
@@ -356,6 +357,31 @@ def median_ms(result: dict) -> float:
     return statistics.median(result["times"]) * 1000
 
 
+def run_sequence(args, systems: list[str], measure) -> None:
+    """Every measurement once, each system in turn."""
+    for batch in sorted({args.batch, 1}, reverse=True):
+        for system in systems:
+            measure(f"forward_b{batch}", system, "forward", batch=batch)
+    # BatchNorm in training mode needs more than one value per channel: at 32x32 the last
+    # stage is 1x1, so the tiny configuration trains at batch 2
+    step_batch = args.batch if args.batch > 1 or args.size >= 64 else 2
+    if "finetune" in systems:
+        measure(
+            f"forward_b{args.batch}_numpy_first",
+            "finetune",
+            "forward",
+            batch=args.batch,
+            numpy_first=True,
+        )
+    for task in ("frozen_step", "full_step"):
+        for system in [s for s in systems if s != "onnxruntime"]:
+            measure(task, system, task, batch=step_batch)
+    for system in [s for s in systems if s != "onnxruntime"]:
+        measure("fit5", system, "fit5", batch=args.batch, repeats=args.fit_repeats, warmup=0)
+    for task in ("import", "import_resnet", "export"):
+        measure(task, "finetune", task, batch=1, repeats=max(args.repeats, 1))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -366,6 +392,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-images", type=int, default=256)
     parser.add_argument("--fit-batch", type=int, default=32)
     parser.add_argument("--fit-repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="run the whole sequence this many times, interleaving the systems, and pool the "
+        "times (the machine's speed drifts over minutes; pooling keeps ratios fair)",
+    )
     parser.add_argument("--tiny", action="store_true", help="batch 1, 32x32, one repeat (CI)")
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out")
     parser.add_argument("--json", help="also write the raw results here")
@@ -379,6 +412,7 @@ def main(argv=None) -> int:
     if args.tiny:
         args.batch, args.size, args.repeats, args.warmup = 1, 32, 1, 0
         args.fit_images, args.fit_batch, args.fit_repeats = 8, 4, 1
+        args.rounds = 1
 
     skip = set(filter(None, args.skip.split(",")))
     systems = ["finetune"]
@@ -405,30 +439,17 @@ def main(argv=None) -> int:
         results: dict = {}
 
         def measure(key, system, task, **over):
-            cfg = dict(common, **over)
-            results.setdefault(key, {})[system] = run_worker(system, task, cfg)
+            result = run_worker(system, task, dict(common, **over))
+            pooled = results.setdefault(key, {}).get(system)
+            if pooled is None:
+                results[key][system] = result
+            else:  # a later round: pool the times, keep the highest peak
+                pooled["times"] += result["times"]
+                pooled["peak_rss_mb"] = max(pooled["peak_rss_mb"], result["peak_rss_mb"])
+                pooled["base_rss_mb"] = min(pooled["base_rss_mb"], result["base_rss_mb"])
 
-        for batch in sorted({args.batch, 1}, reverse=True):
-            for system in systems:
-                measure(f"forward_b{batch}", system, "forward", batch=batch)
-        # BatchNorm in training mode needs more than one value per channel: at 32x32 the last
-        # stage is 1x1, so the tiny configuration trains at batch 2
-        step_batch = args.batch if args.batch > 1 or args.size >= 64 else 2
-        if "finetune" in systems:
-            measure(
-                f"forward_b{args.batch}_numpy_first",
-                "finetune",
-                "forward",
-                batch=args.batch,
-                numpy_first=True,
-            )
-        for task in ("frozen_step", "full_step"):
-            for system in [s for s in systems if s != "onnxruntime"]:
-                measure(task, system, task, batch=step_batch)
-        for system in [s for s in systems if s != "onnxruntime"]:
-            measure("fit5", system, "fit5", batch=args.batch, repeats=args.fit_repeats, warmup=0)
-        for task in ("import", "import_resnet", "export"):
-            measure(task, "finetune", task, batch=1, repeats=max(args.repeats, 1))
+        for _round in range(args.rounds):
+            run_sequence(args, systems, measure)
         gflops = numpy_matmul_gflops(args.threads)
 
     report = format_report(results, args, gflops, notes)
@@ -455,7 +476,8 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
 
     lines = [
         f"# ResNet-18, float32, 3x{args.size}x{args.size}, batch {args.batch}, "
-        f"{args.threads} thread(s); median of {args.repeats} after {args.warmup} warm-up",
+        f"{args.threads} thread(s); median of {args.rounds} round(s) x {args.repeats} runs, each "
+        f"worker after {args.warmup} warm-up, systems interleaved",
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; "
         f"python {platform.python_version()}; numpy {np.__version__}; finetune {ft.__version__}",
         f"numpy float32 2048x2048 matmul: {gflops:.0f} GFLOP/s (the machine's ceiling here)",
