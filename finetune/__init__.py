@@ -82,6 +82,7 @@ from .functions import (
     cos,
     cumsum,
     div,
+    erf,
     exp,
     expand,
     flatten,

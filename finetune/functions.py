@@ -190,6 +190,10 @@ def tanh(x):
     return ops.Tanh.apply(x)
 
 
+def erf(x):
+    return ops.Erf.apply(x)
+
+
 def clamp(x, min=None, max=None):  # noqa: A002
     if isinstance(min, Tensor) or isinstance(max, Tensor):
         out = x
@@ -548,6 +552,7 @@ _METHODS = {
     "relu": relu,
     "sigmoid": sigmoid,
     "tanh": tanh,
+    "erf": erf,
     "clamp": clamp,
     "clip": clamp,
     "maximum": maximum,

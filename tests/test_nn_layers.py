@@ -219,6 +219,11 @@ ACTIVATIONS = {
     "hardtanh": (nn.Hardtanh(), lambda v: np.clip(v, -1, 1)),
     "sigmoid": (nn.Sigmoid(), lambda v: 1 / (1 + np.exp(-v))),
     "tanh": (nn.Tanh(), np.tanh),
+    "gelu": (nn.GELU(), lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))),
+    "gelu_tanh": (
+        nn.GELU(approximate="tanh"),
+        lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+    ),
 }
 
 
@@ -237,6 +242,15 @@ def test_activation_grad_fn_names():
     assert F.relu(x).grad_fn.name() == "ReluBackward0"
     assert F.relu6(x).grad_fn.name() == "HardtanhBackward0"
     assert F.leaky_relu(x).grad_fn.name() == "LeakyReluBackward0"
+    assert F.gelu(x).grad_fn.name() == "GeluBackward0"
+    assert torch.erf(x).grad_fn.name() == "ErfBackward0"
+
+
+def test_gelu_repr_and_bad_approximation():
+    assert repr(nn.GELU()) == "GELU(approximate='none')"
+    assert repr(nn.GELU("tanh")) == "GELU(approximate='tanh')"
+    with pytest.raises(ValueError, match="approximate argument must be either none or tanh"):
+        F.gelu(torch.ones(2), approximate="fast")
 
 
 def test_inplace_relu_overwrites_without_graph_and_records_with_one():

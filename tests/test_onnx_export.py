@@ -67,6 +67,7 @@ ELEMENTWISE = {
     "pow": lambda m, x: x**2 + x.abs() ** 0.5 + ft.pow(x.abs() + 1, m.weight.abs()),
     "unary": lambda m, x: -x.exp() + (x.abs() + 1).log() + x.abs().sqrt() + x.sin() * x.cos(),
     "activations": lambda m, x: ft.relu(x) + ft.sigmoid(x) + ft.tanh(x) + F.leaky_relu(x, 0.2),
+    "erf": lambda m, x: ft.erf(x * 2),
     "clamp": lambda m, x: x.clamp(-0.5, 0.5) + x.clamp(min=0.1) + F.relu6(x * 4),
     "where": lambda m, x: ft.where(m.weight > 0, x, x * 0.1),
     "cast": lambda m, x: (x * 3).to(ft.int64).to(ft.float32) + x.double().float(),
@@ -365,3 +366,18 @@ def test_names_must_match_the_inputs_and_outputs(tmp_path):
     with pytest.raises(OnnxExportError, match="opset_version"):
         ft.onnx.export(model, ft.randn(2, 4), tmp_path / "m.onnx", opset_version=9)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("opset", [17, 20])
+def test_gelu_as_a_node_from_opset_20_and_as_its_formula_before(approximate, opset, tmp_path):
+    model = assert_exports(
+        Lambda(lambda m, x: F.gelu(x * 3, approximate=approximate)),
+        (4,),
+        tmp_path,
+        opset_version=opset,
+    )
+    ops = {n.op_type for n in model.graph.node}
+    assert ("Gelu" in ops) == (opset >= 20)
+    if opset < 20:
+        assert ("Erf" in ops) == (approximate == "none")

@@ -89,6 +89,8 @@ UNARY = {
     "relu_neg": (lambda x: (-x).relu(), 0.5),
     "sigmoid": (lambda x: x.sigmoid(), None),
     "tanh": (lambda x: x.tanh(), None),
+    "erf": (lambda x: x.erf(), None),
+    "erf_wide": (lambda x: (x * 4).erf(), None),
     "clamp": (lambda x: x.clamp(-0.3, 0.4), None),
     "clamp_min": (lambda x: x.clamp(min=0.1), None),
     "clone": (lambda x: x.clone(), None),

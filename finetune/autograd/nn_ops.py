@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..parallel import split
+from . import special
 from .function import Function
 
 
@@ -201,6 +202,40 @@ class BatchNormEval(Function):
 
 
 # -- activations with a parameter ------------------------------------------------------------------
+
+
+class Gelu(Function):
+    """``x * Phi(x)``, Phi the standard normal CDF; with ``approximate="tanh"`` PyTorch's
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+
+    @staticmethod
+    def forward(ctx, x, approximate):
+        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        if approximate == "tanh":
+            inner = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+            return (0.5 * x * (1 + np.tanh(inner))).astype(x.dtype, copy=False)
+        return (0.5 * x * (1 + special.erf(x * _SQRT_HALF))).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if ctx.approximate == "tanh":
+            inner = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+            t = np.tanh(inner)
+            d_inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
+        else:
+            cdf = 0.5 * (1 + special.erf(x * _SQRT_HALF))
+            slope = cdf + x * np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+        return (grad * slope).astype(grad.dtype, copy=False)
+
+
+_SQRT_HALF = float(np.sqrt(0.5))
+_SQRT_2_OVER_PI = float(np.sqrt(2 / np.pi))
+_INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
+_GELU_CUBIC = 0.044715
 
 
 class Hardtanh(Function):

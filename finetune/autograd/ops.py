@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..parallel import elementwise
+from . import special
 from .function import Function
 
 
@@ -318,6 +319,9 @@ def _mat_desc(x: np.ndarray) -> str:
 # -- elementwise unary -------------------------------------------------------------------------
 
 
+_TWO_OVER_SQRT_PI = 2.0 / np.sqrt(np.pi)
+
+
 def _floating(x: np.ndarray) -> np.ndarray:
     return x if x.dtype.kind in "fc" else x.astype(np.float32)
 
@@ -438,6 +442,19 @@ class Relu(Function):
         gx = np.empty(grad.shape, dtype=grad.dtype)
         elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
         return gx
+
+
+class Erf(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return special.erf(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (_TWO_OVER_SQRT_PI * np.exp(-x * x))
 
 
 class Sigmoid(Function):

@@ -381,6 +381,13 @@ def tanh(input: Tensor) -> Tensor:
     return ops.Tanh.apply(input)
 
 
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """``x * Phi(x)`` with the exact normal CDF, or its tanh approximation."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError("approximate argument must be either none or tanh.")
+    return nn_ops.Gelu.apply(input, approximate=approximate)
+
+
 def _softmax_dim(ndim: int) -> int:
     """PyTorch's legacy choice when ``dim`` is not given."""
     return 0 if ndim in (0, 1, 3) else 1

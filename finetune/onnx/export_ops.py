@@ -104,6 +104,7 @@ _UNARY = {
     ops.Relu: "Relu",
     ops.Sigmoid: "Sigmoid",
     ops.Tanh: "Tanh",
+    ops.Erf: "Erf",
 }
 
 
@@ -138,6 +139,34 @@ def _clamp(b, call, outs):
 def _hardtanh(b, call, outs):
     dtype = _dtype(call)
     _clip(b, b.name_of(call.args[0]), call.kwargs["min_val"], call.kwargs["max_val"], dtype, outs)
+
+
+@emits(nn_ops.Gelu)
+def _gelu(b, call, outs):
+    """A Gelu node from opset 20; before, the formula in standard nodes (what PyTorch's exporter
+    writes too)."""
+    dtype, approximate = _dtype(call), call.kwargs["approximate"]
+    x = b.operand(call.args[0], dtype)
+    if b.opset >= 20:
+        b.node("Gelu", [x], outs, approximate=approximate)
+        return
+
+    def const(value: float) -> str:
+        return b.constant(np.asarray(value, dtype=dtype))
+
+    def node(op: str, *inputs: str) -> str:
+        out = b.fresh(f"gelu_{op.lower()}")
+        b.node(op, list(inputs), [out])
+        return out
+
+    if approximate == "tanh":
+        cube = node("Mul", x, node("Mul", x, x))
+        inner = node("Add", x, node("Mul", cube, const(0.044715)))
+        shape = node("Tanh", node("Mul", inner, const(np.sqrt(2 / np.pi))))
+    else:
+        shape = node("Erf", node("Mul", x, const(np.sqrt(0.5))))
+    half_x = node("Mul", x, const(0.5))
+    b.node("Mul", [half_x, node("Add", shape, const(1.0))], outs)
 
 
 @emits(nn_ops.LeakyRelu)

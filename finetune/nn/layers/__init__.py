@@ -1,6 +1,7 @@
 """The layers, one module per family; ``finetune.nn`` re-exports them all."""
 
 from .activation import (
+    GELU,
     Hardtanh,
     LeakyReLU,
     LogSoftmax,
@@ -33,6 +34,7 @@ __all__ = [
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
+    "GELU",
     "Hardtanh",
     "Identity",
     "L1Loss",

@@ -1,5 +1,5 @@
 """Activation layers: ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``Hardtanh``, ``Sigmoid``, ``Tanh``,
-``Softmax``, ``LogSoftmax``."""
+``GELU``, ``Softmax``, ``LogSoftmax``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,18 @@ class SiLU(Module):
 class Tanh(Module):
     def forward(self, input: Tensor) -> Tensor:
         return F.tanh(input)
+
+
+class GELU(Module):
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.gelu(input, approximate=self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
 
 
 class Softmax(Module):

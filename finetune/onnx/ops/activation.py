@@ -1,4 +1,4 @@
-"""Activations: Relu, LeakyRelu, Clip, Sigmoid, Tanh, Softmax, LogSoftmax."""
+"""Activations: Relu, LeakyRelu, Clip, Sigmoid, Tanh, Gelu, Softmax, LogSoftmax."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def sigmoid(x: Tensor) -> Tensor:
 @register("Tanh", 6, 13)
 def tanh(x: Tensor) -> Tensor:
     return fn.tanh(x)
+
+
+@register("Gelu", 20)
+def gelu(x: Tensor, *, approximate="none") -> Tensor:
+    return F.gelu(x, approximate=approximate)
 
 
 @register("Clip", 6)

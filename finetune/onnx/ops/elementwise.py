@@ -63,6 +63,11 @@ def exp(x: Tensor) -> Tensor:
     return fn.exp(x)
 
 
+@register("Erf", 9, 13)
+def erf(x: Tensor) -> Tensor:
+    return fn.erf(x)
+
+
 @register("Log", 6, 13)
 def log(x: Tensor) -> Tensor:
     return fn.log(x)
