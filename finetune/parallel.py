@@ -50,6 +50,17 @@ _pool_lock = threading.Lock()
 _inside = threading.local()
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's pool threads: work queued to that pool would
+    wait forever, so the child starts its own on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def get_num_threads() -> int:
     """The number of threads the library's own kernels use."""
     return _threads

@@ -4,6 +4,7 @@ convolution and pooling kernels giving exactly the single-thread results."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -242,3 +243,20 @@ def test_threaded_relu_equals_one_thread(threads, inplace):
     threads(3)
     for got, want in zip(results(), serial):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_pool(threads):
+    threads(2)
+    parallel.split(lambda lo, hi: None, 4, work=10**6)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: split must finish, not wait on the parent's threads
+        try:
+            signal.alarm(20)  # a hang ends the child by SIGALRM, failing the test
+            seen = []
+            parallel.split(lambda lo, hi: seen.append((lo, hi)), 4, work=10**6)
+            os._exit(0 if sorted(seen) == [(0, 2), (2, 4)] else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
