@@ -130,7 +130,15 @@ from .functions import (
     var,
     where,
 )
-from .random import get_rng_state, manual_seed, seed, set_rng_state
+from .random import (
+    Generator,
+    default_generator,
+    get_rng_state,
+    initial_seed,
+    manual_seed,
+    seed,
+    set_rng_state,
+)
 from .tensor import Size, Tensor, is_tensor
 
 __version__ = "0.1.0"

@@ -174,20 +174,20 @@ def linspace(start, end, steps: int, dtype=None, requires_grad: bool = False) ->
 
 
 def randn(*size, dtype=None, requires_grad: bool = False, generator=None, device=None) -> Tensor:
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     values = rng.standard_normal(_sizes(size), dtype=np.float64)
     return _new(values.astype(_float_dtype(dtype)), requires_grad)
 
 
 def rand(*size, dtype=None, requires_grad: bool = False, generator=None, device=None) -> Tensor:
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     return _new(rng.random(_sizes(size)).astype(_float_dtype(dtype)), requires_grad)
 
 
 def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
     if high is None:
         low, high = 0, low
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     return Tensor._from_array(
         rng.integers(low, high, size=_sizes((size,))).astype(
             dtypes.to_numpy_dtype(dtype) if dtype is not None else np.int64
@@ -196,7 +196,7 @@ def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
 
 
 def randperm(n: int, dtype=None, generator=None) -> Tensor:
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     return Tensor._from_array(rng.permutation(n).astype(np.int64))
 
 

@@ -329,15 +329,17 @@ class Tensor:
         self._version.value += 1
         return self
 
-    def normal_(self, mean=0.0, std=1.0):
+    def normal_(self, mean=0.0, std=1.0, *, generator=None):
         from . import random
 
-        return self.copy_(random.generator().normal(mean, std, self._data.shape))
+        rng = random.numpy_generator(generator)
+        return self.copy_(rng.normal(mean, std, self._data.shape))
 
-    def uniform_(self, a=0.0, b=1.0):
+    def uniform_(self, a=0.0, b=1.0, *, generator=None):
         from . import random
 
-        return self.copy_(random.generator().uniform(a, b, self._data.shape))
+        rng = random.numpy_generator(generator)
+        return self.copy_(rng.uniform(a, b, self._data.shape))
 
     def __setitem__(self, index, value) -> None:
         self._check_inplace()

@@ -188,7 +188,7 @@ def save_checkpoint(
             "step": step,
             "history": list(history),
             "partial": partial,
-            "rng": json.dumps(_random.get_rng_state()),
+            "rng": json.dumps(_random.generator().bit_generator.state),
         },
         path,
     )
@@ -235,7 +235,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
                 f"{path}: the optimizer or scheduler state does not fit ({error!r})"
             ) from error
         raise
-    _random.set_rng_state(rng)
+    _random.generator().bit_generator.state = rng
     return state
 
 

@@ -75,8 +75,12 @@ class Subset(Dataset):
         return getattr(self.dataset, name)
 
 
-def random_split(dataset, lengths: Sequence[float], seed: int | None = None) -> list[Subset]:
-    """Split into non-overlapping subsets; ``lengths`` may be counts or fractions summing to 1."""
+def random_split(
+    dataset, lengths: Sequence[float], generator=None, seed: int | None = None
+) -> list[Subset]:
+    """Split into non-overlapping subsets; ``lengths`` may be counts or fractions summing to 1.
+    The permutation comes from ``seed`` if given, else from ``generator`` (a
+    ``finetune.Generator``, as PyTorch's ``random_split(..., generator=...)``) or the default."""
     n = len(dataset)
     if math.isclose(sum(lengths), 1) and sum(lengths) <= 1:
         counts = [int(math.floor(n * f)) for f in lengths]
@@ -86,7 +90,7 @@ def random_split(dataset, lengths: Sequence[float], seed: int | None = None) -> 
         counts = [int(x) for x in lengths]
     if sum(counts) != n:
         raise DataError(f"random_split: lengths {list(lengths)} do not add up to {n} samples")
-    rng = np.random.default_rng(seed) if seed is not None else _random.generator()
+    rng = np.random.default_rng(seed) if seed is not None else _random.numpy_generator(generator)
     perm = rng.permutation(n)
     out, start = [], 0
     for c in counts:
@@ -132,6 +136,7 @@ class DataLoader:
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         timeout: float = 0,
+        generator=None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -139,7 +144,9 @@ class DataLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.seed = int(seed) if seed is not None else int(_random.generator().integers(2**31))
+        if seed is None:  # one draw from the generator (or the default) fixes every epoch's order
+            seed = int(_random.numpy_generator(generator).integers(2**31))
+        self.seed = int(seed)
         self.num_workers = num_workers
         self.collate_fn = collate_fn or default_collate
         self.epoch = 0

@@ -70,12 +70,12 @@ def _fill(tensor: Tensor, values: np.ndarray | float) -> Tensor:
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator=None) -> Tensor:
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     return _fill(tensor, rng.uniform(a, b, tensor.shape))
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator=None) -> Tensor:
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     return _fill(tensor, rng.normal(mean, std, tensor.shape))
 
 
@@ -90,7 +90,7 @@ def trunc_normal_(
     """Normal(mean, std) kept to ``[a, b]`` (absolute bounds, as in PyTorch); outliers redrawn."""
     if not a < b:
         raise ValueError(f"trunc_normal_: empty interval [a, b] = [{a}, {b}]")
-    rng = generator or random.generator()
+    rng = random.numpy_generator(generator)
     values = rng.normal(mean, std, tensor.shape)
     outside = (values < a) | (values > b)
     while outside.any():
