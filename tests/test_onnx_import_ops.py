@@ -31,6 +31,13 @@ def w(*shape):
 # shape inference cannot tell])
 CASES = [
     ("add", [node("Add", ["x", "c"])], (3, 4), {"c": w(4)}, 13),
+    ("sum_8_broadcast", [node("Sum", ["x", "c", "x"])], (3, 4), {"c": w(4)}, 8),
+    ("sum_one_input", [node("Sum", ["x"])], (3, 4), {}, 13),
+    ("mean_13", [node("Mean", ["x", "c"])], (3, 4), {"c": w(4)}, 13),
+    ("max_12", [node("Max", ["x", "c", "x"])], (3, 4), {"c": w(4)}, 12),
+    ("min_7", [node("Min", ["x", "x"])], (3, 4), {}, 7),
+    ("lrn", [node("LRN", ["x"], size=3)], (5, 3, 3), {}, 13),
+    ("lrn_9", [node("LRN", ["x"], size=5, alpha=0.01, beta=0.5, bias=2.0)], (6, 2, 2), {}, 9),
     ("sub", [node("Sub", ["c", "x"])], (3, 4), {"c": w(3, 1)}, 7),
     ("mul", [node("Mul", ["x", "x"])], (3, 4), {}, 14),
     ("div", [node("Div", ["x", "c"])], (3, 4), {"c": 1.5 + np.abs(w(4))}, 13),
@@ -432,3 +439,28 @@ def test_every_converter_takes_every_attribute_and_input_of_its_schemas():
         if not any(p.kind is p.VAR_POSITIONAL for p in params):
             positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
             assert positional >= len(schema.inputs), f"{op} {version} drops inputs"
+
+
+def test_lrn_with_an_even_size_follows_the_spec():
+    """onnxruntime refuses even sizes; the spec puts floor((size-1)/2) channels before each
+    channel and ceil((size-1)/2) after. A direct loop is the reference."""
+    from finetune.onnx.ops.normalization import lrn
+
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float64)
+    size, alpha, beta, bias = 4, 0.02, 0.6, 1.5
+    expected = np.empty_like(x)
+    for c in range(6):
+        lo, hi = max(0, c - (size - 1) // 2), min(5, c + size // 2)
+        square_sum = (x[:, lo : hi + 1] ** 2).sum(axis=1)
+        expected[:, c] = x[:, c] / (bias + alpha / size * square_sum) ** beta
+    got = lrn(ft.tensor(x), size=size, alpha=alpha, beta=beta, bias=bias)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_lrn_gradients_pass_gradcheck():
+    from finetune.autograd import gradcheck
+    from finetune.onnx.ops.normalization import lrn
+
+    x = np.random.default_rng(1).standard_normal((2, 5, 2, 2))
+    leaf = ft.tensor(x, dtype=ft.float64, requires_grad=True)
+    assert gradcheck(lambda t: lrn(t, size=3, alpha=0.3, beta=0.75, bias=1.0), (leaf,))

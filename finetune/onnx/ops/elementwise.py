@@ -1,4 +1,5 @@
-"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow (numpy broadcasting) and unary math.
+"""Elementwise arithmetic: Add, Sub, Mul, Div, Pow (numpy broadcasting), the variadic Sum, Mean,
+Max and Min, and unary math.
 
 ONNX gives both operands of Add/Sub/Mul/Div one type; they differ only after a model was cast
 (``.double()``) while constants computed in the graph stayed float32, and then the wider wins.
@@ -42,6 +43,35 @@ def div(a: Tensor, b: Tensor) -> Tensor:
         with np.errstate(divide="ignore", invalid="ignore"):
             return wrap(np.trunc(np.true_divide(a._data, b._data)).astype(a._data.dtype))
     return fn.div(a, b)
+
+
+def _fold(what: str, inputs: tuple, combine):
+    """Combine one or more inputs pairwise, left to right, with numpy broadcasting."""
+    check_broadcast(what, *(x.shape for x in inputs))
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = combine(out, x)
+    return out
+
+
+@register("Sum", 6, 8, 13)
+def sum_(*inputs: Tensor) -> Tensor:
+    return _fold("Sum", inputs, fn.add)
+
+
+@register("Mean", 6, 8, 13)
+def mean(*inputs: Tensor) -> Tensor:
+    return fn.div(_fold("Mean", inputs, fn.add), len(inputs))
+
+
+@register("Max", 6, 8, 12, 13)
+def max_(*inputs: Tensor) -> Tensor:
+    return _fold("Max", inputs, fn.maximum)
+
+
+@register("Min", 6, 8, 12, 13)
+def min_(*inputs: Tensor) -> Tensor:
+    return _fold("Min", inputs, fn.minimum)
 
 
 @register("Pow", 7, 12, 13, 15)

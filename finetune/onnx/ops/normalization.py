@@ -1,7 +1,8 @@
-"""BatchNormalization and Dropout: layers that behave differently while training.
+"""BatchNormalization and Dropout, layers that behave differently while training, and LRN.
 
 Constant statistics make BatchNormalization a real ``nn.BatchNorm1d``/``nn.BatchNorm2d`` with
-its running statistics as buffers; ONNX's ``momentum`` is PyTorch's ``1 - momentum``.
+its running statistics as buffers; ONNX's ``momentum`` is PyTorch's ``1 - momentum``. LRN (the
+local response normalisation of AlexNet-era models) is composed of differentiable tensor ops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from ... import functions as fn
 from ... import random
+from ...errors import OnnxImportError
 from ...nn.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ...nn.layers.dropout import Dropout
 from ...nn.parameter import Parameter
@@ -156,3 +158,23 @@ def dropout(
     training = bool(scalar(training_mode)) if training_mode is not None else False
     p = 0.5 if ratio is None else float(scalar(ratio))
     return _dropout(data, p, training, seed, _outputs)
+
+
+@register("LRN", 1, 13)
+def lrn(x: Tensor, *, size, alpha=0.0001, beta=0.75, bias=1.0) -> Tensor:
+    """``x / (bias + alpha / size * window_sum(x^2)) ^ beta``, the window ``size`` channels wide
+    around each channel: ``floor((size - 1) / 2)`` before it and ``ceil((size - 1) / 2)`` after,
+    clipped to the existing channels."""
+    if size < 1:
+        raise OnnxImportError(f"LRN: size must be positive, got {size}")
+    channels = x.shape[1]
+    before, after = (size - 1) // 2, size // 2
+    squares = fn.mul(x, x)
+    zeros_shape = (x.shape[0], max(before, after), *x.shape[2:])
+    zeros = wrap(np.zeros(zeros_shape, dtype=x._data.dtype))
+    padded = fn.cat([zeros[:, :before], squares, zeros[:, :after]], dim=1)
+    window = padded[:, 0:channels]
+    for k in range(1, size):
+        window = fn.add(window, padded[:, k : k + channels])
+    scale = fn.add(fn.mul(window, alpha / size), bias)
+    return fn.div(x, fn.pow(scale, beta))
