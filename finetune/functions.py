@@ -209,13 +209,11 @@ clip = clamp
 
 
 def maximum(a, b):
-    a, b = _t(a), _t(b)
-    return where(a >= b, a, b)
+    return ops.Maximum.apply(_t(a), _t(b))
 
 
 def minimum(a, b):
-    a, b = _t(a), _t(b)
-    return where(a <= b, a, b)
+    return ops.Minimum.apply(_t(a), _t(b))
 
 
 def where(condition, a, b):

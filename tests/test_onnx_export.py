@@ -381,3 +381,10 @@ def test_gelu_as_a_node_from_opset_20_and_as_its_formula_before(approximate, ops
     assert ("Gelu" in ops) == (opset >= 20)
     if opset < 20:
         assert ("Erf" in ops) == (approximate == "none")
+
+
+def test_maximum_and_minimum_export_as_max_and_min(tmp_path):
+    model = assert_exports(
+        Lambda(lambda m, x: ft.maximum(x, m.weight) + ft.minimum(x, 0.5 * x)), (4,), tmp_path
+    )
+    assert {"Max", "Min"} <= {n.op_type for n in model.graph.node}

@@ -338,3 +338,18 @@ def test_where_broadcasts_condition_and_operands() -> None:
     mask = finetune.tensor(RNG.random((3, 4)) > 0.5)
     assert gradcheck(lambda a, b: F.where(mask, a, b), (leaf(4), leaf(1)))
     assert gradcheck(lambda a: F.where(mask, a, 0.0), (leaf(3, 1),))
+
+
+def test_maximum_and_minimum_follow_pytorch_on_ties_and_nan():
+    """PyTorch: NaN wins either way; a tie gives each side half the gradient."""
+    a = finetune.tensor([1.0, 2.0, 3.0, float("nan")], requires_grad=True)
+    b = finetune.tensor([1.0, 5.0, 0.0, 0.0], requires_grad=True)
+    out = finetune.maximum(a, b)
+    assert out.grad_fn.name() == "MaximumBackward0"
+    np.testing.assert_array_equal(out.detach().numpy(), [1.0, 5.0, 3.0, np.nan])
+    out.backward(finetune.ones(4))
+    np.testing.assert_array_equal(a.grad.numpy(), [0.5, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [0.5, 1.0, 0.0, 1.0])
+    low = finetune.minimum(b, a)
+    assert low.grad_fn.name() == "MinimumBackward0"
+    np.testing.assert_array_equal(low.detach().numpy(), [1.0, 2.0, 0.0, np.nan])

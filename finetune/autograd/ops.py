@@ -537,6 +537,43 @@ class Clone(Function):
         return grad
 
 
+class Maximum(Function):
+    """The larger of two values; NaN wins, and a tie splits the gradient in half, as in
+    PyTorch."""
+
+    pick = staticmethod(np.maximum)
+    loses = staticmethod(np.less)
+
+    @classmethod
+    def forward(cls, ctx, a, b):
+        ctx.shapes = (_shape(a), _shape(b))
+        a, b = _binary_operands(a, b)
+        try:
+            out = cls.pick(a, b)
+        except ValueError as error:
+            raise broadcast_error(_shape(a), _shape(b)) from error
+        ctx.save_for_backward(a, b)
+        return out
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        a, b = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        zero = grad.dtype.type(0)
+        share = np.where(a == b, grad * grad.dtype.type(0.5), grad)
+        ga = np.where(cls.loses(a, b), zero, share) if ctx.needs_input_grad[0] else None
+        gb = np.where(cls.loses(b, a), zero, share) if ctx.needs_input_grad[1] else None
+        return (
+            None if ga is None else sum_to_shape(ga, sa),
+            None if gb is None else sum_to_shape(gb, sb),
+        )
+
+
+class Minimum(Maximum):
+    pick = staticmethod(np.minimum)
+    loses = staticmethod(np.greater)
+
+
 class Where(Function):
     name = "WhereBackward0"
 

@@ -113,6 +113,13 @@ def _unary(b, call, outs):
     b.node(_UNARY[call.function], [b.operand(call.args[0], _dtype(call))], outs)
 
 
+@emits(ops.Maximum, ops.Minimum)
+def _max_min(b, call, outs):
+    op = "Min" if issubclass(call.function, ops.Minimum) else "Max"
+    dtype = _dtype(call)
+    b.node(op, [b.operand(x, dtype) for x in call.args], outs)
+
+
 @emits(ops.Clone)
 def _clone(b, call, outs):
     b.node("Identity", [b.name_of(call.args[0])], outs)
