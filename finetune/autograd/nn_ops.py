@@ -77,10 +77,12 @@ def _reduce_axes(ndim: int) -> tuple:
 
 def _channel_sums(a: np.ndarray) -> np.ndarray:
     """``(N, C, *) -> (C,)``: each channel's sum, added in an order that does not depend on how
-    many channels ``a`` holds, so a block of channels sums exactly as the whole tensor does."""
+    many channels ``a`` holds, so a block of channels sums exactly as the whole tensor does.
+    Half precision adds in float32 (as ``np.mean`` does)."""
+    dtype = np.float32 if a.dtype == np.float16 else None
     if a.ndim > 2:
-        a = a.sum(axis=tuple(range(2, a.ndim)))
-    return a.sum(axis=0)
+        a = a.sum(axis=tuple(range(2, a.ndim)), dtype=dtype)
+    return a.sum(axis=0, dtype=dtype)
 
 
 class BatchNormTrain(Function):
