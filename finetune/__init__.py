@@ -82,6 +82,7 @@ from .functions import (
     cos,
     cumsum,
     div,
+    einsum,
     erf,
     exp,
     expand,

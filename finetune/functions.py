@@ -13,6 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from .autograd import einsum as einsum_op
 from .autograd import ops
 from .errors import ShapeError
 from .tensor import Tensor
@@ -78,6 +79,14 @@ def pow(base, exponent):  # noqa: A001
     if isinstance(exponent, numbers.Number) and isinstance(base, Tensor):
         return ops.Pow.apply(base, exponent)
     return ops.PowTensor.apply(_operand(base), _operand(exponent))
+
+
+def einsum(equation: str, *operands):
+    """Einstein summation, as ``torch.einsum``: ``einsum("bij,bjk->bik", a, b)``; the operands
+    may also come as one list."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    return einsum_op.Einsum.apply(*(_t(x) for x in operands), equation=equation)
 
 
 def matmul(a, b):

@@ -388,3 +388,13 @@ def test_maximum_and_minimum_export_as_max_and_min(tmp_path):
         Lambda(lambda m, x: ft.maximum(x, m.weight) + ft.minimum(x, 0.5 * x)), (4,), tmp_path
     )
     assert {"Max", "Min"} <= {n.op_type for n in model.graph.node}
+
+
+def test_einsum_exports_with_an_explicit_equation(tmp_path):
+    model = assert_exports(
+        Lambda(lambda m, x: ft.einsum("...i,i->...", x, m.weight) + ft.einsum("bi,bi", x, x)),
+        (4,),
+        tmp_path,
+    )
+    (node,) = [n for n in model.graph.node if n.op_type == "Einsum"][:1]
+    assert "..." not in node.attribute[0].s.decode()

@@ -37,6 +37,7 @@ CASES = [
     ("max_12", [node("Max", ["x", "c", "x"])], (3, 4), {"c": w(4)}, 12),
     ("min_7", [node("Min", ["x", "x"])], (3, 4), {}, 7),
     ("lrn", [node("LRN", ["x"], size=3)], (5, 3, 3), {}, 13),
+    ("einsum", [node("Einsum", ["x", "c"], equation="bij,jk->bik")], (2, 3), {"c": w(3, 4)}, 12),
     ("lrn_9", [node("LRN", ["x"], size=5, alpha=0.01, beta=0.5, bias=2.0)], (6, 2, 2), {}, 9),
     ("sub", [node("Sub", ["c", "x"])], (3, 4), {"c": w(3, 1)}, 7),
     ("mul", [node("Mul", ["x", "x"])], (3, 4), {}, 14),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..autograd import conv, nn_ops, ops
+from ..autograd import conv, einsum, nn_ops, ops
 from ..errors import OnnxExportError
 from ..tensor import Tensor
 
@@ -118,6 +118,15 @@ def _max_min(b, call, outs):
     op = "Min" if issubclass(call.function, ops.Minimum) else "Max"
     dtype = _dtype(call)
     b.node(op, [b.operand(x, dtype) for x in call.args], outs)
+
+
+@emits(einsum.Einsum)
+def _einsum(b, call, outs):
+    """Einsum (opset 12; the exporter writes 13 and later) with the equation made explicit."""
+    dtype = _dtype(call)
+    inputs, output = einsum.parse(call.kwargs["equation"], [len(_shape(x)) for x in call.args])
+    equation = f"{','.join(inputs)}->{output}"
+    b.node("Einsum", [b.operand(x, dtype) for x in call.args], outs, equation=equation)
 
 
 @emits(ops.Clone)

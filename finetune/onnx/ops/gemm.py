@@ -1,5 +1,6 @@
-"""Gemm and MatMul. A constant weight makes them a real ``nn.Linear`` (alpha and beta folded
-in, ``transB`` honoured), and ``MatMul`` followed by ``Add`` of a constant bias becomes one."""
+"""Gemm, MatMul and Einsum. A constant weight makes Gemm and MatMul a real ``nn.Linear`` (alpha
+and beta folded in, ``transB`` honoured), and ``MatMul`` followed by ``Add`` of a constant bias
+becomes one."""
 
 from __future__ import annotations
 
@@ -122,3 +123,9 @@ def fuse_matmul_add(
             continue
         fused[index] = (users[0], Built(linear(w.T, bias.reshape(-1))), w_name)
     return fused
+
+
+@register("Einsum", 12, 28)
+def einsum(*inputs: Tensor, equation) -> Tensor:
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    return fn.einsum(equation, *inputs)
