@@ -20,6 +20,7 @@ This module does not import numpy: it must run before numpy is loaded.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -31,6 +32,8 @@ if "numpy" not in sys.modules:
 
 # below this many elements a kernel runs on the calling thread: the hand-over costs more
 MIN_WORK_PER_THREAD = 1 << 16
+# chunks per thread: enough for a thread slowed by the machine to hand work to the others
+CHUNKS_PER_THREAD = 4
 
 
 def _default_threads() -> int:
@@ -87,27 +90,40 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _run_inside(fn: Callable[[int, int], None], lo: int, hi: int) -> None:
+def _take_chunks(fn: Callable[[int, int], None], bounds: list[int], queue) -> None:
+    """Run chunks until none is left; ``next(queue)`` hands out each index once (atomic under
+    the GIL), so a thread slowed down by the machine simply takes fewer."""
+    for k in queue:
+        if k >= len(bounds) - 1:
+            return
+        fn(bounds[k], bounds[k + 1])
+
+
+def _take_chunks_inside(fn, bounds, queue) -> None:
     _inside.active = True
     try:
-        fn(lo, hi)
+        _take_chunks(fn, bounds, queue)
     finally:
         _inside.active = False
 
 
 def split(fn: Callable[[int, int], None], size: int, work: int) -> None:
-    """Run ``fn(lo, hi)`` over contiguous chunks covering ``range(size)``, one per thread, when
-    the ``work`` (elements touched in all) is large enough; the calling thread takes the first
-    chunk. Chunks must write disjoint memory. Exceptions from any chunk propagate."""
+    """Run ``fn(lo, hi)`` over contiguous chunks covering ``range(size)`` on all threads, when
+    the ``work`` (elements touched in all) is large enough. There are ``CHUNKS_PER_THREAD``
+    chunks per thread, taken in turn by whichever thread is free (the calling thread included),
+    so one slow core does not hold the others up. Chunks must write disjoint memory. Exceptions
+    from any chunk propagate."""
     threads = min(_threads, size, work // MIN_WORK_PER_THREAD)
     if threads < 2 or getattr(_inside, "active", False):
         fn(0, size)
         return
-    bounds = [size * i // threads for i in range(threads + 1)]
+    chunks = min(size, threads * CHUNKS_PER_THREAD, work // MIN_WORK_PER_THREAD)
+    bounds = [size * i // chunks for i in range(chunks + 1)]
+    queue = itertools.count()
     executor = _executor()
-    futures = [executor.submit(_run_inside, fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    futures = [executor.submit(_take_chunks_inside, fn, bounds, queue) for _ in range(threads - 1)]
     try:
-        fn(bounds[0], bounds[1])
+        _take_chunks(fn, bounds, queue)
     finally:
         for future in futures:
             future.result()

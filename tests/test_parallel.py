@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,20 +31,51 @@ def threads(monkeypatch):
     parallel.set_num_threads(before)
 
 
-def test_split_covers_the_range_once_in_contiguous_chunks(threads):
+def _covers_once(chunks, size):
+    """The chunks tile ``range(size)``: contiguous, disjoint, nothing left out."""
+    chunks = sorted(chunks)
+    return (
+        chunks[0][0] == 0
+        and chunks[-1][1] == size
+        and all(a[1] == b[0] and a[0] < a[1] for a, b in zip(chunks, chunks[1:]))
+    )
+
+
+def test_split_covers_the_range_once_in_chunks_taken_by_every_thread(threads):
     threads(3)
     seen, callers = [], set()
     lock = threading.Lock()
+    release = threading.Barrier(3, timeout=10)
 
     def chunk(lo, hi):
         with lock:
             seen.append((lo, hi))
+            first = threading.get_ident() not in callers
             callers.add(threading.get_ident())
+        if first:  # every thread waits here once, so all three must have taken a chunk
+            release.wait()
 
-    parallel.split(chunk, 10, work=10**6)
-    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)]
-    # the caller takes a chunk; a quick pool worker may take both of the others
-    assert threading.get_ident() in callers and len(callers) >= 2
+    parallel.split(chunk, 40, work=10**6)
+    assert _covers_once(seen, 40)
+    assert len(seen) == 3 * parallel.CHUNKS_PER_THREAD
+    assert threading.get_ident() in callers and len(callers) == 3
+
+
+def test_a_slow_thread_takes_fewer_chunks(threads):
+    threads(2)
+    taken = {}
+    lock = threading.Lock()
+
+    def chunk(lo, hi):
+        if lo == 0:
+            time.sleep(0.2)  # whichever thread takes the first chunk stalls on it
+        with lock:
+            taken.setdefault(threading.get_ident(), []).append((lo, hi))
+
+    parallel.split(chunk, 8, work=10**6)
+    assert _covers_once([c for cs in taken.values() for c in cs], 8)
+    (slow,) = [cs for cs in taken.values() if (0, 1) in cs]
+    assert len(slow) < 8 - len(slow)  # the other thread did most of the work meanwhile
 
 
 def test_split_runs_small_work_on_the_calling_thread(threads):
@@ -61,16 +93,16 @@ def test_split_never_makes_more_chunks_than_items(threads):
     assert sorted(seen) == [(0, 1), (1, 2)]
 
 
-def test_split_propagates_a_chunk_error_after_every_chunk_finished(threads):
+def test_split_propagates_a_chunk_error_after_every_thread_stopped(threads):
     threads(2)
     finished = []
 
     def chunk(lo, hi):
         if lo > 0:
-            raise ValueError("second chunk failed")
+            raise ValueError("a chunk failed")
         finished.append(lo)
 
-    with pytest.raises(ValueError, match="second chunk failed"):
+    with pytest.raises(ValueError, match="a chunk failed"):
         parallel.split(chunk, 4, work=10**6)
     assert finished == [0]
 
@@ -78,14 +110,23 @@ def test_split_propagates_a_chunk_error_after_every_chunk_finished(threads):
 def test_nested_split_inside_a_worker_runs_serially(threads):
     threads(2)
     inner = []
+    lock = threading.Lock()
 
     def outer(lo, hi):
-        parallel.split(lambda a, b: inner.append((lo, a, b)), 6, work=10**6)
+        nested = parallel._inside.__dict__.get("active", False)
+
+        def record(a, b):
+            with lock:
+                inner.append((lo, nested, a, b))
+
+        parallel.split(record, 6, work=10**6)
 
     parallel.split(outer, 2, work=10**6)
-    # the calling thread's chunk may split again; the worker's chunk runs whole
-    assert (1, 0, 6) in inner
-    assert sorted(x for x in inner if x[0] == 0) in ([(0, 0, 6)], [(0, 0, 3), (0, 3, 6)])
+    for lo in (0, 1):
+        pieces = [(a, b) for o, nested, a, b in inner if o == lo]
+        assert _covers_once(pieces, 6)
+        if any(nested for o, nested, _, _ in inner if o == lo):  # ran on a pool worker
+            assert pieces == [(0, 6)]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -217,7 +258,7 @@ def test_elementwise_splits_contiguous_arrays_and_takes_others_whole(threads):
     out = np.empty_like(a)
     parallel.elementwise(fn, out, a)
     np.testing.assert_array_equal(out, a + 1)
-    assert sorted(calls) == [(3,), (3,), (4,)]
+    assert sum(n for (n,) in calls) == 10 and len(calls) == 10  # 3 threads x 4 chunks, at most 10
     calls.clear()
     strided = np.arange(20, dtype=np.float32)[::2]
     parallel.elementwise(fn, out, strided)
@@ -255,7 +296,7 @@ def test_a_forked_child_gets_its_own_pool(threads):
             signal.alarm(20)  # a hang ends the child by SIGALRM, failing the test
             seen = []
             parallel.split(lambda lo, hi: seen.append((lo, hi)), 4, work=10**6)
-            os._exit(0 if sorted(seen) == [(0, 2), (2, 4)] else 1)
+            os._exit(0 if _covers_once(seen, 4) else 1)
         finally:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
