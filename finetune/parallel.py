@@ -2,16 +2,16 @@
 
 numpy runs its matrix products on BLAS's own threads but every copy and ufunc on one core, so
 on a 2-core machine half the machine idles during the third of a forward pass that is copies.
-``split(fn, size, work)`` cuts ``range(size)`` into one contiguous chunk per thread and runs
-``fn(lo, hi)`` on each (numpy releases the GIL inside copies and ufuncs), when ``work`` elements
-are enough to pay for the hand-over (about 20 us); the kernels split along channels, so chunks
-never write the same memory.
+``split(fn, size, work)`` cuts ``range(size)`` into a few contiguous chunks per thread and runs
+``fn(lo, hi)`` on each, every thread taking the next chunk when it is free (numpy releases the
+GIL inside copies and ufuncs), when ``work`` elements are enough to pay for the hand-over (about
+20 us); the kernels split along channels, so chunks never write the same memory.
 
 OpenBLAS keeps its worker threads spinning for a while after every matrix product, which takes
 the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT`` setting, read once when
 numpy loads OpenBLAS, makes them sleep instead; ``import finetune`` sets it to 4 (sleep at once)
 when numpy is not loaded yet and the user has not chosen a value. Imported after numpy, the
-threads still work but win less (measured in docs/performance.md).
+threads still work but gain nothing (measured in docs/performance.md).
 
 The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``; by default it is
 ``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) when set, else the cores this process may use.
