@@ -91,7 +91,7 @@ class BatchNormTrain(Function):
     x (N, C, *), weight and bias (C) or None, running_mean and running_var (C) or None.
     The biased batch variance normalises; the unbiased one feeds ``running_var``.
     Both directions work on blocks of channels (every statistic is per channel), in place
-    into their outputs, one block per thread.
+    into their outputs, the blocks shared out among the threads.
     """
 
     name = "NativeBatchNormBackward0"

@@ -319,7 +319,7 @@ def _mat_desc(x: np.ndarray) -> str:
 # -- elementwise unary -------------------------------------------------------------------------
 
 
-_TWO_OVER_SQRT_PI = 2.0 / np.sqrt(np.pi)
+_TWO_OVER_SQRT_PI = float(2.0 / np.sqrt(np.pi))  # a Python float: float32 stays float32
 
 
 def _floating(x: np.ndarray) -> np.ndarray:
