@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import functions, random
-from ..autograd import engine, nn_ops, ops
+from ..autograd import engine, nn_ops, ops, resample
 from ..autograd.function import is_tracing
 from ..errors import DataError, ShapeError
 from ..parallel import elementwise
@@ -299,6 +299,69 @@ def avg_pool2d(
         ceil_mode=ceil_mode,
         count_include_pad=count_include_pad,
     )
+
+
+_LINEAR_MODES = {"linear": 1, "bilinear": 2, "trilinear": 3}
+
+
+def interpolate(
+    input: Tensor,
+    size: _IntOrTuple | None = None,
+    scale_factor: float | Sequence[float] | None = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    recompute_scale_factor: bool | None = None,
+    antialias: bool = False,
+) -> Tensor:
+    """Resize the spatial dimensions of ``input`` (N, C, *spatial) as ``torch.nn.functional.
+    interpolate`` does, for the ``nearest``, ``linear``, ``bilinear`` and ``trilinear`` modes."""
+    nd = input.ndim - 2
+    if nd not in (1, 2, 3):
+        raise ShapeError(
+            f"interpolate: expected a 3-D, 4-D or 5-D input (N, C, *spatial), got shape "
+            f"{list(input.shape)}"
+        )
+    if mode not in ("nearest", *_LINEAR_MODES):
+        raise NotImplementedError(
+            f"interpolate: mode {mode!r} is not supported (nearest, linear, bilinear, trilinear)"
+        )
+    if mode != "nearest" and _LINEAR_MODES[mode] != nd:
+        raise NotImplementedError(
+            f"Got {input.ndim}D input, but {mode} mode needs {_LINEAR_MODES[mode] + 2}D input"
+        )
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError(
+            "align_corners option can only be set with the interpolating modes: "
+            "linear | bilinear | bicubic | trilinear"
+        )
+    if antialias:
+        raise NotImplementedError("interpolate: antialias=True is not supported")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined")
+    spatial = input.shape[2:]
+    if size is not None:
+        sizes = _tuple(size, nd, "size")
+        scales = [None] * nd
+    else:
+        factors = _tuple(scale_factor, nd, "scale_factor")
+        sizes = tuple(int(math.floor(s * f)) for s, f in zip(spatial, factors))
+        scales = [None if recompute_scale_factor else 1.0 / f for f in factors]
+    if any(s <= 0 for s in sizes):
+        raise ShapeError(
+            f"interpolate: output size {list(sizes)} of input {list(input.shape)} must be positive"
+        )
+    matrices = [
+        resample.axis_matrix(i, o, s, mode, bool(align_corners))
+        for i, o, s in zip(spatial, sizes, scales)
+    ]
+    return resample.FUNCTIONS[(mode, nd)].apply(input, matrices=matrices)
+
+
+def _tuple(value, nd: int, what: str) -> tuple:
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * nd
+    if len(values) != nd:
+        raise ValueError(f"interpolate: {what} needs {nd} value(s) for this input, got {value}")
+    return values
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size: _IntOrTuple | None) -> Tensor:

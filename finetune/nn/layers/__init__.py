@@ -21,6 +21,7 @@ from .layernorm import LayerNorm
 from .linear import Identity, Linear
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .upsample import Upsample
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -54,4 +55,5 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "Upsample",
 ]
