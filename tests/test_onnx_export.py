@@ -398,3 +398,22 @@ def test_einsum_exports_with_an_explicit_equation(tmp_path):
     )
     (node,) = [n for n in model.graph.node if n.op_type == "Einsum"][:1]
     assert "..." not in node.attribute[0].s.decode()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(scale_factor=2, mode="nearest"),
+        dict(scale_factor=(1.5, 0.5), mode="nearest"),
+        dict(size=(5, 7), mode="nearest"),
+        dict(scale_factor=2, mode="bilinear", align_corners=False),
+        dict(size=(5, 3), mode="bilinear", align_corners=False),
+        dict(scale_factor=1.5, mode="bilinear", align_corners=True),
+    ],
+)
+@pytest.mark.parametrize("opset", [13, 17])
+def test_interpolate_exports_as_resize(kwargs, opset, tmp_path):
+    model = assert_exports(
+        Lambda(lambda m, x: F.interpolate(x, **kwargs)), (2, 4, 6), tmp_path, opset_version=opset
+    )
+    assert "Resize" in {n.op_type for n in model.graph.node}

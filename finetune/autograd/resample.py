@@ -50,10 +50,11 @@ def _apply(x: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
 
 
 class Resample(Function):
-    """``n c i... -> n c o...`` by one matrix per spatial axis."""
+    """``n c i... -> n c o...`` by one matrix per spatial axis. ``mode``, ``align_corners`` and
+    ``scales`` (the scale factors given, or None) only describe the call, for the exporter."""
 
     @staticmethod
-    def forward(ctx, x, *, matrices):
+    def forward(ctx, x, *, matrices, mode, align_corners, scales):
         ctx.matrices = matrices
         return _apply(x, matrices)
 

@@ -354,7 +354,13 @@ def interpolate(
         resample.axis_matrix(i, o, s, mode, bool(align_corners))
         for i, o, s in zip(spatial, sizes, scales)
     ]
-    return resample.FUNCTIONS[(mode, nd)].apply(input, matrices=matrices)
+    return resample.FUNCTIONS[(mode, nd)].apply(
+        input,
+        matrices=matrices,
+        mode=mode,
+        align_corners=bool(align_corners),
+        scales=None if scales[0] is None else tuple(1.0 / s for s in scales),
+    )
 
 
 def _tuple(value, nd: int, what: str) -> tuple:

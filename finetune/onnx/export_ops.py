@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..autograd import conv, einsum, nn_ops, ops
+from ..autograd import conv, einsum, nn_ops, ops, resample
 from ..errors import OnnxExportError
 from ..tensor import Tensor
 
@@ -127,6 +127,36 @@ def _einsum(b, call, outs):
     inputs, output = einsum.parse(call.kwargs["equation"], [len(_shape(x)) for x in call.args])
     equation = f"{','.join(inputs)}->{output}"
     b.node("Einsum", [b.operand(x, dtype) for x in call.args], outs, equation=equation)
+
+
+@emits(resample.Resample)
+def _resize(b, call, outs):
+    """Resize with PyTorch's coordinates: nearest is ``asymmetric`` + ``floor``, linear is
+    ``pytorch_half_pixel`` or ``align_corners``. Scale factors travel as ``scales`` (the batch
+    stays free); a requested size travels as ``sizes``, its batch and channels read from the
+    input's shape."""
+    (x,) = call.args
+    dtype, kwargs = _dtype(call), call.kwargs
+    name = b.operand(x, dtype)
+    if kwargs["mode"] == "nearest":
+        attributes = dict(
+            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+        )
+    else:
+        transform = "align_corners" if kwargs["align_corners"] else "pytorch_half_pixel"
+        attributes = dict(mode="linear", coordinate_transformation_mode=transform)
+    if kwargs["scales"] is not None:
+        scales = np.asarray([1.0, 1.0, *kwargs["scales"]], dtype=np.float32)
+        b.node("Resize", [name, "", b.constant(scales)], outs, **attributes)
+        return
+    full, shape = b.fresh("resize_input_shape"), b.fresh("resize_shape")
+    b.node("Shape", [name], [full])  # Shape's start/end attributes need opset 15
+    bounds = [b.constant(np.asarray([v], dtype=np.int64)) for v in (0, 2)]
+    b.node("Slice", [full, *bounds], [shape])
+    spatial = b.constant(np.asarray(call.results[0].shape[2:], dtype=np.int64))
+    sizes = b.fresh("resize_sizes")
+    b.node("Concat", [shape, spatial], [sizes], axis=0)
+    b.node("Resize", [name, "", "", sizes], outs, **attributes)
 
 
 @emits(ops.Clone)
