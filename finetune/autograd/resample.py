@@ -40,27 +40,27 @@ def axis_matrix(
     return matrix
 
 
-def _apply(x: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
-    """Multiply spatial axis ``k`` of ``x`` (N, C, *spatial) by ``matrices[k]``."""
-    for k, matrix in enumerate(matrices):
-        axis = 2 + k
+def _apply(x: np.ndarray, matrices: dict[int, np.ndarray]) -> np.ndarray:
+    """Multiply axis ``a`` of ``x`` by ``matrices[a]`` (``(out, in)``), for each axis given."""
+    for axis, matrix in matrices.items():
         moved = np.moveaxis(x, axis, -1)
         x = np.moveaxis(moved @ matrix.T.astype(x.dtype), -1, axis)
     return np.ascontiguousarray(x)
 
 
 class Resample(Function):
-    """``n c i... -> n c o...`` by one matrix per spatial axis. ``mode``, ``align_corners`` and
-    ``scales`` (the scale factors given, or None) only describe the call, for the exporter."""
+    """``n c i... -> n c o...`` by one matrix per resized axis (``{axis: (out, in)}``).
+    ``resize`` (the ONNX Resize attributes computing the same) and ``scales`` (a scale factor
+    per axis, or None when sizes were asked for) only describe the call, for the exporter."""
 
     @staticmethod
-    def forward(ctx, x, *, matrices, mode, align_corners, scales):
+    def forward(ctx, x, *, matrices, resize, scales):
         ctx.matrices = matrices
         return _apply(x, matrices)
 
     @staticmethod
     def backward(ctx, grad):
-        return _apply(grad, [m.T for m in ctx.matrices])
+        return _apply(grad, {axis: m.T for axis, m in ctx.matrices.items()})
 
 
 def _named(mode: str, nd: int) -> type:
@@ -68,6 +68,12 @@ def _named(mode: str, nd: int) -> type:
     label["trilinear"] = "Trilinear"
     name = f"Upsample{label[mode]}{nd}D"
     return type(name, (Resample,), {"name": f"{name}Backward0", "__module__": __name__})
+
+
+class Resize(Resample):
+    """An imported ONNX Resize or Upsample node."""
+
+    name = "ResizeBackward0"
 
 
 FUNCTIONS = {

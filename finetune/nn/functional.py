@@ -350,16 +350,22 @@ def interpolate(
         raise ShapeError(
             f"interpolate: output size {list(sizes)} of input {list(input.shape)} must be positive"
         )
-    matrices = [
-        resample.axis_matrix(i, o, s, mode, bool(align_corners))
-        for i, o, s in zip(spatial, sizes, scales)
-    ]
+    matrices = {
+        2 + k: resample.axis_matrix(i, o, s, mode, bool(align_corners))
+        for k, (i, o, s) in enumerate(zip(spatial, sizes, scales))
+    }
+    if mode == "nearest":  # the ONNX Resize computing the same, for the exporter
+        resize = dict(
+            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+        )
+    else:
+        transform = "align_corners" if align_corners else "pytorch_half_pixel"
+        resize = dict(mode="linear", coordinate_transformation_mode=transform)
     return resample.FUNCTIONS[(mode, nd)].apply(
         input,
         matrices=matrices,
-        mode=mode,
-        align_corners=bool(align_corners),
-        scales=None if scales[0] is None else tuple(1.0 / s for s in scales),
+        resize=resize,
+        scales=None if scales[0] is None else (1.0, 1.0, *(1.0 / s for s in scales)),
     )
 
 

@@ -131,23 +131,28 @@ def _einsum(b, call, outs):
 
 @emits(resample.Resample)
 def _resize(b, call, outs):
-    """Resize with PyTorch's coordinates: nearest is ``asymmetric`` + ``floor``, linear is
-    ``pytorch_half_pixel`` or ``align_corners``. Scale factors travel as ``scales`` (the batch
-    stays free); a requested size travels as ``sizes``, its batch and channels read from the
-    input's shape."""
+    """Resize with the attributes the call recorded (PyTorch's coordinates for ``interpolate``,
+    the node's own for an imported Resize). Scale factors travel as ``scales`` (the batch stays
+    free); a requested size travels as ``sizes``, its batch and channels read from the input's
+    shape."""
     (x,) = call.args
     dtype, kwargs = _dtype(call), call.kwargs
     name = b.operand(x, dtype)
-    if kwargs["mode"] == "nearest":
-        attributes = dict(
-            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
-        )
-    else:
-        transform = "align_corners" if kwargs["align_corners"] else "pytorch_half_pixel"
-        attributes = dict(mode="linear", coordinate_transformation_mode=transform)
+    attributes = kwargs["resize"]
+    needs = {"antialias": 18, "half_pixel_symmetric": 19}
+    for what, since in needs.items():
+        used = attributes.get(what) or attributes.get("coordinate_transformation_mode") == what
+        if used and b.opset < since:
+            raise cannot_export(call, f"Resize with {what} needs opset {since}, not {b.opset}")
+    if attributes.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        raise cannot_export(call, "Resize with tf_crop_and_resize (its roi is not kept)")
     if kwargs["scales"] is not None:
-        scales = np.asarray([1.0, 1.0, *kwargs["scales"]], dtype=np.float32)
+        scales = np.asarray(kwargs["scales"], dtype=np.float32)
         b.node("Resize", [name, "", b.constant(scales)], outs, **attributes)
+        return
+    out_shape = np.asarray(call.results[0].shape, dtype=np.int64)
+    if tuple(out_shape[:2]) != tuple(_shape(x)[:2]):  # batch or channels resized: all static
+        b.node("Resize", [name, "", "", b.constant(out_shape)], outs, **attributes)
         return
     full, shape = b.fresh("resize_input_shape"), b.fresh("resize_shape")
     b.node("Shape", [name], [full])  # Shape's start/end attributes need opset 15
