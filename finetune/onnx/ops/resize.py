@@ -232,14 +232,20 @@ def resize_11(
     mode="nearest",
     nearest_mode="round_prefer_floor",
 ) -> Tensor:
-    attrs = dict(
+    """Opset 18 added ``antialias``, ``axes`` and ``keep_aspect_ratio_policy``, whose
+    defaults give this version."""
+    return resize_18(
+        x,
+        roi,
+        scales,
+        sizes,
         coordinate_transformation_mode=coordinate_transformation_mode,
         cubic_coeff_a=cubic_coeff_a,
         exclude_outside=exclude_outside,
+        extrapolation_value=extrapolation_value,
         mode=mode,
         nearest_mode=nearest_mode,
     )
-    return _resize(x, scales, sizes, attrs, roi=roi, extrapolation=extrapolation_value)
 
 
 @register("Resize", 18, 19)
