@@ -63,6 +63,34 @@ class LinearNdNoBias(Linear):
     name = "UnsafeViewBackward0"
 
 
+class Embedding(Function):
+    """``weight[indices]``: rows of ``weight`` (num, dim) picked by an integer tensor. The weight's
+    gradient adds each output row's gradient into the row it came from (dense, also for
+    ``sparse=True``), except ``padding_idx``; ``scale_grad_by_freq`` divides by how often each
+    row was picked in the batch."""
+
+    name = "EmbeddingBackward0"
+
+    @staticmethod
+    def forward(ctx, weight, indices, *, padding_idx, scale_grad_by_freq):
+        ctx.indices, ctx.num = indices, weight.shape[0]
+        ctx.padding_idx, ctx.scale_grad_by_freq = padding_idx, scale_grad_by_freq
+        return weight[indices]
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat = ctx.indices.reshape(-1)
+        rows = grad.reshape(flat.size, -1)
+        if ctx.scale_grad_by_freq:
+            counts = np.bincount(flat, minlength=ctx.num)
+            rows = rows / counts[flat, None].astype(rows.dtype)
+        gw = np.zeros((ctx.num, rows.shape[1]), dtype=grad.dtype)
+        np.add.at(gw, flat, rows)
+        if ctx.padding_idx is not None:
+            gw[ctx.padding_idx] = 0
+        return gw, None
+
+
 # -- batch norm ------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,50 @@ def _shape(x: Tensor) -> list[int]:
 # -- linear ----------------------------------------------------------------------------------------
 
 
+def embedding(
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> Tensor:
+    """Rows of ``weight`` picked by the integer ``input``; ``max_norm`` first rescales, in place,
+    the picked rows whose ``norm_type``-norm exceeds it (as PyTorch does). ``sparse=True``
+    gives a dense gradient: optimizers here take dense gradients only."""
+    if not isinstance(input, Tensor):
+        input = Tensor._from_array(np.asarray(input))
+    indices = input._data
+    if indices.dtype.kind not in "iu":
+        raise ShapeError(
+            f"Expected tensor for argument #1 'indices' to have an integer type; got {input.dtype}"
+        )
+    num = weight.shape[0]
+    if indices.size and (indices.min() < 0 or indices.max() >= num):
+        raise ShapeError(
+            f"index out of range in self: indices span [{indices.min()}, {indices.max()}] for "
+            f"a table of {num} rows"
+        )
+    if padding_idx is not None:
+        if not -num <= padding_idx < num:
+            raise ShapeError(
+                f"Padding_idx must be within num_embeddings ({num}), got {padding_idx}"
+            )
+        padding_idx %= num
+    if max_norm is not None:
+        with engine.no_grad():
+            rows = np.unique(indices)
+            table = weight._data
+            norms = np.linalg.norm(table[rows], ord=norm_type, axis=1)
+            over = norms > max_norm
+            table[rows[over]] *= (max_norm / (norms[over] + 1e-7))[:, None].astype(table.dtype)
+            weight._version.value += 1
+    return nn_ops.Embedding.apply(
+        weight, input, padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq
+    )
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias`` as one node; a frozen weight gets no gradient computed."""
     if input.ndim == 0 or input.shape[-1] != weight.shape[-1]:

@@ -164,6 +164,12 @@ def _resize(b, call, outs):
     b.node("Resize", [name, "", "", sizes], outs, **attributes)
 
 
+@emits(nn_ops.Embedding)
+def _embedding(b, call, outs):
+    weight, indices = call.args
+    b.node("Gather", [b.name_of(weight), b.name_of(indices)], outs, axis=0)
+
+
 @emits(ops.Clone)
 def _clone(b, call, outs):
     b.node("Identity", [b.name_of(call.args[0])], outs)
