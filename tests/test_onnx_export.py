@@ -409,6 +409,9 @@ def test_einsum_exports_with_an_explicit_equation(tmp_path):
         dict(scale_factor=2, mode="bilinear", align_corners=False),
         dict(size=(5, 3), mode="bilinear", align_corners=False),
         dict(scale_factor=1.5, mode="bilinear", align_corners=True),
+        # axes resized to length 1, where ONNX's pytorch_half_pixel is not PyTorch's rule
+        dict(size=(1, 3), mode="bilinear"),
+        dict(scale_factor=0.3, mode="bilinear"),
     ],
 )
 @pytest.mark.parametrize("opset", [13, 17])

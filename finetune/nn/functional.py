@@ -403,7 +403,9 @@ def interpolate(
             mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
         )
     else:
-        transform = "align_corners" if align_corners else "pytorch_half_pixel"
+        # PyTorch's own rule is half_pixel (with a clamp at 0 that the edge taps make moot);
+        # pytorch_half_pixel differs from it on axes resized to length 1
+        transform = "align_corners" if align_corners else "half_pixel"
         resize = dict(mode="linear", coordinate_transformation_mode=transform)
     return resample.FUNCTIONS[(mode, nd)].apply(
         input,
