@@ -546,14 +546,7 @@ class Maximum(Function):
 
     @classmethod
     def forward(cls, ctx, a, b):
-        ctx.shapes = (_shape(a), _shape(b))
-        a, b = _binary_operands(a, b)
-        try:
-            out = cls.pick(a, b)
-        except ValueError as error:
-            raise broadcast_error(_shape(a), _shape(b)) from error
-        ctx.save_for_backward(a, b)
-        return out
+        return _pick(ctx, a, b, pick=cls.pick)
 
     @classmethod
     def backward(cls, ctx, grad):
@@ -572,6 +565,14 @@ class Maximum(Function):
 class Minimum(Maximum):
     pick = staticmethod(np.minimum)
     loses = staticmethod(np.greater)
+
+
+@_broadcasting
+def _pick(ctx, a, b, *, pick):
+    ctx.shapes = (_shape(a), _shape(b))
+    a, b = _binary_operands(a, b)
+    ctx.save_for_backward(a, b)
+    return pick(a, b)
 
 
 class Where(Function):

@@ -64,9 +64,7 @@ class Resample(Function):
 
 
 def _named(mode: str, nd: int) -> type:
-    label = {"nearest": "Nearest", "linear": "Linear", "bilinear": "Bilinear"}
-    label["trilinear"] = "Trilinear"
-    name = f"Upsample{label[mode]}{nd}D"
+    name = f"Upsample{mode.capitalize()}{nd}D"
     return type(name, (Resample,), {"name": f"{name}Backward0", "__module__": __name__})
 
 

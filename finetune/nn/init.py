@@ -144,3 +144,13 @@ def kaiming_normal_(
     """He initialisation: normal with standard deviation ``gain / sqrt(fan)``."""
     std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode))
     return normal_(tensor, 0.0, std, generator)
+
+
+def default_weight_and_bias_(weight: Tensor, bias: Tensor | None) -> None:
+    """PyTorch's default for ``Linear`` and ``Conv``: ``kaiming_uniform_(a=sqrt(5))`` for the
+    weight, the bias uniform in ``±1/sqrt(fan_in)`` (zero when there is no fan-in)."""
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in, _ = _calculate_fan_in_and_fan_out(weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        uniform_(bias, -bound, bound)
