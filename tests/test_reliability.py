@@ -507,14 +507,14 @@ def test_cli_resume_from_a_foreign_checkpoint_is_one_line(shapes, tmp_path):
     _assert_one_line_error(proc, "not a training checkpoint")
 
 
-def test_cli_refuses_external_data_outside_the_model_folder_in_one_line(tmp_path):
-    import onnx
+def _external_weight_model(path: Path, location: str) -> Path:
+    """A MatMul model whose 2x2 weight lives in the external file ``location``."""
     from onnx import TensorProto, helper
 
     weight = TensorProto(
         name="w", data_type=TensorProto.FLOAT, dims=[2, 2], data_location=TensorProto.EXTERNAL
     )
-    weight.external_data.add(key="location", value="../../etc/passwd")
+    weight.external_data.add(key="location", value=location)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
@@ -522,8 +522,14 @@ def test_cli_refuses_external_data_outside_the_model_folder_in_one_line(tmp_path
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
         [weight],
     )
-    path = tmp_path / "evil.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
+    return path
+
+
+def test_cli_refuses_external_data_outside_the_model_folder_in_one_line(tmp_path):
+    import onnx
+
+    path = _external_weight_model(tmp_path / "evil.onnx", "../../etc/passwd")
     assert onnx.load(path, load_external_data=False).graph.initializer[0].external_data
     _assert_one_line_error(_cli("inspect", path), "evil.onnx", "outside the model's folder")
 
@@ -623,25 +629,11 @@ def test_corrupted_images_load_or_raise_data_error_naming_the_file(tmp_path_fact
 
 def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
     """The location is resolved before the check, so a link inside the folder cannot reach out."""
-    from onnx import TensorProto, helper
-
     outside, folder = tmp_path / "outside", tmp_path / "model"
     outside.mkdir()
     folder.mkdir()
     (outside / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
     (folder / "w.bin").symlink_to(outside / "secret.bin")
-    weight = TensorProto(
-        name="w", data_type=TensorProto.FLOAT, dims=[2, 2], data_location=TensorProto.EXTERNAL
-    )
-    weight.external_data.add(key="location", value="w.bin")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [weight],
-    )
-    path = folder / "linked.onnx"
-    path.write_bytes(helper.make_model(graph).SerializeToString())
+    path = _external_weight_model(folder / "linked.onnx", "w.bin")
     with pytest.raises(FinetuneError, match="outside the model's folder"):
         ft.onnx.load(path)
