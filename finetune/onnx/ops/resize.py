@@ -49,13 +49,6 @@ def _source(size_in, size_out, scale, transform, roi=(0.0, 1.0)) -> np.ndarray:
     return (x + 0.5) / scale - 0.5  # half_pixel, pytorch_half_pixel
 
 
-def _cubic(distance: np.ndarray, a: float) -> np.ndarray:
-    d = np.abs(distance)
-    near = ((a + 2) * d - (a + 3)) * d * d + 1
-    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
-
-
 def axis_matrix(size_in, size_out, scale, attrs, roi=(0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """The ``(size_out, size_in)`` matrix resampling one axis, and which outputs fall outside
     the input (``tf_crop_and_resize`` only; their rows are zero)."""
@@ -64,45 +57,17 @@ def axis_matrix(size_in, size_out, scale, attrs, roi=(0.0, 1.0)) -> tuple[np.nda
     outside = np.zeros(size_out, dtype=bool)
     if transform == "tf_crop_and_resize":
         outside = (src < 0) | (src > size_in - 1)
-    matrix = _weights(size_in, size_out, scale, attrs, src)
+    matrix = resample.sample_matrix(
+        size_in,
+        src,
+        attrs["mode"],
+        nearest_mode=attrs["nearest_mode"],
+        stretch=min(scale, 1.0) if attrs["antialias"] else None,
+        cubic_coeff_a=attrs["cubic_coeff_a"],
+        exclude_outside=bool(attrs["exclude_outside"]),
+    )
     matrix[outside] = 0.0
     return matrix, outside
-
-
-def _weights(size_in, size_out, scale, attrs, src) -> np.ndarray:
-    rows = np.arange(size_out)
-    matrix = np.zeros((size_out, size_in))
-    mode = attrs["mode"]
-    if mode == "nearest":
-        rounding = {
-            "round_prefer_floor": lambda v: np.ceil(v - 0.5),
-            "round_prefer_ceil": lambda v: np.floor(v + 0.5),
-            "floor": np.floor,
-            "ceil": np.ceil,
-        }[attrs["nearest_mode"]]
-        index = np.clip(rounding(src), 0, size_in - 1).astype(np.int64)
-        matrix[rows, index] = 1.0
-        return matrix
-    low = np.floor(src)
-    frac = src - low
-    stretch = min(scale, 1.0) if attrs["antialias"] else 1.0
-    reach = 1 if mode == "linear" else 2  # the kernel's half-width, in input samples
-    first = math.floor(-reach / stretch) + 1
-    offsets = np.arange(first, 2 - first)  # the taps around floor(src), widened by antialias
-    distance = (offsets[None, :] - frac[:, None]) * stretch
-    if mode == "linear":
-        weights = np.clip(1 - np.abs(distance), 0, 1)
-    else:
-        weights = _cubic(distance, attrs["cubic_coeff_a"])
-    index = low[:, None].astype(np.int64) + offsets[None, :]
-    if attrs["antialias"] or attrs["exclude_outside"]:
-        inside = (index >= 0) & (index < size_in)
-        if attrs["exclude_outside"]:
-            weights = np.where(inside, weights, 0.0)
-        weights = weights / weights.sum(axis=1, keepdims=True)
-    clamped = np.clip(index, 0, size_in - 1).ravel()
-    np.add.at(matrix, (np.repeat(rows, index.shape[1]), clamped), weights.ravel())
-    return matrix
 
 
 _DEFAULTS = dict(
