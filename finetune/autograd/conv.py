@@ -20,6 +20,7 @@ import numpy as np
 
 from ..parallel import split
 from ..tensor import Tensor
+from . import winograd
 from .function import Function
 
 Pairs = tuple[tuple[int, int], ...]
@@ -129,6 +130,13 @@ class _ConvPlan:
             for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
         )
         self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
+        # Winograd tile sides for the forward and the input gradient (None: im2col)
+        self.winograd = self.winograd_grad = None
+        if self.kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
+            c, o = self.x_shape[1], self.w_shape[0]
+            self.winograd = winograd.tile_size(c, o, self.outs)
+            if all(lo <= 2 and hi <= 2 for lo, hi in padding):
+                self.winograd_grad = winograd.tile_size(o, c, spatial)
         self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
         self.pointwise = all(k == 1 for k in self.kernel) and not any(map(any, padding))
         extended = self.outs[0] * math.prod(self.padded[1:])
@@ -270,18 +278,25 @@ class Convolution(Function):
     name = "ConvolutionBackward0"
 
     @staticmethod
-    def forward(ctx, x, weight, bias=None, *, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias=None, *, stride, padding, dilation, groups, transformed=None):
+        """``transformed``: the Winograd transform of ``weight`` when the caller keeps one."""
         dtype = np.result_type(x, weight)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+        bias = None if bias is None else bias.astype(dtype, copy=False)
         plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
-        w = weight.reshape(groups, weight.shape[0] // groups, -1)
-        cols = plan.columns(x)
-        product = _scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
-        np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
-        out = plan.output(product, None if bias is None else bias.astype(dtype, copy=False))
+        if plan.winograd:
+            if transformed is None or transformed.dtype != dtype:
+                transformed = _transformed_weights(weight, plan.winograd)
+            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, _scratch)
+        else:
+            w = weight.reshape(groups, weight.shape[0] // groups, -1)
+            cols = plan.columns(x)
+            product = _scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
+            np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
+            out = plan.output(product, bias)
         needs = ctx.needs_input_grad
         ctx.plan = plan
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.save_for_backward(
             x if len(needs) > 1 and needs[1] else None,
             weight if needs[0] else None,
@@ -293,20 +308,61 @@ class Convolution(Function):
         x, weight = ctx.saved_tensors
         plan = ctx.plan
         needs = ctx.needs_input_grad
-        g = plan.output_grad(grad)
+        wants_weight = len(needs) > 1 and needs[1]
         grad_x = grad_w = grad_b = None
+        # the output gradient in the columns' layout, for the products that read it
+        g = None
+        if wants_weight or (needs[0] and not plan.winograd_grad):
+            g = plan.output_grad(grad)
         if needs[0]:
-            w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
-            gcols = _scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
-            np.matmul(w.transpose(0, 2, 1), g, out=gcols)  # g (c k...) o, g o (n l)
-            grad_x = plan.scatter(gcols).astype(ctx.dtypes[0], copy=False)
-        if len(needs) > 1 and needs[1]:
+            grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
+        if wants_weight:
             # g o (n l), g (n l) (c k...) -> g o (c k...)
             grad_w = np.matmul(g, plan.columns(x).transpose(0, 2, 1))
             grad_w = grad_w.reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)
         if len(needs) > 2 and needs[2]:
             grad_b = grad.sum(axis=(0, *range(2, grad.ndim))).astype(ctx.dtypes[2], copy=False)
         return (grad_x, grad_w, grad_b)[: len(needs)]
+
+
+def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray, g) -> np.ndarray:
+    """The input gradient: for a stride-1 3x3 convolution, the Winograd convolution of the
+    output gradient with the rotated kernel (padded by ``2 - pad``); else the columns'
+    gradient ``w^T g`` added back over the taps (col2im)."""
+    m = plan.winograd_grad
+    if m:
+        rotated = _transformed_weights(winograd.flipped(weight), m)
+        pads = tuple((2 - lo, 2 - hi) for lo, hi in plan.padding)
+        return winograd.convolve(
+            grad.astype(weight.dtype, copy=False), rotated, pads, m, None, _scratch
+        )
+    w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
+    gcols = _scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
+    np.matmul(w.transpose(0, 2, 1), g, out=gcols)  # g (c k...) o, g o (n l)
+    return plan.scatter(gcols)
+
+
+def _transformed_weights(weight: np.ndarray, m: int) -> np.ndarray:
+    """Winograd weights for one call, in a reused buffer."""
+    shape = ((m + 2) ** 2, *weight.shape[:2])
+    return winograd.transform_weights(weight, m, _scratch("winograd weights", shape, weight.dtype))
+
+
+def _kept_transform(weight: Tensor, m: int) -> np.ndarray | None:
+    """The Winograd weights of a weight that needs no gradient (a frozen layer, or one folded
+    with its BatchNorm), kept on the tensor while its array and version stay the same: inference
+    and frozen backbones transform each weight once. Trainable weights change every step and
+    are transformed per call instead, so they hold no extra memory."""
+    if weight.requires_grad:
+        return None
+    data = weight._data
+    key = (data, weight._version.value, m)
+    kept = weight.__dict__.get("_winograd")
+    if kept is not None and kept[0][0] is data and kept[0][1:] == key[1:]:
+        return kept[1]
+    transformed = winograd.transform_weights(data, m)
+    weight.__dict__["_winograd"] = (key, transformed)
+    return transformed
 
 
 def conv(
@@ -321,12 +377,20 @@ def conv(
     """Convolve ``x`` (N, C, *spatial) with ``weight`` (O, C/groups, *kernel); the per-axis
     arguments must have one entry per spatial dimension."""
     args = (x, weight) if bias is None else (x, weight, bias)
+    stride, dilation = tuple(stride), tuple(dilation)
+    padding = tuple(tuple(p) for p in padding)
+    transformed = None
+    if tuple(weight.shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1):
+        plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
+        if plan.winograd:
+            transformed = _kept_transform(weight, plan.winograd)
     return Convolution.apply(
         *args,
-        stride=tuple(stride),
-        padding=tuple(tuple(p) for p in padding),
-        dilation=tuple(dilation),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
         groups=groups,
+        transformed=transformed,
     )
 
 

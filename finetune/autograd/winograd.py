@@ -1,0 +1,158 @@
+"""Winograd's minimal filtering F(m x m, 3 x 3) for stride-1 3x3 convolutions (NCHW).
+
+A 3x3 convolution computes each ``m x m`` output tile from an ``(m+2) x (m+2)`` input tile with
+``(m+2)^2`` multiplications per channel pair instead of ``9 m^2`` (Lavin and Gray, "Fast
+Algorithms for Convolutional Neural Networks", 2016): 2.25x fewer for m = 2, 4x for m = 4.
+With input tiles ``d``, the transformed weight ``U = G w G^T`` and the output tile is
+``A^T [sum_c U (B^T d B)] A``. Each of the three transforms is a small linear map applied to a
+flattened tile, so here it is one BLAS product with a Kronecker matrix (``B^T (x) B^T`` is
+36x36 for m = 4), and the channel sum is one batched product per tile position:
+
+    tiles   ``n c h w -> (a a) c (n th tw)``     one strided copy per tile position
+    input   ``(a a) x (a a) @ (a a) (c P)``      P = n th tw tiles
+    product ``(a a) o c @ (a a) c P``            the multiply-accumulate, 1/4 of direct for m = 4
+    output  ``(m m) x (a a) @ (a a) (o P)``
+    scatter ``(m m) o n th tw -> n o h w``       plus the bias, in the same copy
+
+numpy cannot run the transforms as tight loops, so they cost about as much as the products they
+save on small channel counts; ``tile_size`` picks Winograd only where it measured faster
+(docs/performance.md). Rounding: m = 4 uses the points 0, +-1, +-2 and loses about two decimal
+digits against a direct float32 convolution (relative error ~1e-5 of the output's range), m = 2
+about half a digit; float64 stays exact to ~1e-14.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..parallel import split
+
+# both channel counts at least this: below, the transforms cost more than the products save
+MIN_CHANNELS = 64
+# outputs at least this many pixels a side use 4x4 tiles; smaller ones (down to 4) use 2x2
+MIN_SIZE_FOR_4 = 14
+MIN_SIZE = 4
+
+
+def _matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(B^T, G, A^T)`` of F(m, 3) in float64."""
+    if m == 2:  # points 0, 1, -1, inf
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif m == 4:  # points 0, 1, -1, 2, -2, inf
+        bt = [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ]
+        g = [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f"no Winograd transform for {m}x{m} tiles")
+    return np.array(bt, float), np.array(g, float), np.array(at, float)
+
+
+# tile size -> the 2-D transforms as Kronecker matrices: input (a a, a a), weight (a a, 9),
+# output (m m, a a), in float64; cast per dtype on use
+_KRON = {m: tuple(np.kron(t, t) for t in _matrices(m)) for m in (2, 4)}
+
+
+def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | None:
+    """The output tile side to use for a stride-1, undilated, ungrouped 3x3 convolution with
+    these channel counts and output size, or None where the direct convolution is faster."""
+    if min(channels, out_channels) < MIN_CHANNELS or len(outs) != 2 or min(outs) < MIN_SIZE:
+        return None
+    return 4 if min(outs) >= MIN_SIZE_FOR_4 else 2
+
+
+def transform_weights(weight: np.ndarray, m: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``o c 3 3 -> (a a) o c``: ``G w G^T`` for every channel pair, as one product."""
+    o, c = weight.shape[:2]
+    kron = _KRON[m][1].astype(weight.dtype)
+    flat = weight.reshape(o * c, 9)
+    if out is None:
+        out = np.empty((len(kron), o, c), dtype=weight.dtype)
+    np.matmul(kron, flat.T, out=out.reshape(len(kron), o * c))
+    return out
+
+
+def flipped(weight: np.ndarray) -> np.ndarray:
+    """``o c kh kw -> c o kh kw`` rotated by 180 degrees: the kernel whose stride-1 convolution
+    of the output gradient is the input gradient."""
+    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].swapaxes(0, 1))
+
+
+def convolve(
+    x: np.ndarray,
+    transformed: np.ndarray,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    m: int,
+    bias: np.ndarray | None,
+    scratch,
+) -> np.ndarray:
+    """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
+    with the weights ``transformed`` for tile side ``m``; ``scratch(slot, shape, dtype)`` hands
+    out the reused temporaries."""
+    n, c, h, w = x.shape
+    o = transformed.shape[1]
+    a = m + 2
+    (top, bottom), (left, right) = padding
+    outs = (h + top + bottom - 2, w + left + right - 2)
+    th, tw = -(-outs[0] // m), -(-outs[1] // m)
+    tiles = n * th * tw
+    kron_in, _, kron_out = (k.astype(x.dtype) for k in _KRON[m])
+
+    # the padded input, grown to whole tiles, and its tiles, one (c, tiles) matrix per position
+    padded = scratch("winograd padded", (n, c, th * m + 2, tw * m + 2), x.dtype)
+    d = scratch("winograd tiles", (a * a, c, n, th, tw), x.dtype)
+
+    def gather(lo: int, hi: int) -> None:
+        part = padded[:, lo:hi]
+        part[:, :, :top] = 0
+        part[:, :, top + h :] = 0
+        part[:, :, top : top + h, :left] = 0
+        part[:, :, top : top + h, left + w :] = 0
+        part[:, :, top : top + h, left : left + w] = x[:, lo:hi]
+        for i in range(a):
+            rows = part[:, :, i : i + m * th : m]
+            for j in range(a):
+                d[i * a + j, lo:hi] = rows[..., j : j + m * tw : m].swapaxes(0, 1)
+
+    split(gather, c, d.size)
+    v = scratch("winograd transformed", (a * a, c * tiles), x.dtype)
+    np.matmul(kron_in, d.reshape(a * a, c * tiles), out=v)
+    # the tiles are dead: their buffer takes the products
+    products = scratch("winograd tiles", (a * a, o, tiles), x.dtype)
+    np.matmul(transformed, v.reshape(a * a, c, tiles), out=products)
+    y = scratch("winograd transformed", (m * m, o * tiles), x.dtype)
+    np.matmul(kron_out, products.reshape(a * a, o * tiles), out=y)
+
+    out = np.empty((n, o, *outs), dtype=x.dtype)
+    y = y.reshape(m, m, o, n, th, tw)
+    if bias is not None:
+        bias = bias.reshape(-1, 1, 1)
+
+    def scatter(lo: int, hi: int) -> None:
+        for i in range(m):
+            for j in range(m):
+                rows, cols = len(range(i, outs[0], m)), len(range(j, outs[1], m))
+                target = out[:, lo:hi, i::m, j::m]
+                source = y[i, j, lo:hi, :, :rows, :cols].swapaxes(0, 1)
+                if bias is None:
+                    target[...] = source
+                else:
+                    np.add(source, bias[lo:hi], out=target)
+
+    split(scatter, o, o * tiles * m * m)
+    return out
