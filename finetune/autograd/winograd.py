@@ -117,6 +117,14 @@ def convolve(
     padded = scratch("winograd padded", (n, c, th * m + 2, tw * m + 2), x.dtype)
     d = scratch("winograd tiles", (a * a, c, n, th, tw), x.dtype)
 
+    # every tile of the padded input, n c th tw a a, as a strided view (no copy)
+    sn, sc, sh, sw = padded.strides
+    windows = np.lib.stride_tricks.as_strided(
+        padded, (n, c, th, tw, a, a), (sn, sc, m * sh, m * sw, sh, sw), writeable=False
+    )
+    source = windows.transpose(4, 5, 1, 0, 2, 3)  # -> a a c n th tw
+    target = d.reshape(a, a, c, n, th, tw)
+
     def gather(lo: int, hi: int) -> None:
         part = padded[:, lo:hi]
         part[:, :, :top] = 0
@@ -124,10 +132,7 @@ def convolve(
         part[:, :, top : top + h, :left] = 0
         part[:, :, top : top + h, left + w :] = 0
         part[:, :, top : top + h, left : left + w] = x[:, lo:hi]
-        for i in range(a):
-            rows = part[:, :, i : i + m * th : m]
-            for j in range(a):
-                d[i * a + j, lo:hi] = rows[..., j : j + m * tw : m].swapaxes(0, 1)
+        np.copyto(target[:, :, lo:hi], source[:, :, lo:hi])
 
     split(gather, c, d.size)
     v = scratch("winograd transformed", (a * a, c * tiles), x.dtype)
