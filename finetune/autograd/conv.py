@@ -312,11 +312,14 @@ class Convolution(Function):
         grad_x = grad_w = grad_b = None
         # the output gradient in the columns' layout, for the products that read it
         g = None
-        if wants_weight or (needs[0] and not plan.winograd_grad):
+        if (wants_weight and not plan.winograd) or (needs[0] and not plan.winograd_grad):
             g = plan.output_grad(grad)
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
-        if wants_weight:
+        if wants_weight and plan.winograd:
+            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd, _scratch)
+            grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
+        elif wants_weight:
             # g o (n l), g (n l) (c k...) -> g o (c k...)
             grad_w = np.matmul(g, plan.columns(x).transpose(0, 2, 1))
             grad_w = grad_w.reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)

@@ -93,30 +93,26 @@ def flipped(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight[:, :, ::-1, ::-1].swapaxes(0, 1))
 
 
-def convolve(
-    x: np.ndarray,
-    transformed: np.ndarray,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    m: int,
-    bias: np.ndarray | None,
-    scratch,
-) -> np.ndarray:
-    """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
-    with the weights ``transformed`` for tile side ``m``; ``scratch(slot, shape, dtype)`` hands
-    out the reused temporaries."""
-    n, c, h, w = x.shape
-    o = transformed.shape[1]
-    a = m + 2
-    (top, bottom), (left, right) = padding
-    outs = (h + top + bottom - 2, w + left + right - 2)
-    th, tw = -(-outs[0] // m), -(-outs[1] // m)
-    tiles = n * th * tw
-    kron_in, _, kron_out = (k.astype(x.dtype) for k in _KRON[m])
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
-    # the padded input, grown to whole tiles, and its tiles, one (c, tiles) matrix per position
+
+def _grid(x_shape: tuple, padding: Pads, m: int) -> tuple[tuple[int, int], int, int]:
+    """The output size and the tile rows and columns covering it."""
+    (top, bottom), (left, right) = padding
+    outs = (x_shape[2] + top + bottom - 2, x_shape[3] + left + right - 2)
+    return outs, -(-outs[0] // m), -(-outs[1] // m)
+
+
+def _transformed_tiles(x: np.ndarray, padding: Pads, m: int, scratch) -> np.ndarray:
+    """``n c h w -> (a a) c (n th tw)``: ``B^T d B`` for every input tile ``d``, one
+    ``(c, tiles)`` matrix per tile position, in the scratch slot "winograd transformed"."""
+    n, c, h, w = x.shape
+    a = m + 2
+    (top, _), (left, _) = padding
+    _, th, tw = _grid(x.shape, padding, m)
+    # the padded input, grown to whole tiles
     padded = scratch("winograd padded", (n, c, th * m + 2, tw * m + 2), x.dtype)
     d = scratch("winograd tiles", (a * a, c, n, th, tw), x.dtype)
-
     # every tile of the padded input, n c th tw a a, as a strided view (no copy)
     sn, sc, sh, sw = padded.strides
     windows = np.lib.stride_tricks.as_strided(
@@ -135,13 +131,28 @@ def convolve(
         np.copyto(target[:, :, lo:hi], source[:, :, lo:hi])
 
     split(gather, c, d.size)
-    v = scratch("winograd transformed", (a * a, c * tiles), x.dtype)
-    np.matmul(kron_in, d.reshape(a * a, c * tiles), out=v)
-    # the tiles are dead: their buffer takes the products
+    v = scratch("winograd transformed", (a * a, c, n * th * tw), x.dtype)
+    np.matmul(_KRON[m][0].astype(x.dtype), d.reshape(a * a, -1), out=v.reshape(a * a, -1))
+    return v
+
+
+def convolve(
+    x: np.ndarray, transformed: np.ndarray, padding: Pads, m: int, bias: np.ndarray | None, scratch
+) -> np.ndarray:
+    """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
+    with the weights ``transformed`` for tile side ``m``; ``scratch(slot, shape, dtype)`` hands
+    out the reused temporaries."""
+    n = x.shape[0]
+    o = transformed.shape[1]
+    a = m + 2
+    outs, th, tw = _grid(x.shape, padding, m)
+    tiles = n * th * tw
+    v = _transformed_tiles(x, padding, m, scratch)
+    # the input tiles are dead: their buffer takes the products
     products = scratch("winograd tiles", (a * a, o, tiles), x.dtype)
-    np.matmul(transformed, v.reshape(a * a, c, tiles), out=products)
+    np.matmul(transformed, v, out=products)
     y = scratch("winograd transformed", (m * m, o * tiles), x.dtype)
-    np.matmul(kron_out, products.reshape(a * a, o * tiles), out=y)
+    np.matmul(_KRON[m][2].astype(x.dtype), products.reshape(a * a, o * tiles), out=y)
 
     out = np.empty((n, o, *outs), dtype=x.dtype)
     y = y.reshape(m, m, o, n, th, tw)
@@ -161,3 +172,35 @@ def convolve(
 
     split(scatter, o, o * tiles * m * m)
     return out
+
+
+def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int, scratch) -> np.ndarray:
+    """``n c h w, n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to the
+    untransformed weights, through the same transforms backwards: the output gradient's tiles
+    ``dY`` give ``dM = A dY A^T``, each tile position's ``dU = dM V^T`` sums over the tiles,
+    and ``dw = G^T dU G``."""
+    n, c = x.shape[:2]
+    o = grad.shape[1]
+    a = m + 2
+    outs, th, tw = _grid(x.shape, padding, m)
+    tiles = n * th * tw
+    # dY: the output gradient cut into m x m tiles (zero past the output's edge), per position
+    dy = scratch("winograd grad tiles", (m, m, o, n, th, tw), grad.dtype)
+
+    def cut(lo: int, hi: int) -> None:
+        part = dy[:, :, lo:hi]
+        for i in range(m):
+            for j in range(m):
+                rows, cols = len(range(i, outs[0], m)), len(range(j, outs[1], m))
+                if rows < th or cols < tw:
+                    part[i, j] = 0
+                source = grad[:, lo:hi, i::m, j::m].swapaxes(0, 1)
+                part[i, j, :, :, :rows, :cols] = source
+
+    split(cut, o, dy.size)
+    dm = scratch("winograd grad products", (a * a, o, tiles), grad.dtype)
+    np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
+    v = _transformed_tiles(x, padding, m, scratch)
+    du = np.matmul(dm, v.transpose(0, 2, 1))  # (a a) o tiles, (a a) tiles c -> (a a) o c
+    dw = np.matmul(_KRON[m][1].T.astype(grad.dtype), du.reshape(a * a, o * c))
+    return np.ascontiguousarray(dw.reshape(3, 3, o, c).transpose(2, 3, 0, 1))
