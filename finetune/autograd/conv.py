@@ -334,7 +334,7 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray, g) ->
     gradient ``w^T g`` added back over the taps (col2im)."""
     m = plan.winograd_grad
     if m:
-        rotated = _transformed_weights(winograd.flipped(weight), m)
+        rotated = _transformed_weights(weight, m, rotated=True)
         pads = tuple((2 - lo, 2 - hi) for lo, hi in plan.padding)
         return winograd.convolve(
             grad.astype(weight.dtype, copy=False), rotated, pads, m, None, _scratch
@@ -345,10 +345,10 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray, g) ->
     return plan.scatter(gcols)
 
 
-def _transformed_weights(weight: np.ndarray, m: int) -> np.ndarray:
+def _transformed_weights(weight: np.ndarray, m: int, rotated: bool = False) -> np.ndarray:
     """Winograd weights for one call, in a reused buffer."""
-    shape = ((m + 2) ** 2, *weight.shape[:2])
-    return winograd.transform_weights(weight, m, _scratch("winograd weights", shape, weight.dtype))
+    buffer = _scratch("winograd weights", ((m + 2) ** 2, *weight.shape[:2]), weight.dtype)
+    return winograd.transform_weights(weight, m, buffer, rotated=rotated)
 
 
 def _kept_transform(weight: Tensor, m: int) -> np.ndarray | None:

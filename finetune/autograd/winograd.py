@@ -76,21 +76,25 @@ def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | 
     return 4 if min(outs) >= MIN_SIZE_FOR_4 else 2
 
 
-def transform_weights(weight: np.ndarray, m: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``o c 3 3 -> (a a) o c``: ``G w G^T`` for every channel pair, as one product."""
+def transform_weights(
+    weight: np.ndarray, m: int, out: np.ndarray | None = None, *, rotated: bool = False
+) -> np.ndarray:
+    """``o c 3 3 -> (a a) o c``: ``G w G^T`` for every channel pair, as one product.
+
+    ``rotated``: transform the kernel that carries the output gradient back to the input
+    instead, ``w`` rotated by 180 degrees with its channel axes swapped; the result is the
+    ``(a a) c o`` transposed view of the same product with the taps taken in reverse order,
+    so the rotated kernel is never copied.
+    """
     o, c = weight.shape[:2]
     kron = _KRON[m][1].astype(weight.dtype)
+    if rotated:
+        kron = kron[:, ::-1]
     flat = weight.reshape(o * c, 9)
     if out is None:
         out = np.empty((len(kron), o, c), dtype=weight.dtype)
     np.matmul(kron, flat.T, out=out.reshape(len(kron), o * c))
-    return out
-
-
-def flipped(weight: np.ndarray) -> np.ndarray:
-    """``o c kh kw -> c o kh kw`` rotated by 180 degrees: the kernel whose stride-1 convolution
-    of the output gradient is the input gradient."""
-    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].swapaxes(0, 1))
+    return out.transpose(0, 2, 1) if rotated else out
 
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
