@@ -206,5 +206,6 @@ def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int, scra
     np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
     v = _transformed_tiles(x, padding, m, scratch)
     du = np.matmul(dm, v.transpose(0, 2, 1))  # (a a) o tiles, (a a) tiles c -> (a a) o c
-    dw = np.matmul(_KRON[m][1].T.astype(grad.dtype), du.reshape(a * a, o * c))
-    return np.ascontiguousarray(dw.reshape(3, 3, o, c).transpose(2, 3, 0, 1))
+    # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
+    dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
+    return dw.reshape(o, c, 3, 3)
