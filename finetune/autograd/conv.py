@@ -3,7 +3,8 @@
 Convolution copies the windows of the padded input once into a column matrix (im2col) and
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
 matmul, and the input gradient adds the column gradients back over the kernel offsets only.
-Pooling regroups the padded input by stride phase and reduces over the kernel offsets, one slice
+Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
+backward (``winograd.py``; ``_ConvPlan`` decides). Pooling regroups the padded input by stride phase and reduces over the kernel offsets, one slice
 per offset, so nothing the size of the windows is ever materialised.
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
