@@ -4,8 +4,9 @@ Convolution copies the windows of the padded input once into a column matrix (im
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
 matmul, and the input gradient adds the column gradients back over the kernel offsets only.
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
-backward (``winograd.py``; ``_ConvPlan`` decides). Pooling regroups the padded input by stride phase and reduces over the kernel offsets, one slice
-per offset, so nothing the size of the windows is ever materialised.
+backward (``winograd.py``; ``_ConvPlan`` decides). Pooling regroups the padded input by stride
+phase and reduces over the kernel offsets, one slice per offset, so nothing the size of the
+windows is ever materialised.
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
 pads need no special case; callers normalise their arguments into these tuples.
