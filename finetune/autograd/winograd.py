@@ -107,6 +107,14 @@ def _grid(x_shape: tuple, padding: Pads, m: int) -> tuple[tuple[int, int], int, 
     return outs, -(-outs[0] // m), -(-outs[1] // m)
 
 
+def _phases(outs: tuple[int, int], m: int):
+    """``(i, j, rows, cols)`` for each position in an output tile: the output pixels
+    ``[i::m, j::m]`` are ``rows x cols`` of the ``th x tw`` tiles."""
+    for i in range(m):
+        for j in range(m):
+            yield i, j, len(range(i, outs[0], m)), len(range(j, outs[1], m))
+
+
 def _transformed_tiles(x: np.ndarray, padding: Pads, m: int, scratch) -> np.ndarray:
     """``n c h w -> (a a) c (n th tw)``: ``B^T d B`` for every input tile ``d``, one
     ``(c, tiles)`` matrix per tile position, in the scratch slot "winograd transformed"."""
@@ -164,15 +172,13 @@ def convolve(
         bias = bias.reshape(-1, 1, 1)
 
     def scatter(lo: int, hi: int) -> None:
-        for i in range(m):
-            for j in range(m):
-                rows, cols = len(range(i, outs[0], m)), len(range(j, outs[1], m))
-                target = out[:, lo:hi, i::m, j::m]
-                source = y[i, j, lo:hi, :, :rows, :cols].swapaxes(0, 1)
-                if bias is None:
-                    target[...] = source
-                else:
-                    np.add(source, bias[lo:hi], out=target)
+        for i, j, rows, cols in _phases(outs, m):
+            target = out[:, lo:hi, i::m, j::m]
+            source = y[i, j, lo:hi, :, :rows, :cols].swapaxes(0, 1)
+            if bias is None:
+                target[...] = source
+            else:
+                np.add(source, bias[lo:hi], out=target)
 
     split(scatter, o, o * tiles * m * m)
     return out
@@ -193,13 +199,10 @@ def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int, scra
 
     def cut(lo: int, hi: int) -> None:
         part = dy[:, :, lo:hi]
-        for i in range(m):
-            for j in range(m):
-                rows, cols = len(range(i, outs[0], m)), len(range(j, outs[1], m))
-                if rows < th or cols < tw:
-                    part[i, j] = 0
-                source = grad[:, lo:hi, i::m, j::m].swapaxes(0, 1)
-                part[i, j, :, :, :rows, :cols] = source
+        for i, j, rows, cols in _phases(outs, m):
+            if rows < th or cols < tw:
+                part[i, j] = 0
+            part[i, j, :, :, :rows, :cols] = grad[:, lo:hi, i::m, j::m].swapaxes(0, 1)
 
     split(cut, o, dy.size)
     dm = scratch("winograd grad products", (a * a, o, tiles), grad.dtype)
