@@ -573,6 +573,13 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    """An elementwise loss reduced as ``reduction`` asks ("none", "mean" or "sum")."""
+    if reduction == "none":
+        return loss
+    return functions.mean(loss) if reduction == "mean" else functions.sum(loss)
+
+
 def nll_loss(
     input: Tensor,
     target: Tensor,
@@ -711,10 +718,7 @@ def l1_loss(
     """Mean absolute error; shapes must match or broadcast."""
     _check_reduction(reduction)
     _check_broadcast("l1_loss", input, target)
-    loss = functions.abs(input - target)
-    if reduction == "none":
-        return loss
-    return functions.mean(loss) if reduction == "mean" else functions.sum(loss)
+    return _reduce(functions.abs(input - target), reduction)
 
 
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
@@ -744,9 +748,7 @@ def binary_cross_entropy(
     loss = -(target * log_p + (1 - target) * log_not_p)
     if weight is not None:
         loss = loss * weight
-    if reduction == "none":
-        return loss
-    return functions.mean(loss) if reduction == "mean" else functions.sum(loss)
+    return _reduce(loss, reduction)
 
 
 def binary_cross_entropy_with_logits(
