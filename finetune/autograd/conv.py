@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from ..parallel import split
 from ..tensor import Tensor
 from . import winograd
 from .function import Function
+from .scratch import scratch
 
 Pairs = tuple[tuple[int, int], ...]
 
@@ -47,21 +47,6 @@ def _pad_into(out: np.ndarray, x: np.ndarray, pads: Pairs, value: float = 0.0) -
             out[(*prefix, slice(0, lo))] = value
         if hi:
             out[(*prefix, slice(lo + size, None))] = value
-
-
-_scratch_space = threading.local()
-
-
-def _scratch(slot: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """A per-thread buffer reused across calls, for temporaries that never leave a kernel (im2col
-    columns, padded inputs, pooling phases): first touches of fresh buffers this size cost page
-    faults (130 ms for conv1's 59 MB of columns on this VM, against 7 ms to fill them)."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    buffers = _scratch_space.__dict__
-    buffer = buffers.get(slot)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = buffers[slot] = np.empty(nbytes, dtype=np.uint8)
-    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def _interior(shape: tuple, pads: Pairs) -> tuple:
@@ -166,13 +151,13 @@ class _ConvPlan:
             picked = x[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
             if n == 1 and picked.flags.c_contiguous:
                 return picked.reshape(shape)
-            cols = _scratch("columns", (c, n, *self.outs), x.dtype)
+            cols = scratch("columns", (c, n, *self.outs), x.dtype)
             source = picked.swapaxes(0, 1)
             split(lambda lo, hi: np.copyto(cols[lo:hi], source[lo:hi]), c, work)
             return cols.reshape(shape)
-        cols = _scratch("columns", (c, len(self.taps), n, self.length), x.dtype)
+        cols = scratch("columns", (c, len(self.taps), n, self.length), x.dtype)
         if self.shifted:
-            flat = _scratch("padded", (n, c, self.flat), x.dtype)
+            flat = scratch("padded", (n, c, self.flat), x.dtype)
             size = math.prod(self.padded)
 
             def channels(lo: int, hi: int) -> None:
@@ -184,7 +169,7 @@ class _ConvPlan:
                 for t, offset in enumerate(self.offsets):
                     cols[lo:hi, t] = part[..., offset : offset + self.length].swapaxes(0, 1)
         else:
-            xp = _scratch("padded", (n, c, *self.padded), x.dtype)
+            xp = scratch("padded", (n, c, *self.padded), x.dtype)
             win = _windows(xp, self.kernel, self.outs, self.stride, self.dilation)
             nd = len(self.outs)
             # n c j... k... -> c k... n j...
@@ -290,11 +275,11 @@ class Convolution(Function):
         if plan.winograd:
             if transformed is None or transformed.dtype != dtype:
                 transformed = _transformed_weights(weight, plan.winograd)
-            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, _scratch)
+            out = winograd.convolve(x, transformed, padding, plan.winograd, bias)
         else:
             w = weight.reshape(groups, weight.shape[0] // groups, -1)
             cols = plan.columns(x)
-            product = _scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
+            product = scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
             np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
             out = plan.output(product, bias)
         needs = ctx.needs_input_grad
@@ -319,7 +304,7 @@ class Convolution(Function):
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
         if wants_weight and plan.winograd:
-            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd, _scratch)
+            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd)
             grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
         elif wants_weight:
             # g o (n l), g (n l) (c k...) -> g o (c k...)
@@ -338,18 +323,16 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray, g) ->
     if m:
         rotated = _transformed_weights(weight, m, rotated=True)
         pads = tuple((2 - lo, 2 - hi) for lo, hi in plan.padding)
-        return winograd.convolve(
-            grad.astype(weight.dtype, copy=False), rotated, pads, m, None, _scratch
-        )
+        return winograd.convolve(grad.astype(weight.dtype, copy=False), rotated, pads, m, None)
     w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
-    gcols = _scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
+    gcols = scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
     np.matmul(w.transpose(0, 2, 1), g, out=gcols)  # g (c k...) o, g o (n l)
     return plan.scatter(gcols)
 
 
 def _transformed_weights(weight: np.ndarray, m: int, rotated: bool = False) -> np.ndarray:
     """Winograd weights for one call, in a reused buffer."""
-    buffer = _scratch("winograd weights", ((m + 2) ** 2, *weight.shape[:2]), weight.dtype)
+    buffer = scratch("winograd weights", ((m + 2) ** 2, *weight.shape[:2]), weight.dtype)
     return winograd.transform_weights(weight, m, buffer, rotated=rotated)
 
 
@@ -498,7 +481,7 @@ class MaxPool(Function):
     def forward(ctx, x, *, kernel_size, stride, padding, dilation, ceil_mode):
         phases = _Phases(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        planes = _scratch("pool phases", phases.planes_shape, x.dtype)
+        planes = scratch("pool phases", phases.planes_shape, x.dtype)
         out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
         saving = ctx.needs_input_grad[0]
         winner = (
@@ -599,7 +582,7 @@ class AvgPool(Function):
     def forward(ctx, x, *, kernel_size, stride, padding, ceil_mode, count_include_pad):
         ones = (1,) * len(kernel_size)
         phases = _Phases(x.shape, kernel_size, stride, padding, ones, ceil_mode)
-        planes = _scratch("pool phases", phases.planes_shape, x.dtype)
+        planes = scratch("pool phases", phases.planes_shape, x.dtype)
         phases.fill(planes, x, 0)
         out = phases.tap(planes, 0).copy()
         for t in range(1, len(phases.taps)):

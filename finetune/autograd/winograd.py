@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..parallel import split
+from .scratch import scratch
 
 # both channel counts at least this: below, the transforms cost more than the products save
 MIN_CHANNELS = 64
@@ -115,7 +116,7 @@ def _phases(outs: tuple[int, int], m: int):
             yield i, j, len(range(i, outs[0], m)), len(range(j, outs[1], m))
 
 
-def _transformed_tiles(x: np.ndarray, padding: Pads, m: int, scratch) -> np.ndarray:
+def _transformed_tiles(x: np.ndarray, padding: Pads, m: int) -> np.ndarray:
     """``n c h w -> (a a) c (n th tw)``: ``B^T d B`` for every input tile ``d``, one
     ``(c, tiles)`` matrix per tile position, in the scratch slot "winograd transformed"."""
     n, c, h, w = x.shape
@@ -149,17 +150,16 @@ def _transformed_tiles(x: np.ndarray, padding: Pads, m: int, scratch) -> np.ndar
 
 
 def convolve(
-    x: np.ndarray, transformed: np.ndarray, padding: Pads, m: int, bias: np.ndarray | None, scratch
+    x: np.ndarray, transformed: np.ndarray, padding: Pads, m: int, bias: np.ndarray | None
 ) -> np.ndarray:
     """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
-    with the weights ``transformed`` for tile side ``m``; ``scratch(slot, shape, dtype)`` hands
-    out the reused temporaries."""
+    with the weights ``transformed`` for tile side ``m``."""
     n = x.shape[0]
     o = transformed.shape[1]
     a = m + 2
     outs, th, tw = _grid(x.shape, padding, m)
     tiles = n * th * tw
-    v = _transformed_tiles(x, padding, m, scratch)
+    v = _transformed_tiles(x, padding, m)
     # the input tiles are dead: their buffer takes the products
     products = scratch("winograd tiles", (a * a, o, tiles), x.dtype)
     np.matmul(transformed, v, out=products)
@@ -184,7 +184,7 @@ def convolve(
     return out
 
 
-def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int, scratch) -> np.ndarray:
+def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int) -> np.ndarray:
     """``n c h w, n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to the
     untransformed weights, through the same transforms backwards: the output gradient's tiles
     ``dY`` give ``dM = A dY A^T``, each tile position's ``dU = dM V^T`` sums over the tiles,
@@ -207,7 +207,7 @@ def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int, scra
     split(cut, o, dy.size)
     dm = scratch("winograd grad products", (a * a, o, tiles), grad.dtype)
     np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
-    v = _transformed_tiles(x, padding, m, scratch)
+    v = _transformed_tiles(x, padding, m)
     du = np.matmul(dm, v.transpose(0, 2, 1))  # (a a) o tiles, (a a) tiles c -> (a a) o c
     # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
     dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
