@@ -93,6 +93,19 @@ def _windows(xp: np.ndarray, kernel, outs, stride, dilation) -> np.ndarray:
 _MAX_SHIFTED_WASTE = 1.2
 
 
+def _winograd_tiles(x_shape, w_shape, stride, padding, dilation, groups) -> tuple:
+    """Winograd tile sides for the forward and for the input gradient (None: im2col); the
+    input gradient's own padding, ``2 - pad``, must not be negative."""
+    if tuple(w_shape[2:]) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
+        return None, None
+    c, o, spatial = x_shape[1], w_shape[0], tuple(x_shape[2:])
+    outs = tuple(_out_size(s, p, 3, 1, 1, False) for s, p in zip(spatial, padding))
+    grad = None
+    if all(lo <= 2 and hi <= 2 for lo, hi in padding):
+        grad = winograd.tile_size(o, c, spatial)
+    return winograd.tile_size(c, o, outs), grad
+
+
 class _ConvPlan:
     """The shapes of one convolution and the im2col layout chosen for them.
 
@@ -117,13 +130,9 @@ class _ConvPlan:
             for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
         )
         self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
-        # Winograd tile sides for the forward and the input gradient (None: im2col)
-        self.winograd = self.winograd_grad = None
-        if self.kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
-            c, o = self.x_shape[1], self.w_shape[0]
-            self.winograd = winograd.tile_size(c, o, self.outs)
-            if all(lo <= 2 and hi <= 2 for lo, hi in padding):
-                self.winograd_grad = winograd.tile_size(o, c, spatial)
+        self.winograd, self.winograd_grad = _winograd_tiles(
+            self.x_shape, self.w_shape, stride, padding, dilation, groups
+        )
         self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
         self.pointwise = all(k == 1 for k in self.kernel) and not any(map(any, padding))
         extended = self.outs[0] * math.prod(self.padded[1:])
@@ -367,11 +376,8 @@ def conv(
     args = (x, weight) if bias is None else (x, weight, bias)
     stride, dilation = tuple(stride), tuple(dilation)
     padding = tuple(tuple(p) for p in padding)
-    transformed = None
-    if tuple(weight.shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1):
-        plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
-        if plan.winograd:
-            transformed = _kept_transform(weight, plan.winograd)
+    tile, _ = _winograd_tiles(x.shape, weight.shape, stride, padding, dilation, groups)
+    transformed = _kept_transform(weight, tile) if tile else None
     return Convolution.apply(
         *args,
         stride=stride,
