@@ -30,7 +30,8 @@ FLOPS_PER_IMAGE_224 = 2 * 1.814e9  # multiply-adds of ResNet-18 at 224x224, time
 # -- measurement helpers (run inside a worker) --------------------------------------------------
 
 
-def _timed(fn, repeats: int, warmup: int) -> list[float]:
+def timed(fn, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -133,7 +134,7 @@ def lib_task(task: str, cfg: dict) -> dict:
             ft.onnx.export(model, example, out)
     else:
         raise ValueError(task)
-    times = _timed(run, cfg["repeats"], cfg["warmup"])
+    times = timed(run, cfg["repeats"], cfg["warmup"])
     return {"times": times, "peak_rss_mb": _rss_mb(), "base_rss_mb": base}
 
 
@@ -155,7 +156,7 @@ def ort_task(task: str, cfg: dict) -> dict:
         (cfg["batch"], 3, cfg["size"], cfg["size"]), dtype=np.float32
     )
     base = _current_rss_mb()
-    times = _timed(lambda: sess.run(None, {name: x}), cfg["repeats"], cfg["warmup"])
+    times = timed(lambda: sess.run(None, {name: x}), cfg["repeats"], cfg["warmup"])
     return {
         "times": times,
         "peak_rss_mb": _rss_mb(),
@@ -278,7 +279,7 @@ def torch_task(task: str, cfg: dict) -> dict:
                     opt.step()
     else:
         raise ValueError(task)
-    times = _timed(run, cfg["repeats"], cfg["warmup"])
+    times = timed(run, cfg["repeats"], cfg["warmup"])
     return {
         "times": times,
         "peak_rss_mb": _rss_mb(),

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import numpy as np
-
+# finetune before numpy, as the README advises: it sets OpenBLAS's thread timeout, which numpy
+# reads once when it loads OpenBLAS (docs/performance.md, "All cores for the copies")
 import finetune as torch
+
+# isort: split
+import numpy as np
+from compare import timed  # the timing loop make bench uses
+
 from finetune.autograd import conv as kernels
 
 # name, in channels, out channels, input size, kernel, stride, padding, occurrences in ResNet-18
@@ -34,13 +38,8 @@ CONVS = [
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of ``repeats`` calls after one warm-up call."""
+    return 1e3 * statistics.median(timed(fn, repeats, warmup=1))
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
