@@ -138,12 +138,16 @@ def conv_inputs(case, seed=0):
     return x, w, b, dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
 
 
-@pytest.fixture(params=["shifted", "windows"])
+@pytest.fixture(params=["shifted", "windows", "per-sample"])
 def layout(request, monkeypatch):
-    """Run a stride-1 convolution through each im2col layout: the shifted flat rows (whatever
-    the wasted columns cost) or the copied window view."""
+    """Run a convolution through each im2col layout: stride 1 through the shifted flat rows
+    (whatever the wasted columns cost) or the copied window view; the window view batch-wide
+    or one sample at a time, whatever the output's size."""
     waste = math.inf if request.param == "shifted" else 0.0
     monkeypatch.setattr(kernels, "_MAX_SHIFTED_WASTE", waste)
+    monkeypatch.setattr(
+        kernels, "_PER_SAMPLE_PIXELS", 0 if request.param == "per-sample" else math.inf
+    )
     return request.param
 
 
@@ -303,6 +307,8 @@ def test_resnet_shapes_take_the_fast_layouts():
     assert plan(256, 14, 3, 1, 1).shifted
     assert plan(64, 56, 1, 2, 0).pointwise
     assert not plan(3, 224, 7, 2, 3).shifted
+    assert plan(3, 224, 7, 2, 3).per_sample
+    assert not plan(64, 56, 3, 2, 1).per_sample
 
 
 @pytest.mark.parametrize("name", ["2d-plain", "2d-stride2", "2d-1x1", "2d-grouped"])

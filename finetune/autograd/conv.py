@@ -91,6 +91,9 @@ def _windows(xp: np.ndarray, kernel, outs, stride, dilation) -> np.ndarray:
 # the shifted layout multiplies a few wasted columns per row; past this ratio the copy of the
 # windows is cheaper
 _MAX_SHIFTED_WASTE = 1.2
+# outputs of at least this many pixels per sample (conv1's 112x112) go one sample at a time:
+# a sample's columns stay in cache, and its product is already that sample's NC[D]HW output
+_PER_SAMPLE_PIXELS = 4096
 
 
 def _winograd_tiles(x_shape, w_shape, stride, padding, dilation, groups) -> tuple:
@@ -118,6 +121,10 @@ class _ConvPlan:
       contiguous range starting at ``offsets[t]``; ``l`` runs over whole padded rows, and the few
       columns past each row's end are cropped from the output;
     - windows (anything else): a copy of the strided window view, ``l`` the output pixels.
+
+    Windows with large outputs (``per_sample``) skip the batch-wide columns: each sample's
+    ``g (c k...) l`` columns are built and multiplied in turn, the product written straight
+    into the output (conv1 of a ResNet: 17 against 21 ms at batch 8, 7 MB of columns, not 59).
     """
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups) -> None:
@@ -150,6 +157,7 @@ class _ConvPlan:
             self.flat = max(math.prod(self.padded), self.offsets[-1] + extended)
         else:
             self.length = math.prod(self.outs)
+        self.per_sample = not (self.pointwise or self.shifted) and self.length >= _PER_SAMPLE_PIXELS
 
     def columns(self, x: np.ndarray) -> np.ndarray:
         """im2col into a reused scratch buffer: ``n (g c) i... -> g (c k...) (n l)``."""
@@ -191,6 +199,54 @@ class _ConvPlan:
 
         split(channels, c, work)
         return cols.reshape(shape)
+
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        """``x`` padded, in a reused scratch buffer; split over samples."""
+        xp = scratch("padded", (x.shape[0], x.shape[1], *self.padded), x.dtype)
+        split(lambda lo, hi: _pad_into(xp[lo:hi], x[lo:hi], self.padding), x.shape[0], xp.size)
+        return xp
+
+    def _sample_columns(self, xp: np.ndarray, s: int) -> np.ndarray:
+        """im2col of sample ``s`` of the padded input, ``c i... -> g (c k...) l``, split over
+        channels and the first kernel axis (conv1 has only three channels)."""
+        c, k0, nd = self.x_shape[1], self.kernel[0], len(self.outs)
+        win = _windows(xp[s : s + 1], self.kernel, self.outs, self.stride, self.dilation)[0]
+        source = win.transpose((0, *range(1 + nd, 1 + 2 * nd), *range(1, 1 + nd)))
+        cols = scratch("columns", (c, *self.kernel, *self.outs), xp.dtype)
+
+        def rows(lo: int, hi: int) -> None:
+            for row in range(lo, hi):
+                np.copyto(cols[divmod(row, k0)], source[divmod(row, k0)])
+
+        split(rows, c * k0, cols.size)
+        return cols.reshape(self.groups, -1, self.length)
+
+    def forward_per_sample(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
+    ) -> np.ndarray:
+        """The convolution, one sample's columns and product at a time."""
+        n, (o, g) = x.shape[0], (self.w_shape[0], self.groups)
+        w = weight.reshape(g, o // g, -1)
+        out = np.empty((n, o, *self.outs), dtype=x.dtype)
+        xp = self._padded(x)
+        for s in range(n):
+            target = out[s].reshape(g, o // g, self.length)
+            np.matmul(w, self._sample_columns(xp, s), out=target)
+            if bias is not None:
+                target += bias.reshape(g, o // g, 1)
+        return out
+
+    def weight_grad_per_sample(self, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        """The weight gradient, summed over samples: ``g o l @ g l (c k...)`` each."""
+        o, g = self.w_shape[0], self.groups
+        total = np.zeros((g, o // g, math.prod(self.w_shape[1:])), dtype=x.dtype)
+        part = np.empty_like(total)
+        xp = self._padded(x)
+        for s in range(x.shape[0]):
+            rows = grad[s].reshape(g, o // g, self.length)
+            np.matmul(rows, self._sample_columns(xp, s).transpose(0, 2, 1), out=part)
+            total += part
+        return total.reshape(self.w_shape)
 
     def _pixels(self, rows: np.ndarray) -> np.ndarray:
         """``o n l -> o n j...``: the output pixels of the (possibly extended) layout."""
@@ -285,6 +341,8 @@ class Convolution(Function):
             if transformed is None or transformed.dtype != dtype:
                 transformed = _transformed_weights(weight, plan.winograd)
             out = winograd.convolve(x, transformed, padding, plan.winograd, bias)
+        elif plan.per_sample:
+            out = plan.forward_per_sample(x, weight, bias)
         else:
             w = weight.reshape(groups, weight.shape[0] // groups, -1)
             cols = plan.columns(x)
@@ -308,13 +366,16 @@ class Convolution(Function):
         grad_x = grad_w = grad_b = None
         # the output gradient in the columns' layout, for the products that read it
         g = None
-        if (wants_weight and not plan.winograd) or (needs[0] and not plan.winograd_grad):
+        columns_weight = wants_weight and not (plan.winograd or plan.per_sample)
+        if columns_weight or (needs[0] and not plan.winograd_grad):
             g = plan.output_grad(grad)
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
         if wants_weight and plan.winograd:
             grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd)
             grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
+        elif wants_weight and plan.per_sample:
+            grad_w = plan.weight_grad_per_sample(x, grad).astype(ctx.dtypes[1], copy=False)
         elif wants_weight:
             # g o (n l), g (n l) (c k...) -> g o (c k...)
             grad_w = np.matmul(g, plan.columns(x).transpose(0, 2, 1))
