@@ -388,7 +388,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    # two: in a fresh process this library's second call still pays ~70 ms of page faults while
+    # glibc moves the blocks freed by the first into its heap (docs/performance.md)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--fit-images", type=int, default=256)
     parser.add_argument("--fit-batch", type=int, default=32)
@@ -478,7 +480,7 @@ def format_report(results: dict, args, gflops: float, notes: list[str]) -> str:
     lines = [
         f"# ResNet-18, float32, 3x{args.size}x{args.size}, batch {args.batch}, "
         f"{args.threads} thread(s); median of {args.rounds} round(s) x {args.repeats} runs, each "
-        f"worker after {args.warmup} warm-up, systems interleaved",
+        f"worker after {args.warmup} warm-up run(s), systems interleaved",
         f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; "
         f"python {platform.python_version()}; numpy {np.__version__}; finetune {ft.__version__}",
         f"numpy float32 2048x2048 matmul: {gflops:.0f} GFLOP/s (the machine's ceiling here)",
