@@ -7,11 +7,13 @@ on a 2-core machine half the machine idles during the third of a forward pass th
 GIL inside copies and ufuncs), when ``work`` elements are enough to pay for the hand-over (about
 20 us); the kernels split along channels, so chunks never write the same memory.
 
-OpenBLAS keeps its worker threads spinning for a while after every matrix product, which takes
-the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT`` setting, read once when
-numpy loads OpenBLAS, makes them sleep instead; ``import finetune`` sets it to 4 (sleep at once)
-when numpy is not loaded yet and the user has not chosen a value. Imported after numpy, the
-threads still work but gain nothing (measured in docs/performance.md).
+OpenBLAS keeps its worker threads spinning for a while after every matrix product (2^28 cycles
+by default), which takes the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT``
+setting, read once when numpy loads OpenBLAS, shortens the spin; ``import finetune`` sets it to
+14 (2^14 cycles, a few microseconds: long enough to carry a worker across the back-to-back
+products of a batched ``matmul``, short against any copy) when numpy is not loaded yet and the
+user has not chosen a value. Imported after numpy, the threads still work but gain nothing
+(measured in docs/performance.md).
 
 The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``; by default it is
 ``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) when set, else the cores this process may use.
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 if "numpy" not in sys.modules:
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "14")
 
 # below this many elements a kernel runs on the calling thread: the hand-over costs more
 MIN_WORK_PER_THREAD = 1 << 16

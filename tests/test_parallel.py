@@ -143,7 +143,7 @@ def test_thread_count_and_blas_timeout_follow_the_environment():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     env.pop("OPENBLAS_THREAD_TIMEOUT", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["3", "4"], out.stderr
+    assert out.stdout.split() == ["3", "14"], out.stderr
     # a value the user chose is kept, and numpy loaded first leaves the environment alone
     env["OPENBLAS_THREAD_TIMEOUT"] = "10"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
