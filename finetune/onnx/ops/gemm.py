@@ -127,5 +127,4 @@ def fuse_matmul_add(
 
 @register("Einsum", 12, 28)
 def einsum(*inputs: Tensor, equation) -> Tensor:
-    equation = equation.decode() if isinstance(equation, bytes) else equation
     return fn.einsum(equation, *inputs)

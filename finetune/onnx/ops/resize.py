@@ -90,10 +90,7 @@ def _values(t: Tensor | None) -> list | None:
 def _resize(
     x: Tensor, scales, sizes, attrs: dict, axes=None, policy="stretch", roi=None, extrapolation=0.0
 ) -> Tensor:
-    attrs = {
-        **_DEFAULTS,
-        **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()},
-    }
+    attrs = {**_DEFAULTS, **attrs}
     if attrs["coordinate_transformation_mode"] not in _TRANSFORMS:
         raise OnnxImportError(
             f"Resize: unknown coordinate_transformation_mode "
@@ -178,7 +175,6 @@ def resize_10(x: Tensor, scales: Tensor, *, mode="nearest") -> Tensor:
 
 
 def _legacy(mode) -> dict:
-    mode = mode.decode() if isinstance(mode, bytes) else mode
     mode = "linear" if mode == "bilinear" else mode
     return dict(mode=mode, coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
@@ -238,7 +234,7 @@ def resize_18(
         mode=mode,
         nearest_mode=nearest_mode,
     )
-    policy = keep_aspect_ratio_policy
-    policy = policy.decode() if isinstance(policy, bytes) else policy
     axes = list(axes) if axes is not None else None
-    return _resize(x, scales, sizes, attrs, axes, policy, roi, extrapolation_value)
+    return _resize(
+        x, scales, sizes, attrs, axes, keep_aspect_ratio_policy, roi, extrapolation_value
+    )
