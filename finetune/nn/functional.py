@@ -66,12 +66,7 @@ def embedding(
             f"index out of range in self: indices span [{indices.min()}, {indices.max()}] for "
             f"a table of {num} rows"
         )
-    if padding_idx is not None:
-        if not -num <= padding_idx < num:
-            raise ShapeError(
-                f"Padding_idx must be within num_embeddings ({num}), got {padding_idx}"
-            )
-        padding_idx %= num
+    padding_idx = _padding_index(padding_idx, num)
     if max_norm is not None:
         with engine.no_grad():
             rows = np.unique(indices)
@@ -83,6 +78,15 @@ def embedding(
     return nn_ops.Embedding.apply(
         weight, input, padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq
     )
+
+
+def _padding_index(padding_idx: int | None, num: int) -> int | None:
+    """``padding_idx`` as a row of a table of ``num`` rows (negative counts from the end)."""
+    if padding_idx is None:
+        return None
+    if not -num <= padding_idx < num:
+        raise ShapeError(f"Padding_idx must be within num_embeddings ({num}), got {padding_idx}")
+    return padding_idx % num
 
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
