@@ -35,6 +35,7 @@ def everywhere(monkeypatch):
         monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
         monkeypatch.setattr(winograd, "MIN_SIZE", 1)
         monkeypatch.setattr(winograd, "MIN_SIZE_FOR_4", 1 if m == 4 else 10**9)
+        monkeypatch.setattr(winograd, "MIN_SIZE_FOR_4_WEIGHT_GRADIENT", 1 if m == 4 else 10**9)
 
     return use
 
@@ -82,6 +83,15 @@ def test_which_convolutions_take_winograd():
 
     assert tile((8, 64, 56, 56), (64, 64, 3, 3)) == 4
     assert tile((8, 512, 7, 7), (512, 512, 3, 3)) == 2
+    # the weight gradient takes 4x4 tiles only from 28x28 outputs on
+    sides = [
+        (plan.winograd, plan.winograd_weight)
+        for plan in (
+            kernels._ConvPlan((8, c, s, s), (c, c, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+            for c, s in [(64, 56), (128, 28), (256, 14), (512, 7)]
+        )
+    ]
+    assert sides == [(4, 4), (4, 4), (4, 2), (2, 2)]
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), stride=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), dilation=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 32, 3, 3), groups=2) is None
@@ -104,7 +114,8 @@ def test_gradcheck(everywhere, m, pads):
     w = torch.tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
     b = torch.tensor(rng.standard_normal(4), requires_grad=True)
     y = kernels.conv(x, w, b, (1, 1), pads)
-    assert y.grad_fn.plan.winograd == m and y.grad_fn.plan.winograd_grad == m
+    plan = y.grad_fn.plan
+    assert plan.winograd == plan.winograd_grad == plan.winograd_weight == m
     assert gradcheck(lambda x, w, b: kernels.conv(x, w, b, (1, 1), pads), (x, w, b))
 
 

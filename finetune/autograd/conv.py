@@ -97,16 +97,17 @@ _PER_SAMPLE_PIXELS = 4096
 
 
 def _winograd_tiles(x_shape, w_shape, stride, padding, dilation, groups) -> tuple:
-    """Winograd tile sides for the forward and for the input gradient (None: im2col); the
-    input gradient's own padding, ``2 - pad``, must not be negative."""
+    """Winograd tile sides for the forward, the input gradient and the weight gradient (None:
+    im2col); the input gradient's own padding, ``2 - pad``, must not be negative."""
     if tuple(w_shape[2:]) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
-        return None, None
+        return None, None, None
     c, o, spatial = x_shape[1], w_shape[0], tuple(x_shape[2:])
     outs = tuple(_out_size(s, p, 3, 1, 1, False) for s, p in zip(spatial, padding))
     grad = None
     if all(lo <= 2 and hi <= 2 for lo, hi in padding):
         grad = winograd.tile_size(o, c, spatial)
-    return winograd.tile_size(c, o, outs), grad
+    weight = winograd.tile_size(c, o, outs, weight_gradient=True)
+    return winograd.tile_size(c, o, outs), grad, weight
 
 
 class _ConvPlan:
@@ -137,7 +138,7 @@ class _ConvPlan:
             for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
         )
         self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
-        self.winograd, self.winograd_grad = _winograd_tiles(
+        self.winograd, self.winograd_grad, self.winograd_weight = _winograd_tiles(
             self.x_shape, self.w_shape, stride, padding, dilation, groups
         )
         self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
@@ -382,7 +383,7 @@ class Convolution(Function):
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
         if wants_weight and plan.winograd:
-            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd)
+            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd_weight)
             grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
         elif wants_weight and plan.per_sample:
             grad_w = plan.weight_grad_per_sample(x, grad).astype(ctx.dtypes[1], copy=False)
@@ -447,7 +448,7 @@ def conv(
     args = (x, weight) if bias is None else (x, weight, bias)
     stride, dilation = tuple(stride), tuple(dilation)
     padding = tuple(tuple(p) for p in padding)
-    tile, _ = _winograd_tiles(x.shape, weight.shape, stride, padding, dilation, groups)
+    tile = _winograd_tiles(x.shape, weight.shape, stride, padding, dilation, groups)[0]
     transformed = _kept_transform(weight, tile) if tile else None
     return Convolution.apply(
         *args,
