@@ -240,11 +240,30 @@ def test_max_pool_matches_direct_loop_and_gradcheck(name):
     shape, kernel, stride, pads, dilation, ceil = {**POOL_CASES, **DILATED_POOL_CASES}[name]
     x = distinct_values(shape)
     opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
-    got = kernels.max_pool(const(x), **opts)
-    np.testing.assert_array_equal(
-        got.numpy(), max_pool_loop(x, kernel, stride, pads, dilation, ceil)
-    )
+    want = max_pool_loop(x, kernel, stride, pads, dilation, ceil)
+    # without a gradient the maximum is separable (one axis at a time); with one, by tap
+    np.testing.assert_array_equal(kernels.max_pool(const(x), **opts).numpy(), want)
+    np.testing.assert_array_equal(kernels.max_pool(leaf(x), **opts).detach().numpy(), want)
     assert gradcheck(lambda t: kernels.max_pool(t, **opts), [leaf(x)])
+
+
+@pytest.mark.parametrize("name", ["2d-resnet", "2d-ceil", "2d-dilated-ceil", "3d"])
+def test_max_pool_without_gradient_blocks_channels_and_keeps_nan_and_ints(name):
+    """More than one 64-channel block per sample, NaN and infinities where they win or lose,
+    and integer inputs whose padding is the type's minimum."""
+    shape, kernel, stride, pads, dilation, ceil = {**POOL_CASES, **DILATED_POOL_CASES}[name]
+    opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
+    x = np.random.default_rng(5).standard_normal((2, 130, *shape[2:]))
+    flat = x.reshape(-1)
+    flat[::17], flat[5::23], flat[7::29] = np.nan, np.inf, -np.inf
+    want = max_pool_loop(x, kernel, stride, pads, dilation, ceil)
+    for dtype in (np.float32, np.float64):
+        got = kernels.max_pool(const(x, dtype), **opts).numpy()
+        np.testing.assert_array_equal(got, want.astype(dtype))
+    ints = np.random.default_rng(6).integers(-100, 100, x.shape).astype(np.int32)
+    got = kernels.max_pool(torch.tensor(ints), **opts).numpy()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, max_pool_loop(ints, kernel, stride, pads, dilation, ceil))
 
 
 def test_max_pool_gradient_goes_to_first_maximum():

@@ -545,12 +545,74 @@ class _Phases:
         return grad
 
 
+def _axis_taps(size: int, out: int, kernel: int, stride: int, dilation: int, low: int) -> list:
+    """A pool's taps along one axis, as ``(input slice, output slice)`` pairs covering only the
+    windows where the tap falls inside the input (output ``j`` reads ``j * stride + offset``);
+    the taps that every window reaches come first."""
+    taps = []
+    for t in range(kernel):
+        offset = t * dilation - low
+        first = max(0, -(offset // stride))
+        last = min(out - 1, (size - 1 - offset) // stride)
+        if last >= first:
+            source = slice(first * stride + offset, last * stride + offset + 1, stride)
+            taps.append((first == 0 and last == out - 1, source, slice(first, last + 1)))
+    taps.sort(key=lambda tap: not tap[0])
+    return [tap[1:] for tap in taps]
+
+
+def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.ndarray:
+    """Max-pool without indices, one axis at a time: a window's maximum is the maximum over
+    its rows of the maximum along each row. A 3x3 window takes 2 + 2 passes over shrinking
+    arrays instead of 9 over the output, and the strided last axis goes last, when the array
+    is smallest. Each block (one sample, up to 64 channels) stays in cache; split over blocks."""
+    n, c = x.shape[:2]
+    out = np.empty((n, c, *outs), dtype=x.dtype)
+    axes = [
+        _axis_taps(size, o, k, s, d, lo)
+        for size, o, k, s, d, (lo, _) in zip(x.shape[2:], outs, kernel, stride, dilation, padding)
+    ]
+    width = 64
+    per_sample = -(-c // width)
+
+    def reduce(source: np.ndarray, target: np.ndarray, axis: int, taps: list) -> None:
+        def at(index: slice) -> tuple:
+            return (slice(None),) * axis + (index,)
+
+        full = sum(1 for _, reach in taps if reach == slice(0, target.shape[axis]))
+        if full >= 2:
+            np.maximum(source[at(taps[0][0])], source[at(taps[1][0])], out=target)
+        elif full == 1:
+            np.copyto(target, source[at(taps[0][0])])
+        else:
+            target.fill(lowest)
+        for read, reach in taps[min(full, 2) :]:
+            part = target[at(reach)]
+            np.maximum(part, source[at(read)], out=part)
+
+    def blocks(lo: int, hi: int) -> None:
+        for block in range(lo, hi):
+            sample, first = divmod(block, per_sample)
+            channels = slice(first * width, (first + 1) * width)
+            current = x[sample, channels]
+            for axis, taps in enumerate(axes):
+                last = axis == len(axes) - 1
+                shape = (*current.shape[: axis + 1], outs[axis], *current.shape[axis + 2 :])
+                target = out[sample, channels] if last else np.empty(shape, dtype=x.dtype)
+                reduce(current, target, axis + 1, taps)
+                current = target
+
+    split(blocks, n * per_sample, 2 * x.size)
+    return out
+
+
 class MaxPool(Function):
     """``n c i... -> n c j...``: the maximum of each window; padding is -inf and never wins.
 
     For backward it keeps only which tap won each window (one byte per output, the first
     maximum as PyTorch picks), found branch-free while the maximum is taken: a tap wins where it
     is strictly greater than the running maximum, so the winner is the largest such tap index.
+    Without a gradient the maximum is taken one axis at a time (``_separable_max``).
     """
 
     name = "MaxPool2DWithIndicesBackward0"
@@ -559,21 +621,16 @@ class MaxPool(Function):
     def forward(ctx, x, *, kernel_size, stride, padding, dilation, ceil_mode):
         phases = _Phases(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        if not ctx.needs_input_grad[0]:
+            return _separable_max(x, kernel_size, stride, padding, dilation, phases.outs, lowest)
         planes = scratch("pool phases", phases.planes_shape, x.dtype)
         out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
-        saving = ctx.needs_input_grad[0]
-        winner = (
-            np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1)) if saving else None
-        )
+        winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1))
 
         def channels(lo: int, hi: int) -> None:
             part, best = planes[:, lo:hi], out[:, lo:hi]
             phases.fill(part, x[:, lo:hi], lowest)
             np.copyto(best, phases.tap(part, 0))
-            if not saving:
-                for t in range(1, len(phases.taps)):
-                    np.maximum(best, phases.tap(part, t), out=best)
-                return
             won = winner[:, lo:hi]
             wins = np.empty(best.shape, dtype=bool)
             index = np.empty_like(won)
@@ -585,9 +642,8 @@ class MaxPool(Function):
                 np.maximum(won, index, out=won)
 
         split(channels, x.shape[1], planes.size)
-        if saving:
-            ctx.save_for_backward(winner)
-            ctx.phases = phases
+        ctx.save_for_backward(winner)
+        ctx.phases = phases
         return out
 
     @staticmethod
