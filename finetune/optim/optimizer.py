@@ -226,6 +226,16 @@ def update_in_place(p: Tensor, value: np.ndarray) -> None:
     p._version.value += 1
 
 
+def add_in_place(p: Tensor, step: np.ndarray) -> None:
+    """``p += step`` in ``p``'s own buffer, the sum rounded as ``p + step`` is, without a
+    temporary for it."""
+    if p._data.flags.writeable:
+        np.add(p._data, step, out=p._data, casting="same_kind")
+        p._version.value += 1
+    else:
+        update_in_place(p, p._data + step)
+
+
 def check_unsupported(**flags: bool | None) -> None:
     """Reject PyTorch options that need a GPU or a differentiable update, which we don't have."""
     for name, value in flags.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_unsupported, update_in_place
+from .optimizer import Optimizer, ParamsT, add_in_place, check_unsupported
 
 
 class SGD(Optimizer):
@@ -76,8 +76,9 @@ class SGD(Optimizer):
                     state["momentum_buffer"] = buf
                 else:
                     buf._data *= momentum
-                    buf._data += (1 - dampening) * d_p
+                    # times 1 leaves every float as it is, so undampened momentum skips it
+                    buf._data += d_p if dampening == 0 else (1 - dampening) * d_p
                 d_p = d_p + momentum * buf._data if nesterov else buf._data
             else:
                 state.setdefault("momentum_buffer", None)  # PyTorch 2.1 records the absent buffer
-            update_in_place(p, p._data + -lr * d_p)
+            add_in_place(p, -lr * d_p)
