@@ -113,13 +113,24 @@ def _channel_sums(a: np.ndarray) -> np.ndarray:
     return a.sum(axis=0, dtype=dtype)
 
 
+def _channel_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, C, *), (N, C, *) -> (C,)``: each channel's sum of ``a * b``, in one pass without a
+    temporary for the products; a block of channels sums exactly as the whole tensor does.
+    Half precision accumulates in float32."""
+    dtype = np.float32 if a.dtype == np.float16 else None
+    n, c = a.shape[:2]
+    return np.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1), dtype=dtype)
+
+
 class BatchNormTrain(Function):
     """Normalise with batch statistics and update the running averages in place.
 
     x (N, C, *), weight and bias (C) or None, running_mean and running_var (C) or None.
     The biased batch variance normalises; the unbiased one feeds ``running_var``.
     Both directions work on blocks of channels (every statistic is per channel), in place
-    into their outputs, the blocks shared out among the threads.
+    into their outputs, the blocks shared out among the threads. Backward keeps the input
+    and two numbers per channel, as PyTorch does, not a normalised copy: the forward makes
+    four passes over the activations instead of six.
     """
 
     name = "NativeBatchNormBackward0"
@@ -135,36 +146,32 @@ class BatchNormTrain(Function):
             )
         channels = x.shape[1]
         mean, var, invstd = (np.empty(channels, dtype=x.dtype) for _ in range(3))
-        x_hat, out = np.empty_like(x), np.empty_like(x)
+        out = np.empty_like(x)
 
         def block(lo: int, hi: int) -> None:
-            xs, xh, o = x[:, lo:hi], x_hat[:, lo:hi], out[:, lo:hi]
+            xs, o = x[:, lo:hi], out[:, lo:hi]
             mean[lo:hi] = _channel_sums(xs) / count
-            np.subtract(xs, mean[lo:hi].reshape(view), out=xh)
-            np.multiply(xh, xh, out=o)  # the squares, before o holds the output
-            var[lo:hi] = _channel_sums(o) / count
+            np.subtract(xs, mean[lo:hi].reshape(view), out=o)  # centred, before o is the output
+            var[lo:hi] = _channel_dots(o, o) / count
             invstd[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
-            np.multiply(xh, invstd[lo:hi].reshape(view), out=xh)
-            if weight is not None:
-                np.multiply(xh, weight[lo:hi].reshape(view), out=o)
-            else:
-                np.copyto(o, xh)
+            scale = invstd[lo:hi] if weight is None else invstd[lo:hi] * weight[lo:hi]
+            np.multiply(o, scale.reshape(view), out=o)
             if bias is not None:
                 o += bias[lo:hi].reshape(view)
 
-        split(block, channels, 6 * x.size)
+        split(block, channels, 4 * x.size)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean.astype(running_mean.dtype)
         if running_var is not None:
             running_var *= 1 - momentum
             running_var += momentum * (var * (count / (count - 1))).astype(running_var.dtype)
-        ctx.save_for_backward(x_hat, invstd, weight)
+        ctx.save_for_backward(x, mean, invstd, weight)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x_hat, invstd, weight = ctx.saved_tensors
+        x, mean, invstd, weight = ctx.saved_tensors
         view = _channel_view(grad.ndim)
         needs = ctx.needs_input_grad
         channels = grad.shape[1]
@@ -172,18 +179,19 @@ class BatchNormTrain(Function):
         scale = invstd if weight is None else weight * invstd
         sum_g = np.empty(channels, dtype=grad.dtype)
         sum_g_xhat = np.empty(channels, dtype=grad.dtype)
-        gx = np.empty_like(grad)  # the products grad * x_hat first, then the gradient
+        gx = np.empty_like(grad)  # the centred input first, then the gradient
 
         def block(lo: int, hi: int) -> None:
-            g, xh, gxs = grad[:, lo:hi], x_hat[:, lo:hi], gx[:, lo:hi]
+            g, gxs = grad[:, lo:hi], gx[:, lo:hi]
             sum_g[lo:hi] = _channel_sums(g)
-            np.multiply(g, xh, out=gxs)
-            sum_g_xhat[lo:hi] = _channel_sums(gxs)
+            np.subtract(x[:, lo:hi], mean[lo:hi].reshape(view), out=gxs)
+            # x_hat = (x - mean) * invstd
+            sum_g_xhat[lo:hi] = _channel_dots(g, gxs) * invstd[lo:hi]
             if not needs[0]:
                 return
             # scale / count * (count * grad - sum_g - x_hat * sum_g_xhat)
             k = scale[lo:hi] / count
-            np.multiply(xh, (-k * sum_g_xhat[lo:hi]).reshape(view), out=gxs)
+            np.multiply(gxs, (-k * sum_g_xhat[lo:hi] * invstd[lo:hi]).reshape(view), out=gxs)
             gxs -= (k * sum_g[lo:hi]).reshape(view)
             gxs += g * scale[lo:hi].reshape(view)
 
