@@ -21,7 +21,7 @@ import numpy as np
 
 from ..parallel import split
 from ..tensor import Tensor
-from . import winograd
+from . import pool, winograd
 from .function import Function
 from .scratch import scratch
 
@@ -348,10 +348,18 @@ class Convolution(Function):
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
         bias = None if bias is None else bias.astype(dtype, copy=False)
         plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
+        needs = ctx.needs_input_grad
+        wants_weight = len(needs) > 1 and needs[1]
+        # the weight gradient reuses the forward's transformed input tiles, kept in the pool
+        tiles = None
+        if plan.winograd and wants_weight and plan.winograd_weight == plan.winograd:
+            tiles = pool.take(winograd.tiles_shape(x.shape, padding, plan.winograd), dtype)
+            ctx.pooled = (tiles,)
+        ctx.tiles = tiles
         if plan.winograd:
             if transformed is None or transformed.dtype != dtype:
                 transformed = _transformed_weights(weight, plan.winograd)
-            out = winograd.convolve(x, transformed, padding, plan.winograd, bias)
+            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, tiles)
         elif plan.per_sample:
             out = plan.forward_per_sample(x, weight, bias)
         else:
@@ -360,10 +368,9 @@ class Convolution(Function):
             product = scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
             np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
             out = plan.output(product, bias)
-        needs = ctx.needs_input_grad
         ctx.plan = plan
         ctx.save_for_backward(
-            x if len(needs) > 1 and needs[1] else None,
+            x if wants_weight and tiles is None else None,
             weight if needs[0] else None,
         )
         return out
@@ -383,8 +390,11 @@ class Convolution(Function):
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
         if wants_weight and plan.winograd:
-            grad_w = winograd.weight_gradient(x, grad, plan.padding, plan.winograd_weight)
-            grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
+            m = plan.winograd_weight
+            tiles = ctx.tiles
+            if tiles is None:
+                tiles = winograd.transformed_tiles(x, plan.padding, m)
+            grad_w = winograd.weight_gradient(tiles, grad, m).astype(ctx.dtypes[1], copy=False)
         elif wants_weight and plan.per_sample:
             grad_w = plan.weight_grad_per_sample(x, grad).astype(ctx.dtypes[1], copy=False)
         elif wants_weight:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AutogradError
-from . import engine
+from . import engine, pool
 
 
 class Node:
@@ -70,7 +70,10 @@ class Node:
                 )
 
     def release(self) -> None:
-        """Free what forward saved; a second backward through this node then raises."""
+        """Free what forward saved; a second backward through this node then raises. Arrays
+        the forward took from the pool (``ctx.pooled``) go back to it for the next step."""
+        for array in self.__dict__.get("pooled", ()):
+            pool.give(array)
         self._saved = ()
         self._saved_versions = ()
         self.__dict__.clear()

@@ -124,9 +124,12 @@ def _phases(outs: tuple[int, int], m: int):
             yield i, j, len(range(i, outs[0], m)), len(range(j, outs[1], m))
 
 
-def _transformed_tiles(x: np.ndarray, padding: Pads, m: int) -> np.ndarray:
+def transformed_tiles(
+    x: np.ndarray, padding: Pads, m: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``n c h w -> (a a) c (n th tw)``: ``B^T d B`` for every input tile ``d``, one
-    ``(c, tiles)`` matrix per tile position, in the scratch slot "winograd transformed"."""
+    ``(c, tiles)`` matrix per tile position, into ``out`` (default: the scratch slot
+    "winograd transformed")."""
     n, c, h, w = x.shape
     a = m + 2
     (top, _), (left, _) = padding
@@ -152,22 +155,35 @@ def _transformed_tiles(x: np.ndarray, padding: Pads, m: int) -> np.ndarray:
         np.copyto(target[:, :, lo:hi], source[:, :, lo:hi])
 
     split(gather, c, d.size)
-    v = scratch("winograd transformed", (a * a, c, n * th * tw), x.dtype)
+    v = scratch("winograd transformed", tiles_shape(x.shape, padding, m), x.dtype)
+    v = v if out is None else out
     np.matmul(_KRON[m][0].astype(x.dtype), d.reshape(a * a, -1), out=v.reshape(a * a, -1))
     return v
 
 
+def tiles_shape(x_shape: tuple, padding: Pads, m: int) -> tuple[int, int, int]:
+    """The shape of ``transformed_tiles``: ``(a a, c, n th tw)``."""
+    _, th, tw = _grid(x_shape, padding, m)
+    return ((m + 2) ** 2, x_shape[1], x_shape[0] * th * tw)
+
+
 def convolve(
-    x: np.ndarray, transformed: np.ndarray, padding: Pads, m: int, bias: np.ndarray | None
+    x: np.ndarray,
+    transformed: np.ndarray,
+    padding: Pads,
+    m: int,
+    bias: np.ndarray | None,
+    tiles_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
-    with the weights ``transformed`` for tile side ``m``."""
+    with the weights ``transformed`` for tile side ``m``. ``tiles_out``: where to leave the
+    transformed input tiles, for a weight gradient to reuse."""
     n = x.shape[0]
     o = transformed.shape[1]
     a = m + 2
     outs, th, tw = _grid(x.shape, padding, m)
     tiles = n * th * tw
-    v = _transformed_tiles(x, padding, m)
+    v = transformed_tiles(x, padding, m, tiles_out)
     # the input tiles are dead: their buffer takes the products
     products = scratch("winograd tiles", (a * a, o, tiles), x.dtype)
     np.matmul(transformed, v, out=products)
@@ -192,15 +208,16 @@ def convolve(
     return out
 
 
-def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int) -> np.ndarray:
-    """``n c h w, n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to the
-    untransformed weights, through the same transforms backwards: the output gradient's tiles
-    ``dY`` give ``dM = A dY A^T``, each tile position's ``dU = dM V^T`` sums over the tiles,
-    and ``dw = G^T dU G``."""
-    n, c = x.shape[:2]
-    o = grad.shape[1]
+def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
+    """``(a a) c (n th tw), n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to
+    the untransformed weights, from the input's ``transformed_tiles`` ``V``, through the same
+    transforms backwards: the output gradient's tiles ``dY`` give ``dM = A dY A^T``, each tile
+    position's ``dU = dM V^T`` sums over the tiles, and ``dw = G^T dU G``."""
+    n, o = grad.shape[:2]
+    c = v.shape[1]
     a = m + 2
-    outs, th, tw = _grid(x.shape, padding, m)
+    outs = grad.shape[2:]
+    th, tw = -(-outs[0] // m), -(-outs[1] // m)
     tiles = n * th * tw
     # dY: the output gradient cut into m x m tiles (zero past the output's edge), per position
     dy = scratch("winograd grad tiles", (m, m, o, n, th, tw), grad.dtype)
@@ -215,9 +232,8 @@ def weight_gradient(x: np.ndarray, grad: np.ndarray, padding: Pads, m: int) -> n
     split(cut, o, dy.size)
     dm = scratch("winograd grad products", (a * a, o, tiles), grad.dtype)
     np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
-    v = _transformed_tiles(x, padding, m)
-    # the input tiles are dead once transformed: their buffer takes the products (a fresh
-    # 17 MB array per call on layer4 paid ~340 page faults)
+    # the products go into the gather's scratch slot, dead by now (a fresh 17 MB array per
+    # call on layer4 paid ~340 page faults)
     du = scratch("winograd tiles", (a * a, o, c), grad.dtype)
     np.matmul(dm, v.transpose(0, 2, 1), out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
     # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout

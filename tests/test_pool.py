@@ -1,0 +1,103 @@
+"""The buffer pool for arrays a forward keeps for its backward: reuse by size, the cap on idle
+memory, nodes giving their arrays back on release, and the Winograd tiles that use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import finetune as torch
+from finetune.autograd import conv as kernels
+from finetune.autograd import pool, winograd
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    pool.clear()
+    yield
+    pool.clear()
+
+
+def test_a_given_buffer_is_taken_again_for_any_shape_of_its_size():
+    a = pool.take((4, 6), np.float32)
+    assert a.shape == (4, 6) and a.dtype == np.float32
+    pool.give(a)
+    assert pool.idle_bytes() == 96
+    b = pool.take((3, 2, 2), np.float64)  # 96 bytes too
+    assert b.shape == (3, 2, 2) and b.dtype == np.float64 and np.shares_memory(a, b)
+    assert pool.idle_bytes() == 0
+    c = pool.take((4, 6), np.float32)  # nothing idle: a new buffer
+    assert not np.shares_memory(b, c)
+
+
+def test_give_refuses_arrays_the_pool_did_not_hand_out():
+    with pytest.raises(ValueError, match="pool.take"):
+        pool.give(np.zeros(4))
+    with pytest.raises(ValueError, match="pool.take"):
+        pool.give(pool.take((4, 4), np.float32)[:2])
+
+
+def test_idle_memory_is_capped(monkeypatch):
+    monkeypatch.setattr(pool, "MAX_IDLE_BYTES", 100)
+    first, second = pool.take((16,), np.float32), pool.take((16,), np.float32)
+    pool.give(first)
+    pool.give(second)  # 128 bytes would pass the cap: dropped
+    assert pool.idle_bytes() == 64
+
+
+def winograd_conv(m: int):
+    """Inputs of a convolution whose forward and weight gradient both take ``m`` x ``m`` tiles."""
+    size = 16 if m == 4 else 9
+    rng = np.random.default_rng(m)
+    x = torch.tensor(rng.standard_normal((2, 64, size, size)), requires_grad=True)
+    w = torch.tensor(rng.standard_normal((64, 64, 3, 3)) * 0.05, requires_grad=True)
+    return x, w
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_the_weight_gradient_reuses_the_forward_tiles_from_the_pool(monkeypatch, m):
+    if m == 4:
+        monkeypatch.setattr(winograd, "MIN_SIZE_FOR_4_WEIGHT_GRADIENT", 14)
+    x, w = winograd_conv(m)
+    pads = ((1, 1), (1, 1))
+    y = kernels.conv(x, w, None, (1, 1), pads)
+    node = y.grad_fn
+    assert node.plan.winograd == node.plan.winograd_weight == m
+    kept = node.tiles
+    assert kept.shape == winograd.tiles_shape(x.shape, pads, m)
+    assert node._saved[0] is None  # the input itself is not kept
+    g = np.random.default_rng(0).standard_normal(y.shape)
+    y.backward(torch.tensor(g))
+    # the tiles went back to the pool with the node; the gradient is the recomputed one
+    assert pool.idle_bytes() == kept.nbytes
+    want = winograd.weight_gradient(winograd.transformed_tiles(x.detach().numpy(), pads, m), g, m)
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+    # the next step takes the same buffer
+    y = kernels.conv(x, w, None, (1, 1), pads)
+    assert np.shares_memory(y.grad_fn.tiles, kept) and pool.idle_bytes() == 0
+
+
+def test_kept_tiles_survive_a_retained_graph_and_a_dropped_one():
+    x, w = winograd_conv(2)
+    y = kernels.conv(x, w, None, (1, 1), ((1, 1), (1, 1)))
+    y.sum().backward(retain_graph=True)
+    assert pool.idle_bytes() == 0  # still held by the node
+    first = w.grad.numpy().copy()
+    w.grad = None
+    y.sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), first)
+    assert pool.idle_bytes() > 0
+    pool.clear()
+    kernels.conv(x, w, None, (1, 1), ((1, 1), (1, 1)))  # never backward: collected as usual
+    assert pool.idle_bytes() == 0
+
+
+def test_tiles_are_kept_only_when_both_tile_sizes_agree():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.standard_normal((2, 64, 16, 16)), requires_grad=True)
+    w = torch.tensor(rng.standard_normal((64, 64, 3, 3)) * 0.05, requires_grad=True)
+    y = kernels.conv(x, w, None, (1, 1), ((1, 1), (1, 1)))
+    assert (y.grad_fn.plan.winograd, y.grad_fn.plan.winograd_weight) == (4, 2)
+    assert y.grad_fn.tiles is None and y.grad_fn._saved[0] is not None  # the input, instead
+    frozen = torch.tensor(rng.standard_normal((64, 64, 3, 3)))
+    assert kernels.conv(x, frozen, None, (1, 1), ((1, 1), (1, 1))).grad_fn.tiles is None
