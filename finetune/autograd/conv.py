@@ -556,9 +556,9 @@ class _Phases:
 
 
 def _axis_taps(size: int, out: int, kernel: int, stride: int, dilation: int, low: int) -> list:
-    """A pool's taps along one axis, as ``(input slice, output slice)`` pairs covering only the
-    windows where the tap falls inside the input (output ``j`` reads ``j * stride + offset``);
-    the taps that every window reaches come first."""
+    """A pool's taps along one axis, as ``(input slice, output slice, every window)`` covering
+    only the windows where the tap falls inside the input (output ``j`` reads
+    ``j * stride + offset``); the taps that every window reaches come first."""
     taps = []
     for t in range(kernel):
         offset = t * dilation - low
@@ -566,9 +566,8 @@ def _axis_taps(size: int, out: int, kernel: int, stride: int, dilation: int, low
         last = min(out - 1, (size - 1 - offset) // stride)
         if last >= first:
             source = slice(first * stride + offset, last * stride + offset + 1, stride)
-            taps.append((first == 0 and last == out - 1, source, slice(first, last + 1)))
-    taps.sort(key=lambda tap: not tap[0])
-    return [tap[1:] for tap in taps]
+            taps.append((source, slice(first, last + 1), first == 0 and last == out - 1))
+    return sorted(taps, key=lambda tap: not tap[2])
 
 
 def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.ndarray:
@@ -589,14 +588,14 @@ def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.nda
         def at(index: slice) -> tuple:
             return (slice(None),) * axis + (index,)
 
-        full = sum(1 for _, reach in taps if reach == slice(0, target.shape[axis]))
+        full = sum(whole for _, _, whole in taps)
         if full >= 2:
             np.maximum(source[at(taps[0][0])], source[at(taps[1][0])], out=target)
         elif full == 1:
             np.copyto(target, source[at(taps[0][0])])
         else:
             target.fill(lowest)
-        for read, reach in taps[min(full, 2) :]:
+        for read, reach, _ in taps[min(full, 2) :]:
             part = target[at(reach)]
             np.maximum(part, source[at(read)], out=part)
 

@@ -155,10 +155,10 @@ def transformed_tiles(
         np.copyto(target[:, :, lo:hi], source[:, :, lo:hi])
 
     split(gather, c, d.size)
-    v = scratch("winograd transformed", tiles_shape(x.shape, padding, m), x.dtype)
-    v = v if out is None else out
-    np.matmul(_KRON[m][0].astype(x.dtype), d.reshape(a * a, -1), out=v.reshape(a * a, -1))
-    return v
+    if out is None:
+        out = scratch("winograd transformed", tiles_shape(x.shape, padding, m), x.dtype)
+    np.matmul(_KRON[m][0].astype(x.dtype), d.reshape(a * a, -1), out=out.reshape(a * a, -1))
+    return out
 
 
 def tiles_shape(x_shape: tuple, padding: Pads, m: int) -> tuple[int, int, int]:
