@@ -398,9 +398,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=2,
+        default=3,
         help="run the whole sequence this many times, interleaving the systems, and pool the "
-        "times (the machine's speed drifts over minutes; pooling keeps ratios fair)",
+        "times (the machine's speed drifts over minutes; pooling keeps ratios fair, and with "
+        "three rounds one slow round cannot carry a median alone)",
     )
     parser.add_argument("--tiny", action="store_true", help="batch 1, 32x32, one repeat (CI)")
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out")
