@@ -97,17 +97,17 @@ _PER_SAMPLE_PIXELS = 4096
 
 
 def _winograd_tiles(x_shape, w_shape, stride, padding, dilation, groups) -> tuple:
-    """Winograd tile sides for the forward, the input gradient and the weight gradient (None:
-    im2col); the input gradient's own padding, ``2 - pad``, must not be negative."""
+    """Winograd tile sides for the forward (and the weight gradient) and for the input
+    gradient (None: im2col); the input gradient's own padding, ``2 - pad``, must not be
+    negative."""
     if tuple(w_shape[2:]) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
-        return None, None, None
+        return None, None
     c, o, spatial = x_shape[1], w_shape[0], tuple(x_shape[2:])
     outs = tuple(_out_size(s, p, 3, 1, 1, False) for s, p in zip(spatial, padding))
     grad = None
     if all(lo <= 2 and hi <= 2 for lo, hi in padding):
         grad = winograd.tile_size(o, c, spatial)
-    weight = winograd.tile_size(c, o, outs, weight_gradient=True)
-    return winograd.tile_size(c, o, outs), grad, weight
+    return winograd.tile_size(c, o, outs), grad
 
 
 class _ConvPlan:
@@ -138,7 +138,7 @@ class _ConvPlan:
             for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
         )
         self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
-        self.winograd, self.winograd_grad, self.winograd_weight = _winograd_tiles(
+        self.winograd, self.winograd_grad = _winograd_tiles(
             self.x_shape, self.w_shape, stride, padding, dilation, groups
         )
         self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
@@ -352,7 +352,7 @@ class Convolution(Function):
         wants_weight = len(needs) > 1 and needs[1]
         # the weight gradient reuses the forward's transformed input tiles, kept in the pool
         tiles = None
-        if plan.winograd and wants_weight and plan.winograd_weight == plan.winograd:
+        if plan.winograd and wants_weight:
             tiles = pool.take(winograd.tiles_shape(x.shape, padding, plan.winograd), dtype)
             ctx.pooled = (tiles,)
         ctx.tiles = tiles
@@ -390,11 +390,8 @@ class Convolution(Function):
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
         if wants_weight and plan.winograd:
-            m = plan.winograd_weight
-            tiles = ctx.tiles
-            if tiles is None:
-                tiles = winograd.transformed_tiles(x, plan.padding, m)
-            grad_w = winograd.weight_gradient(tiles, grad, m).astype(ctx.dtypes[1], copy=False)
+            grad_w = winograd.weight_gradient(ctx.tiles, grad, plan.winograd)
+            grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
         elif wants_weight and plan.per_sample:
             grad_w = plan.weight_grad_per_sample(x, grad).astype(ctx.dtypes[1], copy=False)
         elif wants_weight:

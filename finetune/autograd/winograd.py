@@ -30,12 +30,11 @@ from .scratch import scratch
 
 # both channel counts at least this: below, the transforms cost more than the products save
 MIN_CHANNELS = 64
-# outputs at least this many pixels a side use 4x4 tiles; smaller ones (down to 4) use 2x2
-MIN_SIZE_FOR_4 = 14
-# the same for the weight gradient, whose 36 per-position products ``dM V^T`` sum over the
-# tiles: on small outputs there are too few tiles to amortise them (layer3 of a ResNet at
-# batch 8, 14x14: 10.4 ms with 2x2 tiles against 14.1 with 4x4)
-MIN_SIZE_FOR_4_WEIGHT_GRADIENT = 28
+# outputs at least this many pixels a side use 4x4 tiles; smaller ones (down to 4) use 2x2.
+# At 14x14 (a ResNet's layer3) 4x4 tiles cover 16x16 and leave the weight gradient's 36
+# per-position products ``dM V^T`` too few tiles to sum over: 2x2 tiles are as fast forward at
+# batch 8, faster at batches 1-4, and 10.4 against 14.1 ms for the weight gradient
+MIN_SIZE_FOR_4 = 28
 MIN_SIZE = 4
 
 
@@ -73,16 +72,12 @@ def _matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _KRON = {m: tuple(np.kron(t, t) for t in _matrices(m)) for m in (2, 4)}
 
 
-def tile_size(
-    channels: int, out_channels: int, outs: tuple[int, ...], *, weight_gradient: bool = False
-) -> int | None:
+def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | None:
     """The output tile side to use for a stride-1, undilated, ungrouped 3x3 convolution with
-    these channel counts and output size, or None where the direct convolution is faster;
-    ``weight_gradient``: for the weight gradient of such a convolution instead."""
+    these channel counts and output size, or None where the direct convolution is faster."""
     if min(channels, out_channels) < MIN_CHANNELS or len(outs) != 2 or min(outs) < MIN_SIZE:
         return None
-    large = MIN_SIZE_FOR_4_WEIGHT_GRADIENT if weight_gradient else MIN_SIZE_FOR_4
-    return 4 if min(outs) >= large else 2
+    return 4 if min(outs) >= MIN_SIZE_FOR_4 else 2
 
 
 def transform_weights(
