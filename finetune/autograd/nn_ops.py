@@ -130,7 +130,7 @@ class BatchNormTrain(Function):
     Both directions work on blocks of channels (every statistic is per channel), in place
     into their outputs, the blocks shared out among the threads. Backward keeps the input
     and two numbers per channel, as PyTorch does, not a normalised copy: the forward makes
-    four passes over the activations instead of six.
+    five passes over the activations (sum, centre, sum of squares, scale, shift), not seven.
     """
 
     name = "NativeBatchNormBackward0"
