@@ -108,7 +108,12 @@ def _grid(x_shape: tuple, padding: Pads, m: int) -> tuple[tuple[int, int], int, 
     """The output size and the tile rows and columns covering it."""
     (top, bottom), (left, right) = padding
     outs = (x_shape[2] + top + bottom - 2, x_shape[3] + left + right - 2)
-    return outs, -(-outs[0] // m), -(-outs[1] // m)
+    return outs, *_tiles_covering(outs, m)
+
+
+def _tiles_covering(outs: tuple[int, int], m: int) -> tuple[int, int]:
+    """The rows and columns of ``m x m`` tiles that cover an output of size ``outs``."""
+    return -(-outs[0] // m), -(-outs[1] // m)
 
 
 def _phases(outs: tuple[int, int], m: int):
@@ -212,7 +217,7 @@ def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
     c = v.shape[1]
     a = m + 2
     outs = grad.shape[2:]
-    th, tw = -(-outs[0] // m), -(-outs[1] // m)
+    th, tw = _tiles_covering(outs, m)
     tiles = n * th * tw
     # dY: the output gradient cut into m x m tiles (zero past the output's edge), per position
     dy = scratch("winograd grad tiles", (m, m, o, n, th, tw), grad.dtype)
