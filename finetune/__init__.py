@@ -131,6 +131,7 @@ from .functions import (
     var,
     where,
 )
+from .memory_format import channels_last, contiguous_format, memory_format, preserve_format
 from .random import (
     Generator,
     default_generator,

@@ -13,6 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import memory_format as memory_formats
 from .autograd import einsum as einsum_op
 from .autograd import ops
 from .errors import ShapeError
@@ -234,8 +235,8 @@ def cast(x, np_dtype):
     return ops.Cast.apply(x, dtype=np_dtype)
 
 
-def clone(x):
-    return ops.Clone.apply(x)
+def clone(x, *, memory_format=memory_formats.preserve_format):
+    return ops.Clone.apply(x, memory_format=memory_format)
 
 
 # -- reductions -----------------------------------------------------------------------------------

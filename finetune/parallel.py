@@ -133,9 +133,16 @@ def split(fn: Callable[[int, int], None], size: int, work: int) -> None:
 
 def elementwise(fn: Callable[..., None], out, *inputs) -> None:
     """``fn(out_chunk, *input_chunks)`` over matching chunks of arrays of one shape, split like
-    ``split`` when all are C-contiguous (else one call on the whole arrays)."""
+    ``split`` when all are laid out alike with no gaps (C-contiguous, or channels last, or any
+    one order of the axes), else one call on the whole arrays."""
     arrays = (out, *inputs)
-    if any(a.shape != out.shape or not a.flags.c_contiguous for a in arrays):
+    if any(a.shape != out.shape or a.strides != out.strides for a in arrays):
+        fn(out, *inputs)
+        return
+    # the axes in memory order: the arrays are then C-contiguous, or have gaps
+    order = sorted(range(out.ndim), key=lambda axis: -out.strides[axis])
+    arrays = [a.transpose(order) for a in arrays]
+    if not arrays[0].flags.c_contiguous:
         fn(out, *inputs)
         return
     flat = [a.reshape(-1) for a in arrays]

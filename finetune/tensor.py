@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
+from . import memory_format as memory_formats
 from .autograd import engine
 from .autograd.function import trace_inplace
 from .device import device as _device
@@ -503,9 +504,11 @@ class Tensor:
                 target = a.dtype
             elif isinstance(a, dtypes.dtype) or (isinstance(a, type) and issubclass(a, np.generic)):
                 target = a
-        if target is None or dtypes.as_dtype(target).numpy == self._data.dtype:
-            return self
-        return _ops.cast(self, dtypes.as_dtype(target).numpy)
+        layout = kwargs.get("memory_format", memory_formats.preserve_format)
+        out = self if layout is memory_formats.preserve_format else self.contiguous(layout)
+        if target is None or dtypes.as_dtype(target).numpy == out._data.dtype:
+            return out
+        return _ops.cast(out, dtypes.as_dtype(target).numpy)
 
     def type(self, dtype=None):
         if dtype is None:
@@ -533,18 +536,26 @@ class Tensor:
     def cpu(self):
         return self
 
-    def contiguous(self) -> Tensor:
-        """``self`` if its values are laid out row-major, else a row-major copy (as in PyTorch)."""
-        return self if self._data.flags.c_contiguous else _ops.clone(self)
+    def contiguous(self, memory_format=memory_formats.contiguous_format) -> Tensor:
+        """``self`` if its values are laid out as ``memory_format`` asks (row-major by default),
+        else a copy that is (as in PyTorch)."""
+        if memory_formats.is_in(self._data, memory_format):
+            return self
+        return _ops.clone(self, memory_format=memory_format)
 
-    def is_contiguous(self) -> bool:
-        return self._data.flags.c_contiguous
+    def is_contiguous(self, memory_format=memory_formats.contiguous_format) -> bool:
+        return memory_formats.is_in(self._data, memory_format)
+
+    def stride(self, dim: int | None = None):
+        """The step in elements between neighbours along each dimension (or ``dim``)."""
+        steps = tuple(s // self._data.itemsize for s in self._data.strides)
+        return steps if dim is None else steps[dim]
 
     def type_as(self, other: Tensor) -> Tensor:
         return self.to(other.dtype)
 
-    def clone(self):
-        return _ops.clone(self)
+    def clone(self, *, memory_format=memory_formats.preserve_format):
+        return _ops.clone(self, memory_format=memory_format)
 
     def clamp_min(self, min):  # noqa: A002
         return _ops.clamp(self, min=min)

@@ -1,12 +1,15 @@
-"""Convolution and pooling kernels for 1, 2 or 3 spatial dimensions (NC[D]HW layout).
+"""Convolution and pooling kernels for 1, 2 or 3 spatial dimensions (NC[D]HW shapes).
 
 Convolution copies the windows of the padded input once into a column matrix (im2col) and
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
 matmul, and the input gradient adds the column gradients back over the kernel offsets only.
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
-backward (``winograd.py``; ``_ConvPlan`` decides). Pooling regroups the padded input by stride
-phase and reduces over the kernel offsets, one slice per offset, so nothing the size of the
-windows is ever materialised.
+backward (``winograd.py``; ``_ConvPlan`` decides). Ungrouped 2-d convolutions answer channels
+last (``layout.py``): their product is laid out pixels by channels, so it is the output with no
+copy, and a channels-last input is gathered a whole channel vector at a time. Pooling regroups
+the padded input by stride phase and reduces over the kernel offsets, one slice per offset, so
+nothing the size of the windows is ever materialised; a channels-last input needs no
+regrouping (``_LastTaps``).
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
 pads need no special case; callers normalise their arguments into these tuples.
@@ -23,6 +26,7 @@ from ..parallel import split
 from ..tensor import Tensor
 from . import pool, winograd
 from .function import Function
+from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last
 from .scratch import scratch
 
 Pairs = tuple[tuple[int, int], ...]
@@ -126,6 +130,11 @@ class _ConvPlan:
     Windows with large outputs (``per_sample``) skip the batch-wide columns: each sample's
     ``g (c k...) l`` columns are built and multiplied in turn, the product written straight
     into the output (conv1 of a ResNet at batch 8: 15.5 against 20.5 ms, 7 MB of columns, not 59).
+
+    ``channels_last`` plans (2-d, ungrouped, not shifted) multiply the other way round,
+    ``(n l) (c k...) @ (c k...) o``: the product is the channels-last output itself. A
+    channels-last input is gathered as ``(n l) (k k c)`` instead (``columns_last``), against
+    the weights with their taps first, and its gradient is added back in the same layout.
     """
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups) -> None:
@@ -159,6 +168,8 @@ class _ConvPlan:
         else:
             self.length = math.prod(self.outs)
         self.per_sample = not (self.pointwise or self.shifted) and self.length >= _PER_SAMPLE_PIXELS
+        # 2-d products come out as (n l) o, channels last (see ``forward``)
+        self.channels_last = len(self.outs) == 2 and groups == 1 and not self.shifted
 
     def columns(self, x: np.ndarray) -> np.ndarray:
         """im2col into a reused scratch buffer: ``n (g c) i... -> g (c k...) (n l)``."""
@@ -201,6 +212,54 @@ class _ConvPlan:
         split(channels, c, work)
         return cols.reshape(shape)
 
+    def columns_last(self, x: np.ndarray) -> np.ndarray:
+        """im2col of a channels-last input, ``n c i j -> (n l) (k k c)``: every run the copy
+        moves is a whole channel vector. 2-d, ungrouped, not shifted."""
+        n, c = self.x_shape[:2]
+        if self.pointwise:
+            picked = x.transpose(0, 2, 3, 1)[:, :: self.stride[0], :: self.stride[1]]
+            if picked.flags.c_contiguous:
+                return picked.reshape(-1, c)
+            cols = scratch("columns", picked.shape, x.dtype)
+            split(lambda lo, hi: np.copyto(cols[:, lo:hi], picked[:, lo:hi]), len(cols[0]), x.size)
+            return cols.reshape(-1, c)
+        xp = scratch("padded", (n, *self.padded, c), x.dtype)
+        pad_last(xp, x, self.padding)
+        sn, sh, sw, sc = xp.strides
+        (s0, s1), (d0, d1) = self.stride, self.dilation
+        windows = np.lib.stride_tricks.as_strided(
+            xp,
+            (n, *self.outs, *self.kernel, c),
+            (sn, s0 * sh, s1 * sw, d0 * sh, d1 * sw, sc),
+            writeable=False,
+        )
+        cols = scratch("columns", windows.shape, x.dtype)
+        split(lambda lo, hi: np.copyto(cols[:, lo:hi], windows[:, lo:hi]), self.outs[0], cols.size)
+        return cols.reshape(n * self.length, len(self.taps) * c)
+
+    def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """The im2col convolution. ``g o (c k...) @ g (c k...) (n l)``, one product per group,
+        copied out to NC[D]HW with the bias; a channels-last plan multiplies the other way
+        round, ``(n l) (c k...) @ (c k...) o``, and its product is the ``n j... o`` output with
+        no copy (the bias is one pass in place). A channels-last input is gathered as
+        ``(n l) (k... c)`` against the weights with their taps first."""
+        o, g = self.w_shape[0], self.groups
+        if not self.channels_last:
+            w = weight.reshape(g, o // g, -1)
+            cols = self.columns(x)
+            product = scratch("product", (g, o // g, cols.shape[2]), x.dtype)
+            np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
+            return self.output(product, bias)
+        out = np.empty((x.shape[0], *self.outs, o), dtype=x.dtype)
+        rows = out.reshape(-1, o)
+        if is_channels_last(x):
+            np.matmul(self.columns_last(x), taps_first(weight).T, out=rows)
+        else:
+            np.matmul(self.columns(x)[0].T, weight.reshape(o, -1).T, out=rows)
+        if bias is not None:
+            split(lambda lo, hi: np.add(rows[lo:hi], bias, out=rows[lo:hi]), len(rows), rows.size)
+        return as_nchw(out)
+
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` padded, in a reused scratch buffer; split over samples."""
         xp = scratch("padded", (x.shape[0], x.shape[1], *self.padded), x.dtype)
@@ -235,13 +294,20 @@ class _ConvPlan:
     ) -> np.ndarray:
         """The convolution, one sample's columns and product at a time; a bias rides in the
         product as one more column of weights against a row of ones (a separate pass over
-        the output cost conv1 2 of its 27 ms)."""
+        the output cost conv1 2 of its 27 ms). Channels-last plans multiply ``l (c k...) @
+        (c k...) o`` straight into the sample's ``j... o`` output."""
         n, (o, g) = x.shape[0], (self.w_shape[0], self.groups)
         w = weight.reshape(g, o // g, -1)
         if bias is not None:
             w = np.concatenate([w, bias.reshape(g, o // g, 1)], axis=2)
-        out = np.empty((n, o, *self.outs), dtype=x.dtype)
         xp = self._padded(x)
+        if self.channels_last:
+            out = np.empty((n, *self.outs, o), dtype=x.dtype)
+            for s in range(n):
+                columns = self._sample_columns(xp, s, ones=bias is not None)[0]
+                np.matmul(columns.T, w[0].T, out=out[s].reshape(self.length, o))
+            return as_nchw(out)
+        out = np.empty((n, o, *self.outs), dtype=x.dtype)
         for s in range(n):
             columns = self._sample_columns(xp, s, ones=bias is not None)
             np.matmul(w, columns, out=out[s].reshape(g, o // g, self.length))
@@ -333,6 +399,35 @@ class _ConvPlan:
         split(channels, c, gcols.size)
         return gxp[_interior(self.x_shape, self.padding)]
 
+    def scatter_last(self, gcols: np.ndarray) -> np.ndarray:
+        """col2im for channels-last columns, ``(n l) (k k c) -> n c i j`` stored channels
+        last: add each tap back where it was read, split over samples."""
+        n, c = self.x_shape[:2]
+        if self.pointwise:
+            gx = gcols.reshape(n, *self.outs, c)
+            if self.stride != (1, 1):
+                full = np.zeros((n, *self.x_shape[2:], c), dtype=gcols.dtype)
+                full[:, :: self.stride[0], :: self.stride[1]] = gx
+                gx = full
+            return as_nchw(gx)
+        gxp = np.empty((n, *self.padded, c), dtype=gcols.dtype)
+        gcols = gcols.reshape(n, *self.outs, *self.kernel, c)
+        # the taps' index into the padded input, without the n c leading axes of ``_tap``
+        taps = [_tap(tap, self.outs, self.stride, self.dilation)[2:] for tap in self.taps]
+
+        def samples(lo: int, hi: int) -> None:
+            part = gxp[lo:hi]
+            part[...] = 0
+            for tap, index in zip(self.taps, taps):
+                part[(slice(None), *index)] += gcols[
+                    (slice(lo, hi), slice(None), slice(None), *tap)
+                ]
+
+        split(samples, n, gcols.size)
+        (top, _), (left, _) = self.padding
+        h, w = self.x_shape[2:]
+        return as_nchw(gxp[:, top : top + h, left : left + w])
+
 
 class Convolution(Function):
     """``n c i..., o c/g k... -> n o j...``: N-d convolution with bias, stride, asymmetric
@@ -363,11 +458,7 @@ class Convolution(Function):
         elif plan.per_sample:
             out = plan.forward_per_sample(x, weight, bias)
         else:
-            w = weight.reshape(groups, weight.shape[0] // groups, -1)
-            cols = plan.columns(x)
-            product = scratch("product", (groups, w.shape[1], cols.shape[2]), dtype)
-            np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
-            out = plan.output(product, bias)
+            out = plan.forward(x, weight, bias)
         ctx.plan = plan
         ctx.save_for_backward(
             x if wants_weight and tiles is None else None,
@@ -382,40 +473,65 @@ class Convolution(Function):
         needs = ctx.needs_input_grad
         wants_weight = len(needs) > 1 and needs[1]
         grad_x = grad_w = grad_b = None
-        # the output gradient in the columns' layout, for the products that read it
-        g = None
-        columns_weight = wants_weight and not (plan.winograd or plan.per_sample)
-        if columns_weight or (needs[0] and not plan.winograd_grad):
-            g = plan.output_grad(grad)
         if needs[0]:
-            grad_x = _input_gradient(plan, weight, grad, g).astype(ctx.dtypes[0], copy=False)
-        if wants_weight and plan.winograd:
-            grad_w = winograd.weight_gradient(ctx.tiles, grad, plan.winograd)
-            grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
-        elif wants_weight and plan.per_sample:
-            grad_w = plan.weight_grad_per_sample(x, grad).astype(ctx.dtypes[1], copy=False)
-        elif wants_weight:
-            # g o (n l), g (n l) (c k...) -> g o (c k...)
-            grad_w = np.matmul(g, plan.columns(x).transpose(0, 2, 1))
-            grad_w = grad_w.reshape(plan.w_shape).astype(ctx.dtypes[1], copy=False)
+            grad_x = _input_gradient(plan, weight, grad).astype(ctx.dtypes[0], copy=False)
+        if wants_weight:
+            grad_w = _weight_gradient(plan, x, grad, ctx.tiles).astype(ctx.dtypes[1], copy=False)
         if len(needs) > 2 and needs[2]:
-            grad_b = grad.sum(axis=(0, *range(2, grad.ndim))).astype(ctx.dtypes[2], copy=False)
+            if is_channels_last(grad):
+                grad_b = channel_sums_last(grad)
+            else:
+                grad_b = grad.sum(axis=(0, *range(2, grad.ndim)))
+            grad_b = grad_b.astype(ctx.dtypes[2], copy=False)
         return (grad_x, grad_w, grad_b)[: len(needs)]
 
 
-def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray, g) -> np.ndarray:
+def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """The input gradient: for a stride-1 3x3 convolution, the Winograd convolution of the
     output gradient with the rotated kernel (padded by ``2 - pad``); else the columns'
-    gradient ``w^T g`` added back over the taps (col2im)."""
+    gradient added back over the taps (col2im), channels last for a channels-last plan."""
     m = plan.winograd_grad
     if m:
         rotated = _transformed_weights(weight, m, rotated=True)
         pads = tuple((2 - lo, 2 - hi) for lo, hi in plan.padding)
         return winograd.convolve(grad.astype(weight.dtype, copy=False), rotated, pads, m, None)
+    if plan.channels_last:
+        # (n l) o @ o (k k c) -> (n l) (k k c)
+        return plan.scatter_last(np.matmul(_pixels_by_channel(grad), taps_first(weight)))
+    g = plan.output_grad(grad)
     w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
     gcols = scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
     np.matmul(w.transpose(0, 2, 1), g, out=gcols)  # g (c k...) o, g o (n l)
     return plan.scatter(gcols)
+
+
+def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, tiles) -> np.ndarray:
+    """The weight gradient, from the columns the forward multiplied (or Winograd's kept
+    ``tiles``), in the weight's own ``o c/g k...`` layout."""
+    if plan.winograd:
+        return winograd.weight_gradient(tiles, grad, plan.winograd)
+    if plan.per_sample:
+        return plan.weight_grad_per_sample(x, grad)
+    if plan.channels_last and is_channels_last(x):
+        # o (n l) @ (n l) (k k c) -> o k k c, back to o c k k
+        dw = np.matmul(_pixels_by_channel(grad).T, plan.columns_last(x))
+        return np.ascontiguousarray(
+            dw.reshape(plan.w_shape[0], *plan.kernel, -1).transpose(0, 3, 1, 2)
+        )
+    # g o (n l), g (n l) (c k...) -> g o (c k...)
+    dw = np.matmul(plan.output_grad(grad), plan.columns(x).transpose(0, 2, 1))
+    return dw.reshape(plan.w_shape)
+
+
+def _pixels_by_channel(a: np.ndarray) -> np.ndarray:
+    """``n o h w -> (n h w) o``: a view of a channels-last array (else a copy)."""
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+
+def taps_first(weight: np.ndarray) -> np.ndarray:
+    """``o c kh kw -> o (kh kw c)``, the weights against channels-last columns (a copy unless
+    the kernel is 1x1)."""
+    return weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
 def _transformed_weights(weight: np.ndarray, m: int, rotated: bool = False) -> np.ndarray:
@@ -436,7 +552,8 @@ def _kept_transform(weight: Tensor, m: int) -> np.ndarray | None:
     kept = weight.__dict__.get("_winograd")
     if kept is not None and kept[0][0] is data and kept[0][1:] == key[1:]:
         return kept[1]
-    transformed = winograd.transform_weights(data, m)
+    # contiguous: the product reads the transposed view 5-10% slower on layers 3-4
+    transformed = np.ascontiguousarray(winograd.transform_weights(data, m))
     weight.__dict__["_winograd"] = (key, transformed)
     return transformed
 
@@ -571,14 +688,20 @@ def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.nda
     """Max-pool without indices, one axis at a time: a window's maximum is the maximum over
     its rows of the maximum along each row. A 3x3 window takes 2 + 2 passes over shrinking
     arrays instead of 9 over the output, and the strided last axis goes last, when the array
-    is smallest. Each block (one sample, up to 64 channels) stays in cache; split over blocks."""
+    is smallest. Each block (one sample, up to 64 channels) stays in cache; split over blocks.
+    A channels-last input is pooled in its own layout, a sample per block, the channels
+    riding along as the inner axis; its output is channels last too."""
     n, c = x.shape[:2]
-    out = np.empty((n, c, *outs), dtype=x.dtype)
     axes = [
         _axis_taps(size, o, k, s, d, lo)
         for size, o, k, s, d, (lo, _) in zip(x.shape[2:], outs, kernel, stride, dilation, padding)
     ]
-    width = 64
+    if is_channels_last(x):
+        source, out = x.transpose(0, 2, 3, 1), np.empty((n, *outs, c), dtype=x.dtype)
+        width, first_axis = c, 0
+    else:
+        source, out = x, np.empty((n, c, *outs), dtype=x.dtype)
+        width, first_axis = 64, 1
     per_sample = -(-c // width)
 
     def reduce(source: np.ndarray, target: np.ndarray, axis: int, taps: list) -> None:
@@ -600,16 +723,79 @@ def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.nda
         for block in range(lo, hi):
             sample, first = divmod(block, per_sample)
             channels = slice(first * width, (first + 1) * width)
-            current = x[sample, channels]
+            current = source[sample, channels] if first_axis else source[sample]
             for axis, taps in enumerate(axes):
-                last = axis == len(axes) - 1
-                shape = (*current.shape[: axis + 1], outs[axis], *current.shape[axis + 2 :])
-                target = out[sample, channels] if last else np.empty(shape, dtype=x.dtype)
-                reduce(current, target, axis + 1, taps)
+                position = first_axis + axis
+                if axis == len(axes) - 1:
+                    target = out[sample, channels] if first_axis else out[sample]
+                else:
+                    shape = list(current.shape)
+                    shape[position] = outs[axis]
+                    target = np.empty(shape, dtype=x.dtype)
+                reduce(current, target, position, taps)
                 current = target
 
     split(blocks, n * per_sample, 2 * x.size)
-    return out
+    return out if first_axis else as_nchw(out)
+
+
+class _LastTaps:
+    """A 2-d pool's taps over its channels-last padded input ``n H W c``: tap ``t`` of every
+    window is one strided slice ``n j k c`` whose inner axis is the contiguous channels, so the
+    ufuncs keep their SIMD loops without regrouping the input into phase planes (``_Phases``,
+    for the ``n c h w`` layout, where the strided axis is the inner one)."""
+
+    def __init__(self, shape, kernel, stride, padding, dilation, ceil_mode) -> None:
+        self.shape = tuple(shape)
+        sizes = self.shape[2:]
+        self.outs = tuple(
+            _out_size(s, p, k, st, d, ceil_mode)
+            for s, p, k, st, d in zip(sizes, padding, kernel, stride, dilation)
+        )
+        # pads grown so the last (ceil-mode) window fits
+        reach = _reach(self.outs, kernel, stride, dilation)
+        self.padding = tuple(
+            (lo, max(hi, r - s - lo)) for s, (lo, hi), r in zip(sizes, padding, reach)
+        )
+        n, c = self.shape[:2]
+        self.padded_shape = (n, *(s + lo + hi for s, (lo, hi) in zip(sizes, self.padding)), c)
+        self.taps = [
+            _tap(tap, self.outs, stride, dilation)[2:]
+            for tap in itertools.product(*(range(k) for k in kernel))
+        ]
+
+    def tap(self, padded: np.ndarray, t: int) -> np.ndarray:
+        """Tap ``t`` of every window: ``n H W c -> n j k c``."""
+        return padded[(slice(None), *self.taps[t])]
+
+    def interior(self, padded: np.ndarray) -> np.ndarray:
+        """The unpadded input inside ``padded``, as ``n c h w``."""
+        (top, _), (left, _) = self.padding
+        h, w = self.shape[2:]
+        return as_nchw(padded[:, top : top + h, left : left + w])
+
+
+def _max_and_winner(best: np.ndarray, won: np.ndarray, taps: list) -> None:
+    """The maximum over ``taps`` (views shaped like ``best``) into ``best``, and into the
+    zeroed ``won`` the index of the first tap that reaches it."""
+    np.copyto(best, taps[0])
+    wins = np.empty(best.shape, dtype=bool)
+    index = np.empty_like(won)
+    for t in range(1, len(taps)):
+        np.greater(taps[t], best, out=wins)
+        np.maximum(best, taps[t], out=best)
+        np.multiply(wins, won.dtype.type(t), out=index)
+        np.maximum(won, index, out=won)
+
+
+def _add_to_winners(grad: np.ndarray, won: np.ndarray, taps: list) -> None:
+    """Add ``grad`` into the tap (a view of a gradient buffer) that won each window."""
+    hit = np.empty(won.shape, dtype=bool)
+    share = np.empty(grad.shape, dtype=grad.dtype)
+    for t, tap in enumerate(taps):
+        np.equal(won, t, out=hit)
+        np.multiply(grad, hit, out=share)
+        tap += share
 
 
 class MaxPool(Function):
@@ -618,55 +804,80 @@ class MaxPool(Function):
     For backward it keeps only which tap won each window (one byte per output, the first
     maximum as PyTorch picks), found branch-free while the maximum is taken: a tap wins where it
     is strictly greater than the running maximum, so the winner is the largest such tap index.
-    Without a gradient the maximum is taken one axis at a time (``_separable_max``).
+    Without a gradient the maximum is taken one axis at a time (``_separable_max``). A 2-d
+    channels-last input is pooled in its own layout (``_LastTaps``), its output channels last.
     """
 
     name = "MaxPool2DWithIndicesBackward0"
 
     @staticmethod
     def forward(ctx, x, *, kernel_size, stride, padding, dilation, ceil_mode):
-        phases = _Phases(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        args = (x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+        last = len(kernel_size) == 2 and is_channels_last(x)
+        taps = _LastTaps(*args) if last else _Phases(*args)
         if not ctx.needs_input_grad[0]:
-            return _separable_max(x, kernel_size, stride, padding, dilation, phases.outs, lowest)
-        planes = scratch("pool phases", phases.planes_shape, x.dtype)
-        out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
-        winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1))
-
-        def channels(lo: int, hi: int) -> None:
-            part, best = planes[:, lo:hi], out[:, lo:hi]
-            phases.fill(part, x[:, lo:hi], lowest)
-            np.copyto(best, phases.tap(part, 0))
-            won = winner[:, lo:hi]
-            wins = np.empty(best.shape, dtype=bool)
-            index = np.empty_like(won)
-            for t in range(1, len(phases.taps)):
-                tap = phases.tap(part, t)
-                np.greater(tap, best, out=wins)
-                np.maximum(best, tap, out=best)
-                np.multiply(wins, winner.dtype.type(t), out=index)
-                np.maximum(won, index, out=won)
-
-        split(channels, x.shape[1], planes.size)
+            return _separable_max(x, kernel_size, stride, padding, dilation, taps.outs, lowest)
+        out, winner = (_max_pool_last if last else _max_pool_phases)(x, taps, lowest)
         ctx.save_for_backward(winner)
-        ctx.phases = phases
+        ctx.taps = taps
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (winner,) = ctx.saved_tensors
-        phases = ctx.phases
+        taps = ctx.taps
+        if isinstance(taps, _LastTaps):
+            gxp = np.empty(taps.padded_shape, dtype=grad.dtype)
+            g = grad.transpose(0, 2, 3, 1)
+
+            def samples(lo: int, hi: int) -> None:
+                part = gxp[lo:hi]
+                part[...] = 0
+                _add_to_winners(
+                    g[lo:hi], winner[lo:hi], [taps.tap(part, t) for t in range(len(taps.taps))]
+                )
+
+            split(samples, len(gxp), 2 * gxp.size)
+            return taps.interior(gxp)
 
         def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
-            won, g = winner[:, lo:hi], grad[:, lo:hi]
-            hit = np.empty(won.shape, dtype=bool)
-            share = np.empty(g.shape, dtype=grad.dtype)
-            for t in range(len(phases.taps)):
-                np.equal(won, t, out=hit)
-                np.multiply(g, hit, out=share)
-                phases.tap(planes, t)[...] += share
+            tapped = [taps.tap(planes, t) for t in range(len(taps.taps))]
+            _add_to_winners(grad[:, lo:hi], winner[:, lo:hi], tapped)
 
-        return phases.gradient(add_taps, grad.dtype)
+        return taps.gradient(add_taps, grad.dtype)
+
+
+def _max_pool_phases(x: np.ndarray, phases: _Phases, lowest) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of each window and the tap that won it, ``n c j...``, split over channels."""
+    planes = scratch("pool phases", phases.planes_shape, x.dtype)
+    out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
+    winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1))
+
+    def channels(lo: int, hi: int) -> None:
+        part = planes[:, lo:hi]
+        phases.fill(part, x[:, lo:hi], lowest)
+        tapped = [phases.tap(part, t) for t in range(len(phases.taps))]
+        _max_and_winner(out[:, lo:hi], winner[:, lo:hi], tapped)
+
+    split(channels, x.shape[1], planes.size)
+    return out, winner
+
+
+def _max_pool_last(x: np.ndarray, taps: _LastTaps, lowest) -> tuple[np.ndarray, np.ndarray]:
+    """``_max_pool_phases`` for a channels-last ``x``: the output channels last, the winners
+    ``n j k c``; split over output rows."""
+    padded = scratch("pool padded", taps.padded_shape, x.dtype)
+    pad_last(padded, x, taps.padding, lowest)
+    out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
+    winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps.taps) - 1))
+
+    def rows(lo: int, hi: int) -> None:
+        tapped = [taps.tap(padded, t)[:, lo:hi] for t in range(len(taps.taps))]
+        _max_and_winner(out[:, lo:hi], winner[:, lo:hi], tapped)
+
+    split(rows, taps.outs[0], 2 * padded.size)
+    return as_nchw(out), winner
 
 
 class MaxPool1D(MaxPool):

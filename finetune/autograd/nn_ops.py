@@ -14,6 +14,7 @@ from ..errors import ShapeError
 from ..parallel import split
 from . import special
 from .function import Function
+from .layout import as_nchw, channel_sums_last, is_channels_last, pixel_rows, sum_rows
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
@@ -122,6 +123,69 @@ def _channel_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1), dtype=dtype)
 
 
+def _channel_stats_last(x: np.ndarray, out: np.ndarray, count: int):
+    """Mean and biased variance per channel of a channels-last ``x``, leaving the centred input
+    in ``out``, its ``(n h) w c`` rows. Sums go along each image row, then over the rows
+    pairwise (``channel_sums_last``), so the result does not depend on the split into chunks."""
+    rows = pixel_rows(x)
+    mean = channel_sums_last(x) / count
+    partial = np.empty((len(rows), rows.shape[2]), dtype=x.dtype)
+
+    def centre(lo: int, hi: int) -> None:
+        np.subtract(rows[lo:hi], mean, out=out[lo:hi])
+        np.einsum("pwc,pwc->pc", out[lo:hi], out[lo:hi], out=partial[lo:hi])
+
+    split(centre, len(rows), 2 * x.size)
+    return mean, sum_rows(partial) / count
+
+
+def _channels_last(x: np.ndarray) -> bool:
+    """Whether BatchNorm takes its channels-last path (float32 and float64 only; half precision
+    keeps the channel-blocked path, which accumulates in float32)."""
+    return is_channels_last(x) and x.dtype in (np.float32, np.float64)
+
+
+def _train_forward(x, weight, bias, eps, count):
+    """Training-mode BatchNorm on blocks of channels: ``(out, mean, var, invstd)``."""
+    view = _channel_view(x.ndim)
+    channels = x.shape[1]
+    mean, var, invstd = (np.empty(channels, dtype=x.dtype) for _ in range(3))
+    out = np.empty_like(x)
+
+    def block(lo: int, hi: int) -> None:
+        xs, o = x[:, lo:hi], out[:, lo:hi]
+        mean[lo:hi] = _channel_sums(xs) / count
+        np.subtract(xs, mean[lo:hi].reshape(view), out=o)  # centred, before o is the output
+        var[lo:hi] = _channel_dots(o, o) / count
+        invstd[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
+        scale = invstd[lo:hi] if weight is None else invstd[lo:hi] * weight[lo:hi]
+        np.multiply(o, scale.reshape(view), out=o)
+        if bias is not None:
+            o += bias[lo:hi].reshape(view)
+
+    split(block, channels, 4 * x.size)
+    return out, mean, var, invstd
+
+
+def _train_forward_last(x, weight, bias, eps, count):
+    """``_train_forward`` for a channels-last ``x``: three passes over blocks of image rows
+    (sums; centre and squares; scale and shift), each channel a lane of the inner axis."""
+    n, c, h, w = x.shape
+    out = np.empty((n, h, w, c), dtype=x.dtype)
+    centred = out.reshape(n * h, w, c)
+    mean, var = _channel_stats_last(x, centred, count)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+
+    def finish(lo: int, hi: int) -> None:
+        np.multiply(centred[lo:hi], scale, out=centred[lo:hi])
+        if bias is not None:
+            centred[lo:hi] += bias
+
+    split(finish, len(centred), 2 * x.size)
+    return as_nchw(out), mean, var, invstd
+
+
 class BatchNormTrain(Function):
     """Normalise with batch statistics and update the running averages in place.
 
@@ -137,29 +201,16 @@ class BatchNormTrain(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        view = _channel_view(x.ndim)
         count = x.size // x.shape[1]
         if count <= 1:
             raise ShapeError(
                 f"Expected more than 1 value per channel when training, got input size "
                 f"{list(x.shape)}"
             )
-        channels = x.shape[1]
-        mean, var, invstd = (np.empty(channels, dtype=x.dtype) for _ in range(3))
-        out = np.empty_like(x)
-
-        def block(lo: int, hi: int) -> None:
-            xs, o = x[:, lo:hi], out[:, lo:hi]
-            mean[lo:hi] = _channel_sums(xs) / count
-            np.subtract(xs, mean[lo:hi].reshape(view), out=o)  # centred, before o is the output
-            var[lo:hi] = _channel_dots(o, o) / count
-            invstd[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
-            scale = invstd[lo:hi] if weight is None else invstd[lo:hi] * weight[lo:hi]
-            np.multiply(o, scale.reshape(view), out=o)
-            if bias is not None:
-                o += bias[lo:hi].reshape(view)
-
-        split(block, channels, 4 * x.size)
+        if _channels_last(x):
+            out, mean, var, invstd = _train_forward_last(x, weight, bias, eps, count)
+        else:
+            out, mean, var, invstd = _train_forward(x, weight, bias, eps, count)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean.astype(running_mean.dtype)
@@ -172,33 +223,74 @@ class BatchNormTrain(Function):
     @staticmethod
     def backward(ctx, grad):
         x, mean, invstd, weight = ctx.saved_tensors
-        view = _channel_view(grad.ndim)
         needs = ctx.needs_input_grad
-        channels = grad.shape[1]
-        count = grad.size // channels
+        count = grad.size // grad.shape[1]
         scale = invstd if weight is None else weight * invstd
-        sum_g = np.empty(channels, dtype=grad.dtype)
-        sum_g_xhat = np.empty(channels, dtype=grad.dtype)
-        gx = np.empty_like(grad)  # the centred input first, then the gradient
-
-        def block(lo: int, hi: int) -> None:
-            g, gxs = grad[:, lo:hi], gx[:, lo:hi]
-            sum_g[lo:hi] = _channel_sums(g)
-            np.subtract(x[:, lo:hi], mean[lo:hi].reshape(view), out=gxs)
-            # x_hat = (x - mean) * invstd
-            sum_g_xhat[lo:hi] = _channel_dots(g, gxs) * invstd[lo:hi]
-            if not needs[0]:
-                return
-            # scale / count * (count * grad - sum_g - x_hat * sum_g_xhat)
-            k = scale[lo:hi] / count
-            np.multiply(gxs, (-k * sum_g_xhat[lo:hi] * invstd[lo:hi]).reshape(view), out=gxs)
-            gxs -= (k * sum_g[lo:hi]).reshape(view)
-            gxs += g * scale[lo:hi].reshape(view)
-
-        split(block, channels, 5 * grad.size)
+        backward = (
+            _train_backward_last if _channels_last(x) and _channels_last(grad) else _train_backward
+        )
+        gx, sum_g, sum_g_xhat = backward(x, grad, mean, invstd, scale, count, needs[0])
         gw = sum_g_xhat if needs[1] else None
         gb = sum_g if needs[2] else None
-        return (gx if needs[0] else None), gw, gb, None, None
+        return gx, gw, gb, None, None
+
+
+def _train_backward(x, grad, mean, invstd, scale, count, wants_input):
+    """Training-mode BatchNorm's backward on blocks of channels: ``(grad_x or None, sum of
+    grad, sum of grad * x_hat)``, the last two the bias's and the weight's gradients."""
+    view = _channel_view(grad.ndim)
+    channels = grad.shape[1]
+    sum_g = np.empty(channels, dtype=grad.dtype)
+    sum_g_xhat = np.empty(channels, dtype=grad.dtype)
+    gx = np.empty_like(grad)  # the centred input first, then the gradient
+
+    def block(lo: int, hi: int) -> None:
+        g, gxs = grad[:, lo:hi], gx[:, lo:hi]
+        sum_g[lo:hi] = _channel_sums(g)
+        np.subtract(x[:, lo:hi], mean[lo:hi].reshape(view), out=gxs)
+        # x_hat = (x - mean) * invstd
+        sum_g_xhat[lo:hi] = _channel_dots(g, gxs) * invstd[lo:hi]
+        if not wants_input:
+            return
+        # scale / count * (count * grad - sum_g - x_hat * sum_g_xhat)
+        k = scale[lo:hi] / count
+        np.multiply(gxs, (-k * sum_g_xhat[lo:hi] * invstd[lo:hi]).reshape(view), out=gxs)
+        gxs -= (k * sum_g[lo:hi]).reshape(view)
+        gxs += g * scale[lo:hi].reshape(view)
+
+    split(block, channels, 5 * grad.size)
+    return (gx if wants_input else None), sum_g, sum_g_xhat
+
+
+def _train_backward_last(x, grad, mean, invstd, scale, count, wants_input):
+    """``_train_backward`` for channels-last ``x`` and ``grad``: two passes over blocks of
+    image rows, the sums (summed as in ``_channel_stats_last``), then the gradient."""
+    n, c, h, w = grad.shape
+    g, xs = pixel_rows(grad), pixel_rows(x)
+    gx = np.empty((n, h, w, c), dtype=grad.dtype)
+    centred = gx.reshape(n * h, w, c)  # the centred input first, then the gradient
+    partial_g, partial_dot = (np.empty((n * h, c), dtype=grad.dtype) for _ in range(2))
+
+    def sums(lo: int, hi: int) -> None:
+        np.sum(g[lo:hi], axis=1, out=partial_g[lo:hi])
+        np.subtract(xs[lo:hi], mean, out=centred[lo:hi])
+        np.einsum("pwc,pwc->pc", g[lo:hi], centred[lo:hi], out=partial_dot[lo:hi])
+
+    split(sums, len(g), 3 * grad.size)
+    sum_g, sum_g_xhat = sum_rows(partial_g), sum_rows(partial_dot) * invstd
+    if not wants_input:
+        return None, sum_g, sum_g_xhat
+    k = scale / count
+    centred_scale, shift = -k * sum_g_xhat * invstd, k * sum_g
+
+    def finish(lo: int, hi: int) -> None:
+        part = centred[lo:hi]
+        np.multiply(part, centred_scale, out=part)
+        part -= shift
+        part += g[lo:hi] * scale
+
+    split(finish, len(g), 3 * grad.size)
+    return as_nchw(gx), sum_g, sum_g_xhat
 
 
 class BatchNormEval(Function):

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from .. import memory_format as memory_formats
 from ..errors import ShapeError
 from ..parallel import elementwise
 from . import special
@@ -431,7 +432,7 @@ class Cos(Function):
 class Relu(Function):
     @staticmethod
     def forward(ctx, x):
-        out = np.empty(x.shape, dtype=x.dtype)
+        out = np.empty_like(x)  # in x's layout (channels last stays channels last)
         elementwise(lambda o, a: np.maximum(a, 0, out=o), out, x)
         ctx.save_for_backward(out)
         return out
@@ -439,7 +440,7 @@ class Relu(Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        gx = np.empty(grad.shape, dtype=grad.dtype)
+        gx = np.empty_like(grad)
         elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
         return gx
 
@@ -528,9 +529,12 @@ class Cast(Function):
 
 
 class Clone(Function):
+    """A copy in ``memory_format`` (default: the input's own layout, as PyTorch's
+    ``preserve_format``)."""
+
     @staticmethod
-    def forward(ctx, x):
-        return x.copy()
+    def forward(ctx, x, *, memory_format=memory_formats.preserve_format):
+        return memory_formats.copy_into(x, memory_format)
 
     @staticmethod
     def backward(ctx, grad):

@@ -1,4 +1,4 @@
-"""Winograd's minimal filtering F(m x m, 3 x 3) for stride-1 3x3 convolutions (NCHW).
+"""Winograd's minimal filtering F(m x m, 3 x 3) for stride-1 3x3 convolutions.
 
 A 3x3 convolution computes each ``m x m`` output tile from an ``(m+2) x (m+2)`` input tile with
 ``(m+2)^2`` multiplications per channel pair instead of ``9 m^2`` (Lavin and Gray, "Fast
@@ -8,11 +8,16 @@ With input tiles ``d``, the transformed weight ``U = G w G^T`` and the output ti
 flattened tile, so here it is one BLAS product with a Kronecker matrix (``B^T (x) B^T`` is
 36x36 for m = 4), and the channel sum is one batched product per tile position:
 
-    tiles   ``n c h w -> (a a) c (n th tw)``     one strided copy per tile position
-    input   ``(a a) x (a a) @ (a a) (c P)``      P = n th tw tiles
-    product ``(a a) o c @ (a a) c P``            the multiply-accumulate, 1/4 of direct for m = 4
-    output  ``(m m) x (a a) @ (a a) (o P)``
-    scatter ``(m m) o n th tw -> n o h w``       plus the bias, in the same copy
+    tiles   ``n c h w -> (a a) (n th tw) c``     one strided copy of whole channel vectors
+    input   ``(a a) x (a a) @ (a a) (P c)``      P = n th tw tiles
+    product ``(a a) P c @ (a a) c o``            the multiply-accumulate, 1/4 of direct for m = 4
+    output  ``(m m) x (a a) @ (a a) (P o)``
+    scatter ``(m m) n th tw o -> n h w o``       plus the bias, in the same copy
+
+Every step keeps the channels last, the axis the matrix products contract over or produce: the
+copies then move runs of whole channel vectors (64-512 floats) rather than one tile row of 2-14
+pixels, and the output is channels last too (an ``n o h w`` view of ``n h w o`` memory, as
+PyTorch's ``channels_last`` format), so the next layer reads it without a transpose.
 
 numpy cannot run the transforms as tight loops, so they cost about as much as the products they
 save on small channel counts; ``tile_size`` picks Winograd only where it measured faster
@@ -26,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..parallel import split
+from .layout import as_nchw, pad_last
 from .scratch import scratch
 
 # both channel counts at least this: below, the transforms cost more than the products save
@@ -83,12 +89,13 @@ def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | 
 def transform_weights(
     weight: np.ndarray, m: int, out: np.ndarray | None = None, *, rotated: bool = False
 ) -> np.ndarray:
-    """``o c 3 3 -> (a a) o c``: ``G w G^T`` for every channel pair, as one product.
+    """``o c 3 3 -> (a a) c o``: ``G w G^T`` for every channel pair, as one product, in the
+    ``(a a) in out`` order the tiles' product reads (a transposed view of an ``(a a) o c``
+    result; ``_kept_transform`` in conv.py keeps a contiguous copy of the weights it keeps).
 
     ``rotated``: transform the kernel that carries the output gradient back to the input
-    instead, ``w`` rotated by 180 degrees with its channel axes swapped; the result is the
-    ``(a a) c o`` transposed view of the same product with the taps taken in reverse order,
-    so the rotated kernel is never copied.
+    instead, ``w`` rotated by 180 degrees with its channel axes swapped, ``(a a) o c``: the
+    same product with the taps taken in reverse order, so the rotated kernel is never copied.
     """
     o, c = weight.shape[:2]
     kron = _KRON[m][1].astype(weight.dtype)
@@ -98,7 +105,7 @@ def transform_weights(
     if out is None:
         out = np.empty((len(kron), o, c), dtype=weight.dtype)
     np.matmul(kron, flat.T, out=out.reshape(len(kron), o * c))
-    return out.transpose(0, 2, 1) if rotated else out
+    return out if rotated else out.transpose(0, 2, 1)
 
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -127,34 +134,23 @@ def _phases(outs: tuple[int, int], m: int):
 def transformed_tiles(
     x: np.ndarray, padding: Pads, m: int, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """``n c h w -> (a a) c (n th tw)``: ``B^T d B`` for every input tile ``d``, one
-    ``(c, tiles)`` matrix per tile position, into ``out`` (default: the scratch slot
+    """``n c h w -> (a a) (n th tw) c``: ``B^T d B`` for every input tile ``d``, one
+    ``(tiles, c)`` matrix per tile position, into ``out`` (default: the scratch slot
     "winograd transformed")."""
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     a = m + 2
-    (top, _), (left, _) = padding
     _, th, tw = _grid(x.shape, padding, m)
-    # the padded input, grown to whole tiles
-    padded = scratch("winograd padded", (n, c, th * m + 2, tw * m + 2), x.dtype)
-    d = scratch("winograd tiles", (a * a, c, n, th, tw), x.dtype)
-    # every tile of the padded input, n c th tw a a, as a strided view (no copy)
-    sn, sc, sh, sw = padded.strides
+    # the padded input, channels last, grown to whole tiles
+    padded = scratch("winograd padded", (n, th * m + 2, tw * m + 2, c), x.dtype)
+    pad_last(padded, x, padding)
+    # every tile of the padded input, n th tw a a c, as a strided view (no copy): each of
+    # the gather's runs is a whole channel vector
+    sn, sh, sw, sc = padded.strides
     windows = np.lib.stride_tricks.as_strided(
-        padded, (n, c, th, tw, a, a), (sn, sc, m * sh, m * sw, sh, sw), writeable=False
-    )
-    source = windows.transpose(4, 5, 1, 0, 2, 3)  # -> a a c n th tw
-    target = d.reshape(a, a, c, n, th, tw)
-
-    def gather(lo: int, hi: int) -> None:
-        part = padded[:, lo:hi]
-        part[:, :, :top] = 0
-        part[:, :, top + h :] = 0
-        part[:, :, top : top + h, :left] = 0
-        part[:, :, top : top + h, left + w :] = 0
-        part[:, :, top : top + h, left : left + w] = x[:, lo:hi]
-        np.copyto(target[:, :, lo:hi], source[:, :, lo:hi])
-
-    split(gather, c, d.size)
+        padded, (n, th, tw, a, a, c), (sn, m * sh, m * sw, sh, sw, sc), writeable=False
+    ).transpose(3, 4, 0, 1, 2, 5)
+    d = scratch("winograd tiles", (a, a, n, th, tw, c), x.dtype)
+    split(lambda lo, hi: np.copyto(d[:, :, :, lo:hi], windows[:, :, :, lo:hi]), th, d.size)
     if out is None:
         out = scratch("winograd transformed", tiles_shape(x.shape, padding, m), x.dtype)
     np.matmul(_KRON[m][0].astype(x.dtype), d.reshape(a * a, -1), out=out.reshape(a * a, -1))
@@ -162,9 +158,9 @@ def transformed_tiles(
 
 
 def tiles_shape(x_shape: tuple, padding: Pads, m: int) -> tuple[int, int, int]:
-    """The shape of ``transformed_tiles``: ``(a a, c, n th tw)``."""
+    """The shape of ``transformed_tiles``: ``(a a, n th tw, c)``."""
     _, th, tw = _grid(x_shape, padding, m)
-    return ((m + 2) ** 2, x_shape[1], x_shape[0] * th * tw)
+    return ((m + 2) ** 2, x_shape[0] * th * tw, x_shape[1])
 
 
 def convolve(
@@ -176,66 +172,67 @@ def convolve(
     tiles_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``n c h w -> n o j k``: the stride-1 3x3 convolution of ``x`` padded by ``padding``
-    with the weights ``transformed`` for tile side ``m``. ``tiles_out``: where to leave the
-    transformed input tiles, for a weight gradient to reuse."""
+    with the ``(a a) c o`` weights ``transformed`` for tile side ``m``, returned channels last
+    (an ``n o j k`` view of ``n j k o`` memory). ``x`` may have any layout; channels last
+    reads fastest. ``tiles_out``: where to leave the transformed input tiles, for a weight
+    gradient to reuse."""
     n = x.shape[0]
-    o = transformed.shape[1]
+    o = transformed.shape[2]
     a = m + 2
     outs, th, tw = _grid(x.shape, padding, m)
     tiles = n * th * tw
     v = transformed_tiles(x, padding, m, tiles_out)
     # the input tiles are dead: their buffer takes the products
-    products = scratch("winograd tiles", (a * a, o, tiles), x.dtype)
-    np.matmul(transformed, v, out=products)
-    y = scratch("winograd transformed", (m * m, o * tiles), x.dtype)
-    np.matmul(_KRON[m][2].astype(x.dtype), products.reshape(a * a, o * tiles), out=y)
+    products = scratch("winograd tiles", (a * a, tiles, o), x.dtype)
+    np.matmul(v, transformed, out=products)
+    y = scratch("winograd transformed", (m * m, tiles * o), x.dtype)
+    np.matmul(_KRON[m][2].astype(x.dtype), products.reshape(a * a, tiles * o), out=y)
 
-    out = np.empty((n, o, *outs), dtype=x.dtype)
-    y = y.reshape(m, m, o, n, th, tw)
-    if bias is not None:
-        bias = bias.reshape(-1, 1, 1)
+    out = np.empty((n, *outs, o), dtype=x.dtype)
+    y = y.reshape(m, m, n, th, tw, o)
 
     def scatter(lo: int, hi: int) -> None:
         for i, j, rows, cols in _phases(outs, m):
-            target = out[:, lo:hi, i::m, j::m]
-            source = y[i, j, lo:hi, :, :rows, :cols].swapaxes(0, 1)
+            target = out[:, i::m, j::m][:, lo:hi]
+            source = y[i, j, :, lo : min(hi, rows), :cols]
             if bias is None:
                 target[...] = source
             else:
-                np.add(source, bias[lo:hi], out=target)
+                np.add(source, bias, out=target)
 
-    split(scatter, o, o * tiles * m * m)
-    return out
+    split(scatter, th, out.size)
+    return as_nchw(out)
 
 
 def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
-    """``(a a) c (n th tw), n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to
+    """``(a a) (n th tw) c, n o j k -> o c 3 3``: the gradient of ``convolve`` with respect to
     the untransformed weights, from the input's ``transformed_tiles`` ``V``, through the same
     transforms backwards: the output gradient's tiles ``dY`` give ``dM = A dY A^T``, each tile
-    position's ``dU = dM V^T`` sums over the tiles, and ``dw = G^T dU G``."""
+    position's ``dU = dM^T V`` sums over the tiles, and ``dw = G^T dU G``."""
     n, o = grad.shape[:2]
-    c = v.shape[1]
+    c = v.shape[2]
     a = m + 2
     outs = grad.shape[2:]
     th, tw = _tiles_covering(outs, m)
     tiles = n * th * tw
     # dY: the output gradient cut into m x m tiles (zero past the output's edge), per position
-    dy = scratch("winograd grad tiles", (m, m, o, n, th, tw), grad.dtype)
+    dy = scratch("winograd grad tiles", (m, m, n, th, tw, o), grad.dtype)
+    source = grad.transpose(0, 2, 3, 1)
 
     def cut(lo: int, hi: int) -> None:
-        part = dy[:, :, lo:hi]
         for i, j, rows, cols in _phases(outs, m):
-            if rows < th or cols < tw:
-                part[i, j] = 0
-            part[i, j, :, :, :rows, :cols] = grad[:, lo:hi, i::m, j::m].swapaxes(0, 1)
+            part = dy[i, j, :, lo:hi]
+            if hi > rows or cols < tw:
+                part[...] = 0
+            part[:, : max(0, min(hi, rows) - lo), :cols] = source[:, i::m, j::m][:, lo:hi]
 
-    split(cut, o, dy.size)
-    dm = scratch("winograd grad products", (a * a, o, tiles), grad.dtype)
+    split(cut, th, dy.size)
+    dm = scratch("winograd grad products", (a * a, tiles, o), grad.dtype)
     np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
     # the products go into the gather's scratch slot, dead by now (a fresh 17 MB array per
     # call on layer4 paid ~340 page faults)
     du = scratch("winograd tiles", (a * a, o, c), grad.dtype)
-    np.matmul(dm, v.transpose(0, 2, 1), out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
+    np.matmul(dm.transpose(0, 2, 1), v, out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
     # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
     dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
     return dw.reshape(o, c, 3, 3)
