@@ -61,5 +61,13 @@ def channel_sums_last(a: np.ndarray) -> np.ndarray:
     row, then the rows pairwise (``sum_rows``)."""
     rows = pixel_rows(a)
     partial = np.empty((len(rows), rows.shape[2]), dtype=a.dtype)
-    split(lambda lo, hi: np.sum(rows[lo:hi], axis=1, out=partial[lo:hi]), len(rows), a.size)
+    split(lambda lo, hi: np.einsum("pwc->pc", rows[lo:hi], out=partial[lo:hi]), len(rows), a.size)
     return sum_rows(partial)
+
+
+def along_row(v: np.ndarray, width: int) -> np.ndarray:
+    """A per-channel vector repeated for each of an image row's ``width`` pixels, ``(w c,)``:
+    against flat ``(n h) (w c)`` rows a per-channel scale or shift runs long inner loops (over
+    ``(n h) w c`` the channels alone are the inner loop, 64 floats on a ResNet's first layers,
+    about half the speed)."""
+    return np.tile(v, width)

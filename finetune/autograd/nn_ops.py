@@ -14,7 +14,14 @@ from ..errors import ShapeError
 from ..parallel import split
 from . import special
 from .function import Function
-from .layout import as_nchw, channel_sums_last, is_channels_last, pixel_rows, sum_rows
+from .layout import (
+    along_row,
+    as_nchw,
+    channel_sums_last,
+    is_channels_last,
+    pixel_rows,
+    sum_rows,
+)
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
@@ -125,17 +132,21 @@ def _channel_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _channel_stats_last(x: np.ndarray, out: np.ndarray, count: int):
     """Mean and biased variance per channel of a channels-last ``x``, leaving the centred input
-    in ``out``, its ``(n h) w c`` rows. Sums go along each image row, then over the rows
+    in ``out``, its ``(n h) (w c)`` rows. Sums go along each image row, then over the rows
     pairwise (``channel_sums_last``), so the result does not depend on the split into chunks."""
     rows = pixel_rows(x)
+    p, w, c = rows.shape
+    flat = rows.reshape(p, w * c)
     mean = channel_sums_last(x) / count
-    partial = np.empty((len(rows), rows.shape[2]), dtype=x.dtype)
+    mean_row = along_row(mean, w)
+    partial = np.empty((p, c), dtype=x.dtype)
 
     def centre(lo: int, hi: int) -> None:
-        np.subtract(rows[lo:hi], mean, out=out[lo:hi])
-        np.einsum("pwc,pwc->pc", out[lo:hi], out[lo:hi], out=partial[lo:hi])
+        np.subtract(flat[lo:hi], mean_row, out=out[lo:hi])
+        part = out[lo:hi].reshape(hi - lo, w, c)
+        np.einsum("pwc,pwc->pc", part, part, out=partial[lo:hi])
 
-    split(centre, len(rows), 2 * x.size)
+    split(centre, p, 2 * x.size)
     return mean, sum_rows(partial) / count
 
 
@@ -172,15 +183,16 @@ def _train_forward_last(x, weight, bias, eps, count):
     (sums; centre and squares; scale and shift), each channel a lane of the inner axis."""
     n, c, h, w = x.shape
     out = np.empty((n, h, w, c), dtype=x.dtype)
-    centred = out.reshape(n * h, w, c)
+    centred = out.reshape(n * h, w * c)
     mean, var = _channel_stats_last(x, centred, count)
     invstd = 1.0 / np.sqrt(var + eps)
-    scale = invstd if weight is None else invstd * weight
+    scale = along_row(invstd if weight is None else invstd * weight, w)
+    shift = None if bias is None else along_row(bias, w)
 
     def finish(lo: int, hi: int) -> None:
         np.multiply(centred[lo:hi], scale, out=centred[lo:hi])
-        if bias is not None:
-            centred[lo:hi] += bias
+        if shift is not None:
+            centred[lo:hi] += shift
 
     split(finish, len(centred), 2 * x.size)
     return as_nchw(out), mean, var, invstd
@@ -270,10 +282,13 @@ def _train_backward_last(x, grad, mean, invstd, scale, count, wants_input):
     gx = np.empty((n, h, w, c), dtype=grad.dtype)
     centred = gx.reshape(n * h, w, c)  # the centred input first, then the gradient
     partial_g, partial_dot = (np.empty((n * h, c), dtype=grad.dtype) for _ in range(2))
+    mean_row = along_row(mean, w)
 
     def sums(lo: int, hi: int) -> None:
-        np.sum(g[lo:hi], axis=1, out=partial_g[lo:hi])
-        np.subtract(xs[lo:hi], mean, out=centred[lo:hi])
+        np.einsum("pwc->pc", g[lo:hi], out=partial_g[lo:hi])
+        np.subtract(
+            xs[lo:hi].reshape(hi - lo, -1), mean_row, out=centred[lo:hi].reshape(hi - lo, -1)
+        )
         np.einsum("pwc,pwc->pc", g[lo:hi], centred[lo:hi], out=partial_dot[lo:hi])
 
     split(sums, len(g), 3 * grad.size)
@@ -281,13 +296,14 @@ def _train_backward_last(x, grad, mean, invstd, scale, count, wants_input):
     if not wants_input:
         return None, sum_g, sum_g_xhat
     k = scale / count
-    centred_scale, shift = -k * sum_g_xhat * invstd, k * sum_g
+    centred_scale = along_row(-k * sum_g_xhat * invstd, w)
+    shift, grad_scale = along_row(k * sum_g, w), along_row(scale, w)
 
     def finish(lo: int, hi: int) -> None:
-        part = centred[lo:hi]
+        part = centred[lo:hi].reshape(hi - lo, -1)
         np.multiply(part, centred_scale, out=part)
         part -= shift
-        part += g[lo:hi] * scale
+        part += g[lo:hi].reshape(hi - lo, -1) * grad_scale
 
     split(finish, len(g), 3 * grad.size)
     return as_nchw(gx), sum_g, sum_g_xhat
