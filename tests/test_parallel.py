@@ -165,26 +165,37 @@ CONVS = [
     ((2, 64, 28, 27), (64, 64, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),  # Winograd 4x4
     ((4, 64, 12, 12), (64, 64, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),  # Winograd 2x2
     ((2, 3, 134, 134), (4, 3, 7, 7), (2, 2), ((3, 3), (3, 3)), (1, 1), 1),  # per sample, 67x67
+    ((2, 6, 9, 8), (5, 6, 3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),  # windows
 ]
 
 
-def _conv_results(case, seed=0):
+def _laid_out(a: np.ndarray, layout: str) -> np.ndarray:
+    """``a`` stored channels last when asked and 4-d, else as it is."""
+    if layout == "channels-last" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return a
+
+
+def _conv_results(case, layout, seed=0):
     x_shape, w_shape, stride, padding, dilation, groups = case
     rng = np.random.default_rng(seed)
-    x = torch.tensor(rng.standard_normal(x_shape, dtype=np.float32), requires_grad=True)
+    x = torch.tensor(_laid_out(rng.standard_normal(x_shape, dtype=np.float32), layout))
+    x.requires_grad_(True)
     w = torch.tensor(rng.standard_normal(w_shape, dtype=np.float32), requires_grad=True)
     b = torch.tensor(rng.standard_normal(w_shape[0], dtype=np.float32), requires_grad=True)
     y = kernels.conv(x, w, b, stride, padding, dilation, groups)
-    y.backward(torch.tensor(rng.standard_normal(y.shape, dtype=np.float32)))
+    grad = _laid_out(rng.standard_normal(y.shape, dtype=np.float32), layout)
+    y.backward(torch.tensor(grad))
     return [t.detach().numpy().copy() for t in (y, x.grad, w.grad, b.grad)]
 
 
 @pytest.mark.parametrize("case", CONVS)
-def test_threaded_convolution_equals_one_thread(threads, case):
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_threaded_convolution_equals_one_thread(threads, case, layout):
     threads(1)
-    serial = _conv_results(case)
+    serial = _conv_results(case, layout)
     threads(3)
-    for got, want in zip(_conv_results(case), serial):
+    for got, want in zip(_conv_results(case, layout), serial):
         np.testing.assert_array_equal(got, want)
 
 
@@ -197,14 +208,15 @@ POOLS = [
 
 @pytest.mark.parametrize("case", POOLS)
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_threaded_pooling_equals_one_thread(threads, case, kind):
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_threaded_pooling_equals_one_thread(threads, case, kind, layout):
     x_shape, kernel, stride, padding, ceil = case
 
     def results():
         rng = np.random.default_rng(1)
         # ties on purpose: the first maximum must win in every chunk
         data = rng.integers(-3, 3, x_shape).astype(np.float32)
-        x = torch.tensor(data, requires_grad=True)
+        x = torch.tensor(_laid_out(data, layout), requires_grad=True)
         if kind == "max":
             y = kernels.max_pool(x, kernel, stride, padding, ceil_mode=ceil)
         else:
@@ -224,13 +236,15 @@ def test_threaded_pooling_equals_one_thread(threads, case, kind):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(4, 5, 3, 3), (6, 7)])
-def test_threaded_batch_norm_equals_one_thread(threads, training, affine, shape):
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_threaded_batch_norm_equals_one_thread(threads, training, affine, shape, layout):
     from finetune.nn import functional as F
 
     def results():
         rng = np.random.default_rng(2)
         c = shape[1]
-        x = torch.tensor(rng.standard_normal(shape, dtype=np.float32), requires_grad=True)
+        x = torch.tensor(_laid_out(rng.standard_normal(shape, dtype=np.float32), layout))
+        x.requires_grad_(True)
         w = torch.tensor(rng.standard_normal(c, dtype=np.float32), requires_grad=True)
         b = torch.tensor(rng.standard_normal(c, dtype=np.float32), requires_grad=True)
         mean = torch.tensor(rng.standard_normal(c, dtype=np.float32))
@@ -238,7 +252,7 @@ def test_threaded_batch_norm_equals_one_thread(threads, training, affine, shape)
         y = F.batch_norm(
             x, mean, var, w if affine else None, b if affine else None, training=training
         )
-        y.backward(torch.tensor(rng.standard_normal(shape, dtype=np.float32)))
+        y.backward(torch.tensor(_laid_out(rng.standard_normal(shape, dtype=np.float32), layout)))
         grads = [x.grad] + ([w.grad, b.grad] if affine else [])
         return [t.detach().numpy().copy() for t in (y, mean, var, *grads)]
 
