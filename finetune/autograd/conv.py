@@ -587,6 +587,15 @@ def conv(
 # -- pooling ---------------------------------------------------------------------------------
 
 
+def _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode) -> tuple:
+    """A pool's output size and how far its windows reach into the padded input, per axis."""
+    outs = tuple(
+        _out_size(s, p, k, st, d, ceil_mode)
+        for s, p, k, st, d in zip(sizes, padding, kernel, stride, dilation)
+    )
+    return outs, _reach(outs, kernel, stride, dilation)
+
+
 class _Phases:
     """A pool's padded input regrouped by stride phase, ``n c i... -> n c s... q...``, so each
     kernel tap of every window is one slice with contiguous rows: numpy's ufuncs run without
@@ -596,12 +605,8 @@ class _Phases:
     def __init__(self, shape, kernel, stride, padding, dilation, ceil_mode) -> None:
         self.shape, self.stride = tuple(shape), tuple(stride)
         sizes = self.shape[2:]
-        self.outs = tuple(
-            _out_size(s, p, k, st, d, ceil_mode)
-            for s, p, k, st, d in zip(sizes, padding, kernel, stride, dilation)
-        )
+        self.outs, reach = _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode)
         # pads grown so the last (ceil-mode) window fits and each axis splits evenly by stride
-        reach = _reach(self.outs, kernel, stride, dilation)
         self.blocks = tuple(
             -(-max(s + lo + hi, r) // st)
             for s, (lo, hi), r, st in zip(sizes, padding, reach, stride)
@@ -748,12 +753,8 @@ class _LastTaps:
     def __init__(self, shape, kernel, stride, padding, dilation, ceil_mode) -> None:
         self.shape = tuple(shape)
         sizes = self.shape[2:]
-        self.outs = tuple(
-            _out_size(s, p, k, st, d, ceil_mode)
-            for s, p, k, st, d in zip(sizes, padding, kernel, stride, dilation)
-        )
+        self.outs, reach = _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode)
         # pads grown so the last (ceil-mode) window fits
-        reach = _reach(self.outs, kernel, stride, dilation)
         self.padding = tuple(
             (lo, max(hi, r - s - lo)) for s, (lo, hi), r in zip(sizes, padding, reach)
         )
