@@ -167,19 +167,25 @@ def test_batch_norm_channels_last_float32_sums_stay_accurate():
     assert errors[1] < 2 * max(errors[0], 1e-6), errors
 
 
-def test_max_pool_channels_last():
+@pytest.mark.parametrize(
+    ("kernel", "stride", "pads", "ceil"),
+    [((3, 3), (2, 2), ((1, 1), (1, 1)), False), ((2, 3), (2, 1), ((0, 0), (1, 1)), True)],
+)
+def test_max_pool_channels_last(kernel, stride, pads, ceil):
     rng = np.random.default_rng(0)
     x = rng.permutation(2 * 4 * 9 * 8).reshape(2, 4, 9, 8).astype(np.float64)
-    args = ((3, 3), (2, 2), ((1, 1), (1, 1)))
-    expected = max_pool_loop(x, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), False)
+    args = (kernel, stride, pads)
+    expected = max_pool_loop(x, kernel, stride, pads, (1, 1), ceil)
     with torch.no_grad():
-        got = kernels.max_pool(torch.tensor(channels_last(x)), *args).numpy()
+        got = kernels.max_pool(torch.tensor(channels_last(x)), *args, ceil_mode=ceil).numpy()
     assert is_channels_last(got)
     np.testing.assert_array_equal(got, expected)
     # with a gradient: same values, and gradcheck
     xt = leaf(channels_last(x))
-    np.testing.assert_array_equal(kernels.max_pool(xt, *args).detach().numpy(), expected)
-    assert gradcheck(lambda t: kernels.max_pool(t, *args), [xt])
+    got = kernels.max_pool(xt, *args, ceil_mode=ceil).detach().numpy()
+    assert is_channels_last(got)
+    np.testing.assert_array_equal(got, expected)
+    assert gradcheck(lambda t: kernels.max_pool(t, *args, ceil_mode=ceil), [xt])
 
 
 def test_relu_keeps_the_layout_and_splits_it():
