@@ -3,8 +3,11 @@ memory, nodes giving their arrays back on release, and the Winograd tiles that u
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from test_conv_kernels import conv_loop
 
 import finetune as torch
 from finetune.autograd import conv as kernels
@@ -61,7 +64,7 @@ def test_the_weight_gradient_reuses_the_forward_tiles_from_the_pool(m):
     y = kernels.conv(x, w, None, (1, 1), pads)
     node = y.grad_fn
     assert node.plan.winograd == m
-    kept = node.tiles
+    kept = node.kept
     assert kept.shape == winograd.tiles_shape(x.shape, pads, m)
     assert node._saved[0] is None  # the input itself is not kept
     g = np.random.default_rng(0).standard_normal(y.shape)
@@ -72,7 +75,7 @@ def test_the_weight_gradient_reuses_the_forward_tiles_from_the_pool(m):
     np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-12, atol=1e-12)
     # the next step takes the same buffer
     y = kernels.conv(x, w, None, (1, 1), pads)
-    assert np.shares_memory(y.grad_fn.tiles, kept) and pool.idle_bytes() == 0
+    assert np.shares_memory(y.grad_fn.kept, kept) and pool.idle_bytes() == 0
 
 
 def test_kept_tiles_survive_a_retained_graph_and_a_dropped_one():
@@ -94,6 +97,36 @@ def test_tiles_are_kept_only_for_a_weight_that_needs_its_gradient():
     x, w = winograd_conv(2)
     frozen = torch.tensor(w.detach().numpy())
     y = kernels.conv(x, frozen, None, (1, 1), ((1, 1), (1, 1)))
-    assert y.grad_fn.plan.winograd == 2 and y.grad_fn.tiles is None
+    assert y.grad_fn.plan.winograd == 2 and y.grad_fn.kept is None
     y.sum().backward()
     assert x.grad is not None and pool.idle_bytes() == 0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_per_sample_columns_are_kept_for_the_weight_gradient(monkeypatch, bias):
+    """conv1's path (one sample's columns at a time) builds them in a pooled buffer; the
+    weight gradient reads them instead of gathering the input again (a bias's row of ones
+    stays out of it)."""
+    monkeypatch.setattr(kernels, "_PER_SAMPLE_PIXELS", 0)
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((3, 2, 9, 8)))
+    w = torch.tensor(rng.standard_normal((4, 2, 3, 3)), requires_grad=True)
+    b = torch.tensor(rng.standard_normal(4), requires_grad=True) if bias else None
+    y = kernels.conv(x, w, b, (2, 2), ((1, 1), (1, 1)))
+    node = y.grad_fn
+    shape = node.plan.sample_columns_shape(bias)
+    assert node.plan.per_sample and node.kept.shape == shape
+    assert node._saved[0] is None  # the input itself is not kept
+    g = rng.standard_normal(y.shape)
+    y.backward(torch.tensor(g))
+    assert pool.idle_bytes() == math.prod(shape) * 8  # given back with the node
+    # against the plain loop's gradient: the convolution is linear in w
+    want = np.zeros(w.shape)
+    for index in np.ndindex(*w.shape):
+        unit = np.zeros(w.shape)
+        unit[index] = 1
+        want[index] = (
+            conv_loop(x.numpy(), unit, None, (2, 2), ((1, 1), (1, 1)), (1, 1), 1) * g
+        ).sum()
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-10, atol=1e-10)
+    pool.clear()

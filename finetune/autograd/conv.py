@@ -266,15 +266,26 @@ class _ConvPlan:
         split(lambda lo, hi: _pad_into(xp[lo:hi], x[lo:hi], self.padding), x.shape[0], xp.size)
         return xp
 
-    def _sample_columns(self, xp: np.ndarray, s: int, ones: bool = False) -> np.ndarray:
+    def sample_columns_shape(self, ones: bool = False) -> tuple:
+        """The shape of every sample's ``_sample_columns``, ``n g (c k... [+1]) l``."""
+        c, g = self.x_shape[1], self.groups
+        rows = c // g * math.prod(self.kernel) + ones
+        return (self.x_shape[0], g, rows, self.length)
+
+    def _sample_columns(
+        self, xp: np.ndarray, s: int, ones: bool = False, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """im2col of sample ``s`` of the padded input, ``c i... -> g (c k...) l``, split over
-        channels and the first kernel axis (conv1 has only three channels). ``ones`` appends
-        a row of ones to each group's columns, for a bias carried in the product."""
+        channels and the first kernel axis (conv1 has only three channels), into ``out``
+        (default: the scratch slot "columns"). ``ones`` appends a row of ones to each group's
+        columns, for a bias carried in the product."""
         (c, g), k0, nd = (self.x_shape[1], self.groups), self.kernel[0], len(self.outs)
         win = _windows(xp[s : s + 1], self.kernel, self.outs, self.stride, self.dilation)[0]
         source = win.transpose((0, *range(1 + nd, 1 + 2 * nd), *range(1, 1 + nd)))
         rows_per_group = c // g * math.prod(self.kernel)
-        cols = scratch("columns", (g, rows_per_group + ones, self.length), xp.dtype)
+        cols = out
+        if cols is None:
+            cols = scratch("columns", (g, rows_per_group + ones, self.length), xp.dtype)
         if ones:
             cols[:, -1] = 1
         # g (c k...) l as g c k... j...; setting the shape raises rather than copy
@@ -290,38 +301,52 @@ class _ConvPlan:
         return cols
 
     def forward_per_sample(
-        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        keep: np.ndarray | None = None,
     ) -> np.ndarray:
         """The convolution, one sample's columns and product at a time; a bias rides in the
         product as one more column of weights against a row of ones (a separate pass over
         the output cost conv1 2 of its 27 ms). Channels-last plans multiply ``l (c k...) @
-        (c k...) o`` straight into the sample's ``j... o`` output."""
+        (c k...) o`` straight into the sample's ``j... o`` output. ``keep``: an array of
+        ``sample_columns_shape`` to build the columns in, for the weight gradient to reuse."""
         n, (o, g) = x.shape[0], (self.w_shape[0], self.groups)
         w = weight.reshape(g, o // g, -1)
-        if bias is not None:
+        ones = bias is not None
+        if ones:
             w = np.concatenate([w, bias.reshape(g, o // g, 1)], axis=2)
         xp = self._padded(x)
+
+        def columns(s: int) -> np.ndarray:
+            return self._sample_columns(xp, s, ones, None if keep is None else keep[s])
+
         if self.channels_last:
             out = np.empty((n, *self.outs, o), dtype=x.dtype)
             for s in range(n):
-                columns = self._sample_columns(xp, s, ones=bias is not None)[0]
-                np.matmul(columns.T, w[0].T, out=out[s].reshape(self.length, o))
+                np.matmul(columns(s)[0].T, w[0].T, out=out[s].reshape(self.length, o))
             return as_nchw(out)
         out = np.empty((n, o, *self.outs), dtype=x.dtype)
         for s in range(n):
-            columns = self._sample_columns(xp, s, ones=bias is not None)
-            np.matmul(w, columns, out=out[s].reshape(g, o // g, self.length))
+            np.matmul(w, columns(s), out=out[s].reshape(g, o // g, self.length))
         return out
 
-    def weight_grad_per_sample(self, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        """The weight gradient, summed over samples: ``g o l @ g l (c k...)`` each."""
+    def weight_grad_per_sample(self, x, grad: np.ndarray, kept=None) -> np.ndarray:
+        """The weight gradient, summed over samples: ``g o l @ g l (c k...)`` each, from the
+        forward's ``kept`` columns or, without them, the input's columns built again."""
         o, g = self.w_shape[0], self.groups
-        total = np.zeros((g, o // g, math.prod(self.w_shape[1:])), dtype=x.dtype)
+        rows_per_group = math.prod(self.w_shape[1:])
+        total = np.zeros((g, o // g, rows_per_group), dtype=grad.dtype)
         part = np.empty_like(total)
-        xp = self._padded(x)
-        for s in range(x.shape[0]):
+        xp = self._padded(x) if kept is None else None
+        for s in range(grad.shape[0]):
             rows = grad[s].reshape(g, o // g, self.length)
-            np.matmul(rows, self._sample_columns(xp, s).transpose(0, 2, 1), out=part)
+            if kept is None:
+                columns = self._sample_columns(xp, s)
+            else:
+                columns = kept[s][:, :rows_per_group]  # without a bias's row of ones
+            np.matmul(rows, columns.transpose(0, 2, 1), out=part)
             total += part
         return total.reshape(self.w_shape)
 
@@ -445,23 +470,27 @@ class Convolution(Function):
         plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
         needs = ctx.needs_input_grad
         wants_weight = len(needs) > 1 and needs[1]
-        # the weight gradient reuses the forward's transformed input tiles, kept in the pool
-        tiles = None
-        if plan.winograd and wants_weight:
-            tiles = pool.take(winograd.tiles_shape(x.shape, padding, plan.winograd), dtype)
-            ctx.pooled = (tiles,)
-        ctx.tiles = tiles
+        # the weight gradient reuses the forward's transformed input tiles (Winograd) or
+        # per-sample columns, kept in the pool; other layouts keep the input instead
+        kept = None
+        if wants_weight and plan.winograd:
+            kept = pool.take(winograd.tiles_shape(x.shape, padding, plan.winograd), dtype)
+        elif wants_weight and plan.per_sample:
+            kept = pool.take(plan.sample_columns_shape(bias is not None), dtype)
+        if kept is not None:
+            ctx.pooled = (kept,)
+        ctx.kept = kept
         if plan.winograd:
             if transformed is None or transformed.dtype != dtype:
                 transformed = _transformed_weights(weight, plan.winograd)
-            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, tiles)
+            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, kept)
         elif plan.per_sample:
-            out = plan.forward_per_sample(x, weight, bias)
+            out = plan.forward_per_sample(x, weight, bias, kept)
         else:
             out = plan.forward(x, weight, bias)
         ctx.plan = plan
         ctx.save_for_backward(
-            x if wants_weight and tiles is None else None,
+            x if wants_weight and kept is None else None,
             weight if needs[0] else None,
         )
         return out
@@ -476,7 +505,7 @@ class Convolution(Function):
         if needs[0]:
             grad_x = _input_gradient(plan, weight, grad).astype(ctx.dtypes[0], copy=False)
         if wants_weight:
-            grad_w = _weight_gradient(plan, x, grad, ctx.tiles).astype(ctx.dtypes[1], copy=False)
+            grad_w = _weight_gradient(plan, x, grad, ctx.kept).astype(ctx.dtypes[1], copy=False)
         if len(needs) > 2 and needs[2]:
             if is_channels_last(grad):
                 grad_b = channel_sums_last(grad)
@@ -505,13 +534,13 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np
     return plan.scatter(gcols)
 
 
-def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, tiles) -> np.ndarray:
-    """The weight gradient, from the columns the forward multiplied (or Winograd's kept
-    ``tiles``), in the weight's own ``o c/g k...`` layout."""
+def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, kept) -> np.ndarray:
+    """The weight gradient, in the weight's own ``o c/g k...`` layout, from what the forward
+    ``kept`` (Winograd's transformed tiles, per-sample columns) or the columns of ``x``."""
     if plan.winograd:
-        return winograd.weight_gradient(tiles, grad, plan.winograd)
+        return winograd.weight_gradient(kept, grad, plan.winograd)
     if plan.per_sample:
-        return plan.weight_grad_per_sample(x, grad)
+        return plan.weight_grad_per_sample(x, grad, kept)
     if plan.channels_last and is_channels_last(x):
         # o (n l) @ (n l) (k k c) -> o k k c, back to o c k k
         dw = np.matmul(_pixels_by_channel(grad).T, plan.columns_last(x))
