@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ShapeError
+
 
 class memory_format:  # noqa: N801 - the PyTorch name
     __slots__ = ("name",)
@@ -27,26 +29,31 @@ channels_last = memory_format("channels_last")
 preserve_format = memory_format("preserve_format")
 
 
+def _rank_4(a: np.ndarray) -> None:
+    if a.ndim != 4:
+        raise ShapeError(
+            f"required rank 4 tensor to use channels_last format, got shape {list(a.shape)}"
+        )
+
+
 def is_in(a: np.ndarray, layout: memory_format) -> bool:
     """Whether ``a`` is laid out as ``layout`` asks, with no gaps."""
     if layout is channels_last:
-        if a.ndim != 4:
-            raise ValueError(f"channels_last applies to 4-d tensors, not {a.ndim}-d")
+        _rank_4(a)
         return a.transpose(0, 2, 3, 1).flags.c_contiguous
     if layout is contiguous_format:
         return a.flags.c_contiguous
-    raise ValueError(f"is_contiguous: unsupported memory format {layout}")
+    raise ValueError(f"is_contiguous: unsupported memory format {layout!r}")
 
 
 def copy_into(a: np.ndarray, layout: memory_format) -> np.ndarray:
     """A copy of ``a`` in ``layout`` (``preserve_format``: a's own axis order when it has no
     gaps, else row-major, as numpy's ``order="K"``)."""
     if layout is channels_last:
-        if a.ndim != 4:
-            raise ValueError(f"channels_last applies to 4-d tensors, not {a.ndim}-d")
+        _rank_4(a)
         return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     if layout is contiguous_format:
         return np.array(a, order="C", copy=True)
     if layout is preserve_format:
         return a.copy(order="K")
-    raise ValueError(f"unsupported memory format {layout}")
+    raise ValueError(f"unsupported memory format {layout!r}")
