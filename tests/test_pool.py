@@ -129,4 +129,3 @@ def test_per_sample_columns_are_kept_for_the_weight_gradient(monkeypatch, bias):
             conv_loop(x.numpy(), unit, None, (2, 2), ((1, 1), (1, 1)), (1, 1), 1) * g
         ).sum()
     np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-10, atol=1e-10)
-    pool.clear()

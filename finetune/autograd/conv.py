@@ -26,7 +26,7 @@ from ..parallel import split
 from ..tensor import Tensor
 from . import pool, winograd
 from .function import Function
-from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last
+from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last, pixels_by_channel
 from .scratch import scratch
 
 Pairs = tuple[tuple[int, int], ...]
@@ -449,9 +449,7 @@ class _ConvPlan:
                 ]
 
         split(samples, n, gcols.size)
-        (top, _), (left, _) = self.padding
-        h, w = self.x_shape[2:]
-        return as_nchw(gxp[:, top : top + h, left : left + w])
+        return as_nchw(gxp)[_interior(self.x_shape, self.padding)]
 
 
 class Convolution(Function):
@@ -526,7 +524,7 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np
         return winograd.convolve(grad.astype(weight.dtype, copy=False), rotated, pads, m, None)
     if plan.channels_last:
         # (n l) o @ o (k k c) -> (n l) (k k c)
-        return plan.scatter_last(np.matmul(_pixels_by_channel(grad), taps_first(weight)))
+        return plan.scatter_last(np.matmul(pixels_by_channel(grad), taps_first(weight)))
     g = plan.output_grad(grad)
     w = weight.reshape(plan.groups, weight.shape[0] // plan.groups, -1)
     gcols = scratch("column grads", (plan.groups, w.shape[2], g.shape[2]), g.dtype)
@@ -543,18 +541,13 @@ def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, kept) -> np.ndarray:
         return plan.weight_grad_per_sample(x, grad, kept)
     if plan.channels_last and is_channels_last(x):
         # o (n l) @ (n l) (k k c) -> o k k c, back to o c k k
-        dw = np.matmul(_pixels_by_channel(grad).T, plan.columns_last(x))
+        dw = np.matmul(pixels_by_channel(grad).T, plan.columns_last(x))
         return np.ascontiguousarray(
             dw.reshape(plan.w_shape[0], *plan.kernel, -1).transpose(0, 3, 1, 2)
         )
     # g o (n l), g (n l) (c k...) -> g o (c k...)
     dw = np.matmul(plan.output_grad(grad), plan.columns(x).transpose(0, 2, 1))
     return dw.reshape(plan.w_shape)
-
-
-def _pixels_by_channel(a: np.ndarray) -> np.ndarray:
-    """``n o h w -> (n h w) o``: a view of a channels-last array (else a copy)."""
-    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
 
 
 def taps_first(weight: np.ndarray) -> np.ndarray:
@@ -800,9 +793,7 @@ class _LastTaps:
 
     def interior(self, padded: np.ndarray) -> np.ndarray:
         """The unpadded input inside ``padded``, as ``n c h w``."""
-        (top, _), (left, _) = self.padding
-        h, w = self.shape[2:]
-        return as_nchw(padded[:, top : top + h, left : left + w])
+        return as_nchw(padded)[_interior(self.shape, self.padding)]
 
 
 def _max_and_winner(best: np.ndarray, won: np.ndarray, taps: list) -> None:

@@ -42,6 +42,12 @@ def pad_last(out: np.ndarray, x: np.ndarray, pads: tuple, value: float = 0.0) ->
     split(lambda lo, hi: np.copyto(interior[:, lo:hi], source[:, lo:hi]), h, x.size)
 
 
+def pixels_by_channel(a: np.ndarray) -> np.ndarray:
+    """``n c h w -> (n h w) c``: every pixel's channel vector, a view of a channels-last array
+    (a copy for any other layout)."""
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+
 def pixel_rows(a: np.ndarray) -> np.ndarray:
     """A channels-last ``n c h w`` array as ``(n h) w c`` rows of pixels: a view (a copy for
     any other layout)."""

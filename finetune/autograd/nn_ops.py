@@ -203,10 +203,11 @@ class BatchNormTrain(Function):
 
     x (N, C, *), weight and bias (C) or None, running_mean and running_var (C) or None.
     The biased batch variance normalises; the unbiased one feeds ``running_var``.
-    Both directions work on blocks of channels (every statistic is per channel), in place
-    into their outputs, the blocks shared out among the threads. Backward keeps the input
-    and two numbers per channel, as PyTorch does, not a normalised copy: the forward makes
-    five passes over the activations (sum, centre, sum of squares, scale, shift), not seven.
+    Both directions work on blocks of channels (every statistic is per channel), or of image
+    rows for a channels-last input (``_train_forward_last``), in place into their outputs, the
+    blocks shared out among the threads. Backward keeps the input and two numbers per channel,
+    as PyTorch does, not a normalised copy: the row-major forward makes five passes over each
+    block of channels (sum, centre, sum of squares, scale, shift), not seven.
     """
 
     name = "NativeBatchNormBackward0"
