@@ -247,3 +247,21 @@ def _saved_versions(saved, args, arrays, results, outs) -> tuple:
                 stamps.append((tensor._version, tensor._version.value, s))
                 break
     return tuple(stamps)
+
+
+class NoGradient(Function):
+    """Marks a value computed by an op without a gradient (ONNX's ArgMax, NonZero, comparisons):
+    ``apply(value, *sources, op=...)`` passes ``value`` through, and a backward that reaches it
+    raises instead of sending a silent zero to ``sources``."""
+
+    @staticmethod
+    def forward(ctx, value, *sources, op):
+        ctx.op = op
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AutogradError(
+            f"{ctx.op} has no gradient: its output cannot be differentiated with respect to its "
+            "inputs; detach() the value or keep it out of the loss"
+        )

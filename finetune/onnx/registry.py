@@ -9,6 +9,7 @@ As in tinygrad, a converter's Python signature is the ONNX signature: inputs are
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import OnnxImportError
+from ..tensor import Tensor
 
 Key = tuple[str, str, int]
 
@@ -31,6 +33,7 @@ class Converter:
     since_versions: tuple[int, ...]
     run: Callable
     module: Callable | None = None
+    differentiable: bool = True
 
     def attribute_names(self) -> set[str]:
         return {
@@ -47,11 +50,24 @@ class Converter:
 _REGISTRY: dict[Key, Converter] = {}
 
 
-def register(op_type: str, *since_versions: int, domain: str = "", module: Callable | None = None):
-    """Register the decorated function for each schema version it implements; no duplicates."""
+def register(
+    op_type: str,
+    *since_versions: int,
+    domain: str = "",
+    module: Callable | None = None,
+    differentiable: bool = True,
+):
+    """Register the decorated function for each schema version it implements; no duplicates.
+
+    ``differentiable=False`` marks an op with no gradient (comparisons, ArgMax, NonZero, integer
+    and string ops): a backward that reaches one of its float outputs raises ``AutogradError``
+    naming the op, instead of passing a silent zero."""
 
     def decorate(run: Callable) -> Callable:
-        converter = Converter(op_type, since_versions, run, module)
+        converter = Converter(
+            op_type, since_versions, run if differentiable else _guarded(op_type, run), module,
+            differentiable,
+        )
         for version in since_versions:
             key = (domain, op_type, version)
             if key in _REGISTRY:
@@ -60,6 +76,28 @@ def register(op_type: str, *since_versions: int, domain: str = "", module: Calla
         return run
 
     return decorate
+
+
+def _guarded(op_type: str, run: Callable) -> Callable:
+    """``run`` whose float outputs, when an input requires grad, refuse a backward."""
+    from ..autograd.function import NoGradient
+
+    @functools.wraps(run)
+    def guarded(*inputs, **attributes):
+        out = run(*inputs, **attributes)
+        sources = [x for x in inputs if isinstance(x, Tensor) and x.requires_grad]
+        if not sources:
+            return out
+        outs = out if isinstance(out, tuple) else (out,)
+        outs = tuple(
+            NoGradient.apply(o, *sources, op=op_type)
+            if isinstance(o, Tensor) and o._data.dtype.kind == "f"
+            else o
+            for o in outs
+        )
+        return outs if isinstance(out, tuple) else outs[0]
+
+    return guarded
 
 
 def since_version(op_type: str, opset: int, domain: str = "") -> int | None:

@@ -1,0 +1,1 @@
+"""attention converters (being written)."""

@@ -1,0 +1,1 @@
+"""detection converters (being written)."""

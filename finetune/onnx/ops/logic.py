@@ -1,0 +1,1 @@
+"""logic converters (being written)."""

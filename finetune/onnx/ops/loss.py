@@ -1,0 +1,1 @@
+"""loss converters (being written)."""

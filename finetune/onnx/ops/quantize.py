@@ -1,0 +1,1 @@
+"""quantize converters (being written)."""

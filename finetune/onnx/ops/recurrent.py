@@ -1,0 +1,1 @@
+"""recurrent converters (being written)."""

@@ -1,0 +1,1 @@
+"""sequence converters (being written)."""

@@ -1,0 +1,1 @@
+"""signal converters (being written)."""
