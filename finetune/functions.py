@@ -180,6 +180,71 @@ def cos(x):
     return ops.Cos.apply(x)
 
 
+def tan(x):
+    return ops.Tan.apply(x)
+
+
+def asin(x):
+    return ops.Asin.apply(x)
+
+
+def acos(x):
+    return ops.Acos.apply(x)
+
+
+def atan(x):
+    return ops.Atan.apply(x)
+
+
+def sinh(x):
+    return ops.Sinh.apply(x)
+
+
+def cosh(x):
+    return ops.Cosh.apply(x)
+
+
+def asinh(x):
+    return ops.Asinh.apply(x)
+
+
+def acosh(x):
+    return ops.Acosh.apply(x)
+
+
+def atanh(x):
+    return ops.Atanh.apply(x)
+
+
+arcsin, arccos, arctan = asin, acos, atan
+
+
+def floor(x):
+    return ops.Floor.apply(x)
+
+
+def ceil(x):
+    return ops.Ceil.apply(x)
+
+
+def round(x):  # noqa: A001
+    return ops.Round.apply(x)
+
+
+def sign(x):
+    return ops.Sign.apply(x)
+
+
+def remainder(a, b):
+    """Python's ``%``: the result has the divisor's sign."""
+    return ops.Mod.apply(_operand(a), _operand(b))
+
+
+def fmod(a, b):
+    """C's ``fmod``: the result has the dividend's sign."""
+    return ops.Mod.apply(_operand(a), _operand(b), fmod=True)
+
+
 def reciprocal(x):
     return div(1.0, x)
 
@@ -556,6 +621,24 @@ _METHODS = {
     "sin": sin,
     "cos": cos,
     "reciprocal": reciprocal,
+    "tan": tan,
+    "asin": asin,
+    "acos": acos,
+    "atan": atan,
+    "arcsin": asin,
+    "arccos": acos,
+    "arctan": atan,
+    "sinh": sinh,
+    "cosh": cosh,
+    "asinh": asinh,
+    "acosh": acosh,
+    "atanh": atanh,
+    "floor": floor,
+    "ceil": ceil,
+    "round": round,
+    "sign": sign,
+    "remainder": remainder,
+    "fmod": fmod,
     "square": square,
     "relu": relu,
     "sigmoid": sigmoid,

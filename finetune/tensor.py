@@ -415,7 +415,10 @@ class Tensor:
         return Tensor._from_array(np.floor_divide(self._data, _raw(other)))
 
     def __mod__(self, other):
-        return Tensor._from_array(np.mod(self._data, _raw(other)))
+        return _ops.remainder(self, other)
+
+    def __rmod__(self, other):
+        return _ops.remainder(other, self)
 
     # -- comparisons and logic (no gradient) --------------------------------------------------
     def __eq__(self, other):  # type: ignore[override]
@@ -476,18 +479,6 @@ class Tensor:
 
     def argmin(self, dim=None, keepdim=False):
         return Tensor._from_array(_arg(np.argmin, self._data, dim, keepdim))
-
-    def sign(self):
-        return Tensor._from_array(np.sign(self._data))
-
-    def floor(self):
-        return Tensor._from_array(np.floor(self._data))
-
-    def ceil(self):
-        return Tensor._from_array(np.ceil(self._data))
-
-    def round(self):
-        return Tensor._from_array(np.round(self._data))
 
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
         return _ops.topk(self, k, dim, largest, sorted)

@@ -2,7 +2,9 @@
 
 The walk never recurses, so graphs tens of thousands of ops deep work. Each node's incoming
 gradients are summed (``+=``) before its backward runs, so a value used twice needs no
-special case; every gradient is checked against its input's shape and dtype.
+special case. Broadcasting is undone here, once for every op: a gradient in the broadcast shape
+is summed back to its input's shape (``sum_to_shape``); any other shape mismatch is a bug in
+that op's backward and raises.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import AutogradError, ShapeError
+from .broadcast import sum_to_shape
 
 # -- grad mode ------------------------------------------------------------------------------
 
@@ -230,6 +233,8 @@ def _call_backward(node, grads: list) -> tuple:
             continue
         shape, dtype = m
         g = np.asarray(g)
+        if g.shape != shape and _broadcasts_to(shape, g.shape):
+            g = sum_to_shape(g, shape)
         if g.shape != shape:
             raise ShapeError(
                 f"Function {node.name()} returned an invalid gradient - got {list(g.shape)} "
@@ -239,6 +244,12 @@ def _call_backward(node, grads: list) -> tuple:
             g = g.astype(dtype)
         checked.append(g)
     return tuple(checked)
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether numpy broadcasting stretches ``shape`` to ``target``."""
+    lead = len(target) - len(shape)
+    return lead >= 0 and all(s in (1, t) for s, t in zip(shape, target[lead:]))
 
 
 def _retain(node, grads: list) -> None:

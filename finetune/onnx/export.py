@@ -425,8 +425,11 @@ class _GraphBuilder:
         return name
 
     def constant(self, array: np.ndarray) -> str:
+        """An initializer of ``array``'s shape (a 0-d value stays 0-d: ascontiguousarray would
+        make it 1-d, and a scalar result then fails shape inference)."""
         name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.require(array, requirements="C")
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
     def ints(self, values: Sequence[int]) -> str:

@@ -37,6 +37,8 @@ def emits(*functions: type) -> Callable:
 
 def emitter_for(function: type) -> Callable | None:
     """The emitter of ``function`` or of its nearest registered base class."""
+    from . import ops as _families  # noqa: F401 - the op families register their emitters too
+
     for cls in function.__mro__:
         if cls in EMITTERS:
             return EMITTERS[cls]
@@ -66,17 +68,7 @@ def _axis(dim: int, ndim: int) -> int:
     return dim % ndim if ndim else 0
 
 
-# -- elementwise ---------------------------------------------------------------------------------
-
-
-_BINARY = {ops.Add: "Add", ops.Sub: "Sub", ops.Mul: "Mul", ops.Div: "Div", ops.PowTensor: "Pow"}
-
-
-@emits(*_BINARY)
-def _binary(b, call, outs):
-    dtype = _dtype(call)
-    a, c = (b.operand(x, dtype) for x in call.args)
-    b.node(_BINARY[call.function], [a, c], outs)
+# -- elementwise (the plain unary and binary ops are rows in ops/elementwise.py) ------------------
 
 
 @emits(ops.Pow)
@@ -87,30 +79,18 @@ def _pow(b, call, outs):
     b.node("Pow", [x, b.constant(np.asarray(exponent, dtype=dtype))], outs)
 
 
+@emits(ops.Log1p)
+def _log1p(b, call, outs):
+    """Log(1 + x): ONNX has no log1p, so tiny ``x`` loses the digits PyTorch keeps."""
+    dtype = _dtype(call)
+    x = b.operand(call.args[0], dtype)
+    b.node("Log", b.node("Add", [x, b.constant(np.asarray(1, dtype=dtype))]), outs)
+
+
 @emits(ops.MatMul)
 def _matmul(b, call, outs):
     dtype = _dtype(call)
     b.node("MatMul", [b.operand(x, dtype) for x in call.args], outs)
-
-
-_UNARY = {
-    ops.Neg: "Neg",
-    ops.Exp: "Exp",
-    ops.Log: "Log",
-    ops.Sqrt: "Sqrt",
-    ops.Abs: "Abs",
-    ops.Sin: "Sin",
-    ops.Cos: "Cos",
-    ops.Relu: "Relu",
-    ops.Sigmoid: "Sigmoid",
-    ops.Tanh: "Tanh",
-    ops.Erf: "Erf",
-}
-
-
-@emits(*_UNARY)
-def _unary(b, call, outs):
-    b.node(_UNARY[call.function], [b.operand(call.args[0], _dtype(call))], outs)
 
 
 @emits(ops.Maximum, ops.Minimum)
@@ -289,6 +269,27 @@ def _max_dim(b, call, outs):
     keepdim = bool(call.kwargs.get("keepdim", False))
     b.reduce("ReduceMax" if largest else "ReduceMin", x, [axis], keepdim, outs[:1])
     b.node("ArgMax" if largest else "ArgMin", [x], outs[1:], axis=axis, keepdims=int(keepdim))
+
+
+@emits(ops.Var)
+def _var(b, call, outs):
+    """Var as ReduceMean, Sub, Mul, ReduceSum and Div by ``n - correction``; Std adds a Sqrt."""
+    dtype = _dtype(call)
+    x = b.operand(call.args[0], dtype)
+    shape = _shape(call.args[0])
+    axes = _reduce_axes(call.kwargs.get("dim"), len(shape))
+    keepdim = bool(call.kwargs.get("keepdim", False))
+    count = int(np.prod([shape[a] for a in axes] if axes is not None else shape))
+    denominator = max(count - call.kwargs.get("correction", 1), 0)
+    mean = b.reduce("ReduceMean", x, axes, True, None)
+    centered = b.node("Sub", [x, mean[0]])
+    squares = b.node("Mul", [centered[0], centered[0]])
+    total = b.reduce("ReduceSum", squares[0], axes, keepdim, None)
+    scale = b.constant(np.asarray(denominator, dtype=dtype))
+    if issubclass(call.function, ops.Std):
+        b.node("Sqrt", b.node("Div", [total[0], scale]), outs)
+    else:
+        b.node("Div", [total[0], scale], outs)
 
 
 @emits(ops.LogSumExp)

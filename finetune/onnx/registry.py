@@ -65,7 +65,10 @@ def register(
 
     def decorate(run: Callable) -> Callable:
         converter = Converter(
-            op_type, since_versions, run if differentiable else _guarded(op_type, run), module,
+            op_type,
+            since_versions,
+            run if differentiable else _guarded(op_type, run),
+            module,
             differentiable,
         )
         for version in since_versions:

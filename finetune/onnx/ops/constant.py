@@ -1,4 +1,4 @@
-"""Constants and casts: Constant, ConstantOfShape, Cast."""
+"""Constants and casts: Constant, ConstantOfShape, Cast, CastLike, BitCast."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 from ...autograd import ops
-from ...errors import OnnxImportError
+from ...errors import OnnxImportError, ShapeError
 from ...tensor import Tensor
 from ..limits import check_shape
 from ..registry import register
@@ -52,15 +52,22 @@ def constant_of_shape(input: Tensor, *, value=None) -> Tensor:
     return wrap(np.full(check_shape(ints(input), "ConstantOfShape"), fill[0], dtype=fill.dtype))
 
 
-def _cast(x, to: int):
+def onnx_dtype(to, op: str) -> np.dtype:
+    """The numpy dtype of an ONNX element type: an int, or opset 1's name such as ``"FLOAT"``."""
     try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        if isinstance(to, (str, bytes)):
+            to = onnx.TensorProto.DataType.Value(to.decode() if isinstance(to, bytes) else to)
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
     except (KeyError, TypeError, ValueError):
-        raise OnnxImportError(f"Cast: to={to} is not an ONNX element type") from None
+        raise OnnxImportError(f"{op}: to={to!r} is not an ONNX element type") from None
+
+
+def _cast(x: Tensor, dtype: np.dtype) -> Tensor:
+    """Float to float keeps the gradient; strings parse and print as numbers."""
     source = x._data.dtype
     if source.kind == "f" and dtype.kind == "f":
         return ops.Cast.apply(x, dtype=dtype)
-    if dtype.kind == "O" or dtype.kind == "U":
+    if dtype.kind in "OU":
         return wrap(x._data.astype(str).astype(object))
     if source.kind in "OU":
         return wrap(x._data.astype(np.float64).astype(dtype))
@@ -68,18 +75,52 @@ def _cast(x, to: int):
         return wrap(x._data.astype(dtype))
 
 
+@register("Cast", 1)
+def cast_1(input: Tensor, *, to) -> Tensor:
+    """Opset 1 names the type (``to="FLOAT"``); later opsets give its number."""
+    return _cast(input, onnx_dtype(to, "Cast"))
+
+
 @register("Cast", 6, 9, 13)
 def cast(input: Tensor, *, to) -> Tensor:
-    return _cast(input, to)
+    return _cast(input, onnx_dtype(to, "Cast"))
 
 
 @register("Cast", 19, 21, 23)
 def cast_19(input: Tensor, *, to, saturate=1) -> Tensor:
     """``saturate`` only concerns float8 targets, which the library does not have."""
-    return _cast(input, to)
+    return _cast(input, onnx_dtype(to, "Cast"))
 
 
 @register("Cast", 24, 25, 28)
 def cast_25(input: Tensor, *, to, saturate=1, round_mode="up") -> Tensor:
     """``round_mode`` only concerns float8/float4 targets, which the library does not have."""
-    return _cast(input, to)
+    return _cast(input, onnx_dtype(to, "Cast"))
+
+
+@register("CastLike", 15)
+def cast_like(input: Tensor, target_type: Tensor) -> Tensor:
+    """Cast to the element type of ``target_type`` (its values are not read)."""
+    return _cast(input, target_type._data.dtype)
+
+
+@register("CastLike", 19, 21, 23)
+def cast_like_19(input: Tensor, target_type: Tensor, *, saturate=1) -> Tensor:
+    return _cast(input, target_type._data.dtype)
+
+
+@register("CastLike", 24, 25)
+def cast_like_25(input: Tensor, target_type: Tensor, *, saturate=1, round_mode="up") -> Tensor:
+    return _cast(input, target_type._data.dtype)
+
+
+@register("BitCast", 26, differentiable=False)
+def bit_cast(input: Tensor, *, to) -> Tensor:
+    """The same bytes read as another type of the same width (little endian, as numpy here)."""
+    dtype = onnx_dtype(to, "BitCast")
+    data = input._data if input._data.flags.c_contiguous else input._data.copy()
+    if data.dtype.kind in "OU" or data.dtype.itemsize != dtype.itemsize:
+        raise ShapeError(
+            f"BitCast: cannot reinterpret {data.dtype} as {dtype}: the widths must be equal"
+        )
+    return wrap(data.view(dtype))

@@ -1,0 +1,495 @@
+"""Elementwise primitives: binary arithmetic (broadcasting), unary math, clamp, casts, where.
+
+A backward returns each gradient in the broadcast shape; the engine sums it back to the input's
+shape (``sum_to_shape``), once, for every op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import memory_format as memory_formats
+from ..parallel import elementwise
+from . import special
+from .broadcast import (
+    _as_array,
+    _binary_operands,
+    _broadcasting,
+    _float_operands,
+    result_dtype,
+)
+from .function import Function
+
+# -- elementwise binary ----------------------------------------------------------------------
+
+
+class Add(Function):
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b):
+        a, b = _binary_operands(a, b)
+        return np.add(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (
+            grad if ctx.needs_input_grad[0] else None,
+            grad if ctx.needs_input_grad[1] else None,
+        )
+
+
+class Sub(Function):
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b):
+        a, b = _binary_operands(a, b)
+        return np.subtract(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (
+            grad if ctx.needs_input_grad[0] else None,
+            -grad if ctx.needs_input_grad[1] else None,
+        )
+
+
+class Mul(Function):
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b):
+        a, b = _binary_operands(a, b)
+        ctx.save_for_backward(
+            a if ctx.needs_input_grad[1] else None, b if ctx.needs_input_grad[0] else None
+        )
+        return np.multiply(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return (
+            grad * b if ctx.needs_input_grad[0] else None,
+            grad * a if ctx.needs_input_grad[1] else None,
+        )
+
+
+class Div(Function):
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b):
+        a, b = _float_operands(a, b)
+        ctx.save_for_backward(a if ctx.needs_input_grad[1] else None, b)
+        return np.true_divide(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        ga = grad / b if ctx.needs_input_grad[0] else None
+        gb = -grad * a / (b * b) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    """``x ** c`` with a constant exponent."""
+
+    @staticmethod
+    def forward(ctx, x, exponent):
+        x = _as_array(x, result_dtype(x, exponent))
+        ctx.save_for_backward(x)
+        ctx.exponent = exponent
+        return np.power(x, x.dtype.type(exponent))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        c = ctx.exponent
+        if c == 0:
+            return np.zeros_like(x), None
+        return grad * (c * np.power(x, x.dtype.type(c - 1))), None
+
+
+class PowTensor(Function):
+    """``a ** b`` with a tensor exponent."""
+
+    name = "PowBackward1"
+
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b):
+        a, b = _float_operands(a, b)
+        out = np.power(a, b)
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, out = ctx.saved_tensors
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = grad * b * np.power(a, b - 1)
+        if ctx.needs_input_grad[1]:
+            log_a = np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0).astype(out.dtype)
+            gb = grad * out * log_a
+        return ga, gb
+
+
+# -- elementwise unary -------------------------------------------------------------------------
+
+
+_TWO_OVER_SQRT_PI = float(2.0 / np.sqrt(np.pi))  # a Python float: float32 stays float32
+
+
+def _floating(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype.kind in "fc" else x.astype(np.float32)
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return np.negative(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = np.exp(_floating(x))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out
+
+
+class Log1p(Function):
+    """``log(1 + x)``, exact for tiny ``x``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return np.log1p(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / (1 + x)
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return np.log(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / x
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = np.sqrt(_floating(x))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad / (2 * out)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.abs(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * np.sign(x)
+
+
+class Sin(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return np.sin(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * np.cos(x)
+
+
+class Cos(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return np.cos(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return -grad * np.sin(x)
+
+
+class Relu(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = np.empty_like(x)  # in x's layout (channels last stays channels last)
+        elementwise(lambda o, a: np.maximum(a, 0, out=o), out, x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        gx = np.empty_like(grad)
+        elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
+        return gx
+
+
+class Erf(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        ctx.save_for_backward(x)
+        return special.erf(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (_TWO_OVER_SQRT_PI * np.exp(-x * x))
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = _floating(x)
+        out = np.empty_like(x)
+        pos = x >= 0
+        out[pos] = 1 / (1 + np.exp(-x[pos]))
+        e = np.exp(x[~pos])
+        out[~pos] = e / (1 + e)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out * (1 - out)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = np.tanh(_floating(x))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+
+class Clamp(Function):
+    name = "ClampBackward1"
+
+    @staticmethod
+    def forward(ctx, x, min=None, max=None):  # noqa: A002
+        ctx.save_for_backward(x)
+        ctx.bounds = (min, max)
+        out = x
+        if min is not None:
+            out = np.maximum(out, np.asarray(min, dtype=x.dtype))
+        if max is not None:
+            out = np.minimum(out, np.asarray(max, dtype=x.dtype))
+        return out if out is not x else x.copy()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        mask = np.ones(x.shape, dtype=bool)
+        if lo is not None:
+            mask &= x >= lo
+        if hi is not None:
+            mask &= x <= hi
+        return grad * mask
+
+
+class Cast(Function):
+    name = "ToCopyBackward0"
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.src = x.dtype
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.astype(ctx.src)
+
+
+class Clone(Function):
+    """A copy in ``memory_format`` (default: the input's own layout, as PyTorch's
+    ``preserve_format``)."""
+
+    @staticmethod
+    def forward(ctx, x, *, memory_format=memory_formats.preserve_format):
+        return memory_formats.copy_into(x, memory_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class Maximum(Function):
+    """The larger of two values; NaN wins, and a tie splits the gradient in half, as in
+    PyTorch."""
+
+    pick = staticmethod(np.maximum)
+    loses = staticmethod(np.less)
+
+    @classmethod
+    def forward(cls, ctx, a, b):
+        return _pick(ctx, a, b, pick=cls.pick)
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        a, b = ctx.saved_tensors
+        zero = grad.dtype.type(0)
+        share = np.where(a == b, grad * grad.dtype.type(0.5), grad)
+        ga = np.where(cls.loses(a, b), zero, share) if ctx.needs_input_grad[0] else None
+        gb = np.where(cls.loses(b, a), zero, share) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Minimum(Maximum):
+    pick = staticmethod(np.minimum)
+    loses = staticmethod(np.greater)
+
+
+@_broadcasting
+def _pick(ctx, a, b, *, pick):
+    a, b = _binary_operands(a, b)
+    ctx.save_for_backward(a, b)
+    return pick(a, b)
+
+
+class Where(Function):
+    name = "WhereBackward0"
+
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, cond, a, b):
+        ctx.save_for_backward(cond)
+        a, b = _binary_operands(a, b)
+        return np.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (cond,) = ctx.saved_tensors
+        zero = grad.dtype.type(0)
+        ga = np.where(cond, grad, zero) if ctx.needs_input_grad[1] else None
+        gb = np.where(cond, zero, grad) if ctx.needs_input_grad[2] else None
+        return None, ga, gb
+
+
+class Mod(Function):
+    """``a mod b`` with the quotient floored (``np.mod``, the sign of ``b``) or, with ``fmod``,
+    truncated (``np.fmod``, the sign of ``a``). A Function, not ``a - b * q``: that composition
+    rounds twice and drifts from the exact remainder. d/da = 1, d/db = -q."""
+
+    @staticmethod
+    @_broadcasting
+    def forward(ctx, a, b, fmod=False):
+        a, b = _binary_operands(a, b)
+        out = np.fmod(a, b) if fmod else np.mod(a, b)
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        gb = None
+        if ctx.needs_input_grad[1]:
+            a, b, out = ctx.saved_tensors
+            gb = -grad * np.round((a - out) / b)  # (a - out) / b is the integer quotient
+        return grad if ctx.needs_input_grad[0] else None, gb
+
+
+# -- unary math: one row per op, forward next to its derivative --------------------------------
+
+
+class _UnaryMath(Function):
+    """``y = f(x)`` on floats, ``dy/dx = df(x, y)``; the rows below fill in ``f`` and ``df``."""
+
+    f: staticmethod  # x -> y
+    df: staticmethod  # (x, y) -> dy/dx
+    floating = True  # integer input computes in float32 (as PyTorch); False keeps ints (Sign)
+
+    @classmethod
+    def forward(cls, ctx, x):
+        if cls.floating:
+            x = _floating(x)
+        out = cls.f(x)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x, out)
+        return out
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        x, out = ctx.saved_tensors
+        return grad * cls.df(x, out)
+
+
+def _unary_math(name: str, f, df, *, floating: bool = True) -> type:
+    return type(
+        name,
+        (_UnaryMath,),
+        {
+            "f": staticmethod(f),
+            "df": staticmethod(df),
+            "floating": floating,
+            "__module__": __name__,
+        },
+    )
+
+
+def _on_floats(f):
+    """``f`` for floats; an integer array is its own floor, ceiling and rounding (as PyTorch)."""
+    return lambda x: f(x) if x.dtype.kind in "fc" else x.copy()
+
+
+def _zero(x, y):
+    """The derivative of a step function (floor, round, sign): zero almost everywhere."""
+    return np.zeros_like(x)
+
+
+Tan = _unary_math("Tan", np.tan, lambda x, y: 1 + y * y)
+Asin = _unary_math("Asin", np.arcsin, lambda x, y: 1 / np.sqrt(1 - x * x))
+Acos = _unary_math("Acos", np.arccos, lambda x, y: -1 / np.sqrt(1 - x * x))
+Atan = _unary_math("Atan", np.arctan, lambda x, y: 1 / (1 + x * x))
+Sinh = _unary_math("Sinh", np.sinh, lambda x, y: np.cosh(x))
+Cosh = _unary_math("Cosh", np.cosh, lambda x, y: np.sinh(x))
+Asinh = _unary_math("Asinh", np.arcsinh, lambda x, y: 1 / np.sqrt(x * x + 1))
+Acosh = _unary_math("Acosh", np.arccosh, lambda x, y: 1 / np.sqrt(x * x - 1))
+Atanh = _unary_math("Atanh", np.arctanh, lambda x, y: 1 / (1 - x * x))
+Reciprocal = _unary_math("Reciprocal", np.reciprocal, lambda x, y: -y * y)
+Floor = _unary_math("Floor", _on_floats(np.floor), _zero, floating=False)
+Ceil = _unary_math("Ceil", _on_floats(np.ceil), _zero, floating=False)
+Round = _unary_math("Round", _on_floats(np.round), _zero, floating=False)  # ties to even
+Sign = _unary_math("Sign", np.sign, _zero, floating=False)
