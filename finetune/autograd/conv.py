@@ -1,4 +1,5 @@
-"""Convolution and pooling kernels for 1, 2 or 3 spatial dimensions (NC[D]HW shapes).
+"""Convolution kernels for 1, 2 or 3 spatial dimensions (NC[D]HW shapes); pooling is in
+``pooling.py``.
 
 Convolution copies the windows of the padded input once into a column matrix (im2col) and
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
@@ -6,10 +7,7 @@ matmul, and the input gradient adds the column gradients back over the kernel of
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
 backward (``winograd.py``; ``_ConvPlan`` decides). Ungrouped 2-d convolutions answer channels
 last (``layout.py``): their product is laid out pixels by channels, so it is the output with no
-copy, and a channels-last input is gathered a whole channel vector at a time. Pooling regroups
-the padded input by stride phase and reduces over the kernel offsets, one slice per offset, so
-nothing the size of the windows is ever materialised; a channels-last input needs no
-regrouping (``_LastTaps``).
+copy, and a channels-last input is gathered a whole channel vector at a time.
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
 pads need no special case; callers normalise their arguments into these tuples.
@@ -22,6 +20,7 @@ import math
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..parallel import split
 from ..tensor import Tensor
 from . import pool, winograd
@@ -606,401 +605,130 @@ def conv(
     )
 
 
-# -- pooling ---------------------------------------------------------------------------------
+# -- transposed convolution ------------------------------------------------------------------
 
 
-def _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode) -> tuple:
-    """A pool's output size and how far its windows reach into the padded input, per axis."""
-    outs = tuple(
-        _out_size(s, p, k, st, d, ceil_mode)
-        for s, p, k, st, d in zip(sizes, padding, kernel, stride, dilation)
-    )
-    return outs, _reach(outs, kernel, stride, dilation)
+class ConvolutionTranspose(Function):
+    """``n c i..., c o/g k... -> n o j...``: the transposed convolution, which is the input
+    gradient of the convolution with the same weight. A Function of its own rather than a
+    convolution of the zero-stuffed input (which multiplies stride-squared zeros): it runs on
+    the convolution's plan, forward as its col2im, its input gradient as that convolution's
+    forward and its weight gradient as that convolution's with input and output gradient
+    swapped. ``padding`` crops the output (a negative pad adds zeros there instead)."""
 
+    name = "ConvolutionTransposeBackward0"
 
-class _Phases:
-    """A pool's padded input regrouped by stride phase, ``n c i... -> n c s... q...``, so each
-    kernel tap of every window is one slice with contiguous rows: numpy's ufuncs run without
-    SIMD on a stride-2 last axis (the nine maxima of a 3x3/2 pool take 25 ms strided, 7 ms here).
-    """
-
-    def __init__(self, shape, kernel, stride, padding, dilation, ceil_mode) -> None:
-        self.shape, self.stride = tuple(shape), tuple(stride)
-        sizes = self.shape[2:]
-        self.outs, reach = _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode)
-        # pads grown so the last (ceil-mode) window fits and each axis splits evenly by stride
-        self.blocks = tuple(
-            -(-max(s + lo + hi, r) // st)
-            for s, (lo, hi), r, st in zip(sizes, padding, reach, stride)
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, *, stride, padding, dilation, groups):
+        dtype = np.result_type(x, weight)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+        plan, extra = _transpose_plan(x.shape, weight.shape, stride, padding, dilation, groups)
+        out = _input_gradient(plan, weight, x)
+        if out.base is not None and plan.pointwise:  # a view of the column scratch buffer
+            out = out.copy()
+        if any(map(any, extra)):
+            out = np.pad(out, ((0, 0), (0, 0), *extra))
+        if bias is not None:
+            out += bias.astype(dtype, copy=False).reshape(-1, *([1] * (x.ndim - 2)))
+        needs = ctx.needs_input_grad
+        ctx.plan, ctx.extra, ctx.dtype = plan, extra, dtype
+        ctx.save_for_backward(
+            x if len(needs) > 1 and needs[1] else None, weight if needs[0] else None
         )
-        self.padding = tuple(
-            (lo, q * st - s - lo) for s, (lo, _), q, st in zip(sizes, padding, self.blocks, stride)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        plan, needs = ctx.plan, ctx.needs_input_grad
+        grad_b = None
+        if len(needs) > 2 and needs[2]:
+            grad_b = grad.sum(axis=(0, *range(2, grad.ndim))).astype(ctx.dtypes[2], copy=False)
+        # the gradient inside the output the plan computes (outside it the output is zeros)
+        inner = (slice(None), slice(None)) + tuple(
+            slice(lo, lo + size) for (lo, _), size in zip(ctx.extra, plan.x_shape[2:])
         )
-        self.taps = [
-            tuple(
-                itertools.chain(
-                    (t * d % st for t, d, st in zip(tap, dilation, stride)),
-                    (
-                        slice(t * d // st, t * d // st + o)
-                        for t, d, st, o in zip(tap, dilation, stride, self.outs)
-                    ),
-                )
-            )
-            for tap in itertools.product(*(range(k) for k in kernel))
-        ]
-        # where each phase's share of the input sits: x[..., a::s] is planes[..., p, b:b+count]
-        # (padded position q * s + p holds input position q * s + p - lo)
-        self.pieces = []
-        for phase in itertools.product(*(range(st) for st in stride)):
-            x_index, plane_index = [], []
-            for p, size, st, (lo, _) in zip(phase, sizes, stride, self.padding):
-                first = (p - lo) % st
-                count = len(range(first, size, st))
-                x_index.append(slice(first, None, st))
-                plane_index.append(slice((first + lo - p) // st, (first + lo - p) // st + count))
-            self.pieces.append(((..., *x_index), (slice(None), slice(None), *phase, *plane_index)))
-
-    @property
-    def planes_shape(self) -> tuple:
-        return (*self.shape[:2], *self.stride, *self.blocks)
-
-    def fill(self, planes: np.ndarray, x: np.ndarray, value: float) -> None:
-        """Write ``x`` padded with ``value`` and regrouped into ``planes`` (both may be slices
-        of the same channels)."""
-        planes.fill(value)
-        for x_index, plane_index in self.pieces:
-            planes[plane_index] = x[x_index]
-
-    def tap(self, planes: np.ndarray, t: int) -> np.ndarray:
-        """Tap ``t`` of every window: ``n c s... q... -> n c j...``."""
-        return planes[(slice(None), slice(None), *self.taps[t])]
-
-    def merge(self, planes: np.ndarray, out: np.ndarray) -> None:
-        """The inverse of ``fill`` for a gradient: ``n c s... q... -> n c i...``."""
-        for x_index, plane_index in self.pieces:
-            out[x_index] = planes[plane_index]
-
-    def gradient(self, add_taps, dtype) -> np.ndarray:
-        """The input gradient, from ``add_taps(planes, lo, hi)`` adding each tap's share of
-        channels ``lo:hi`` into their zeroed phase planes; split over channels."""
-        grad = np.empty(self.shape, dtype=dtype)
-        planes = np.empty(self.planes_shape, dtype=dtype)
-
-        def channels(lo: int, hi: int) -> None:
-            part = planes[:, lo:hi]
-            part[...] = 0
-            add_taps(part, lo, hi)
-            self.merge(part, grad[:, lo:hi])
-
-        split(channels, self.shape[1], 2 * planes.size)
-        return grad
+        grad = np.ascontiguousarray(grad[inner], dtype=ctx.dtype)
+        grad_x = grad_w = None
+        m, kept = plan.winograd, None
+        wants_weight = len(needs) > 1 and needs[1]
+        if m and wants_weight:
+            kept = pool.take(winograd.tiles_shape(grad.shape, plan.padding, m), grad.dtype)
+        if needs[0]:
+            # the convolution of the output gradient with the same weight
+            if m:
+                transformed = _transformed_weights(weight, m)
+                grad_x = winograd.convolve(grad, transformed, plan.padding, m, None, kept)
+            elif plan.per_sample:
+                grad_x = plan.forward_per_sample(grad, weight, None)
+            else:
+                grad_x = plan.forward(grad, weight, None)
+            grad_x = grad_x.astype(ctx.dtypes[0], copy=False)
+        if wants_weight:
+            if m:
+                if not needs[0]:
+                    winograd.transformed_tiles(grad, plan.padding, m, kept)
+                grad_w = winograd.weight_gradient(kept, x, m)
+                pool.give(kept)
+            else:
+                # the convolution's weight gradient: its input is ``grad``, its output's is ``x``
+                grad_w = _weight_gradient(plan, grad, x, None)
+            grad_w = grad_w.astype(ctx.dtypes[1], copy=False)
+        return (grad_x, grad_w, grad_b)[: len(needs)]
 
 
-def _axis_taps(size: int, out: int, kernel: int, stride: int, dilation: int, low: int) -> list:
-    """A pool's taps along one axis, as ``(input slice, output slice, every window)`` covering
-    only the windows where the tap falls inside the input (output ``j`` reads
-    ``j * stride + offset``); the taps that every window reaches come first."""
-    taps = []
-    for t in range(kernel):
-        offset = t * dilation - low
-        first = max(0, -(offset // stride))
-        last = min(out - 1, (size - 1 - offset) // stride)
-        if last >= first:
-            source = slice(first * stride + offset, last * stride + offset + 1, stride)
-            taps.append((source, slice(first, last + 1), first == 0 and last == out - 1))
-    return sorted(taps, key=lambda tap: not tap[2])
-
-
-def _separable_max(x, kernel, stride, padding, dilation, outs, lowest) -> np.ndarray:
-    """Max-pool without indices, one axis at a time: a window's maximum is the maximum over
-    its rows of the maximum along each row. A 3x3 window takes 2 + 2 passes over shrinking
-    arrays instead of 9 over the output, and the strided last axis goes last, when the array
-    is smallest. Each block (one sample, up to 64 channels) stays in cache; split over blocks.
-    A channels-last input is pooled in its own layout, a sample per block, the channels
-    riding along as the inner axis; its output is channels last too."""
-    n, c = x.shape[:2]
-    axes = [
-        _axis_taps(size, o, k, s, d, lo)
-        for size, o, k, s, d, (lo, _) in zip(x.shape[2:], outs, kernel, stride, dilation, padding)
+def _transpose_plan(x_shape, w_shape, stride, padding, dilation, groups) -> tuple:
+    """The plan of the convolution whose input gradient the transposed convolution is, and the
+    zeros to add around its result where ``padding`` is negative."""
+    natural = [
+        (i - 1) * s + (k - 1) * d + 1
+        for i, s, k, d in zip(x_shape[2:], stride, w_shape[2:], dilation)
     ]
-    if is_channels_last(x):
-        source, out = x.transpose(0, 2, 3, 1), np.empty((n, *outs, c), dtype=x.dtype)
-        width, first_axis = c, 0
-    else:
-        source, out = x, np.empty((n, c, *outs), dtype=x.dtype)
-        width, first_axis = 64, 1
-    per_sample = -(-c // width)
-
-    def reduce(source: np.ndarray, target: np.ndarray, axis: int, taps: list) -> None:
-        def at(index: slice) -> tuple:
-            return (slice(None),) * axis + (index,)
-
-        full = sum(whole for _, _, whole in taps)
-        if full >= 2:
-            np.maximum(source[at(taps[0][0])], source[at(taps[1][0])], out=target)
-        elif full == 1:
-            np.copyto(target, source[at(taps[0][0])])
-        else:
-            target.fill(lowest)
-        for read, reach, _ in taps[min(full, 2) :]:
-            part = target[at(reach)]
-            np.maximum(part, source[at(read)], out=part)
-
-    def blocks(lo: int, hi: int) -> None:
-        for block in range(lo, hi):
-            sample, first = divmod(block, per_sample)
-            channels = slice(first * width, (first + 1) * width)
-            current = source[sample, channels] if first_axis else source[sample]
-            for axis, taps in enumerate(axes):
-                position = first_axis + axis
-                if axis == len(axes) - 1:
-                    target = out[sample, channels] if first_axis else out[sample]
-                else:
-                    shape = list(current.shape)
-                    shape[position] = outs[axis]
-                    target = np.empty(shape, dtype=x.dtype)
-                reduce(current, target, position, taps)
-                current = target
-
-    split(blocks, n * per_sample, 2 * x.size)
-    return out if first_axis else as_nchw(out)
-
-
-class _LastTaps:
-    """A 2-d pool's taps over its channels-last padded input ``n H W c``: tap ``t`` of every
-    window is one strided slice ``n j k c`` whose inner axis is the contiguous channels, so the
-    ufuncs keep their SIMD loops without regrouping the input into phase planes (``_Phases``,
-    for the ``n c h w`` layout, where the strided axis is the inner one)."""
-
-    def __init__(self, shape, kernel, stride, padding, dilation, ceil_mode) -> None:
-        self.shape = tuple(shape)
-        sizes = self.shape[2:]
-        self.outs, reach = _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode)
-        # pads grown so the last (ceil-mode) window fits
-        self.padding = tuple(
-            (lo, max(hi, r - s - lo)) for s, (lo, hi), r in zip(sizes, padding, reach)
+    crop = tuple((max(lo, 0), max(hi, 0)) for lo, hi in padding)
+    extra = tuple((max(-lo, 0), max(-hi, 0)) for lo, hi in padding)
+    sizes = [size - lo - hi for size, (lo, hi) in zip(natural, crop)]
+    if any(size < 1 for size in sizes):
+        raise ShapeError(
+            f"conv_transpose: padding {list(padding)} crops the whole output of input "
+            f"{list(x_shape)} with weight {list(w_shape)}"
         )
-        n, c = self.shape[:2]
-        self.padded_shape = (n, *(s + lo + hi for s, (lo, hi) in zip(sizes, self.padding)), c)
-        self.taps = [
-            _tap(tap, self.outs, stride, dilation)[2:]
-            for tap in itertools.product(*(range(k) for k in kernel))
-        ]
-
-    def tap(self, padded: np.ndarray, t: int) -> np.ndarray:
-        """Tap ``t`` of every window: ``n H W c -> n j k c``."""
-        return padded[(slice(None), *self.taps[t])]
-
-    def interior(self, padded: np.ndarray) -> np.ndarray:
-        """The unpadded input inside ``padded``, as ``n c h w``."""
-        return as_nchw(padded)[_interior(self.shape, self.padding)]
+    shape = (x_shape[0], w_shape[1] * groups, *sizes)
+    plan = _ConvPlan(shape, (x_shape[1], *w_shape[1:]), stride, crop, dilation, groups)
+    return plan, extra
 
 
-def _max_and_winner(best: np.ndarray, won: np.ndarray, taps: list) -> None:
-    """The maximum over ``taps`` (views shaped like ``best``) into ``best``, and into the
-    zeroed ``won`` the index of the first tap that reaches it."""
-    np.copyto(best, taps[0])
-    wins = np.empty(best.shape, dtype=bool)
-    index = np.empty_like(won)
-    for t in range(1, len(taps)):
-        np.greater(taps[t], best, out=wins)
-        np.maximum(best, taps[t], out=best)
-        np.multiply(wins, won.dtype.type(t), out=index)
-        np.maximum(won, index, out=won)
-
-
-def _add_to_winners(grad: np.ndarray, won: np.ndarray, taps: list) -> None:
-    """Add ``grad`` into the tap (a view of a gradient buffer) that won each window."""
-    hit = np.empty(won.shape, dtype=bool)
-    share = np.empty(grad.shape, dtype=grad.dtype)
-    for t, tap in enumerate(taps):
-        np.equal(won, t, out=hit)
-        np.multiply(grad, hit, out=share)
-        tap += share
-
-
-class MaxPool(Function):
-    """``n c i... -> n c j...``: the maximum of each window; padding is -inf and never wins.
-
-    For backward it keeps only which tap won each window (one byte per output, the first
-    maximum as PyTorch picks), found branch-free while the maximum is taken: a tap wins where it
-    is strictly greater than the running maximum, so the winner is the largest such tap index.
-    Without a gradient the maximum is taken one axis at a time (``_separable_max``). A 2-d
-    channels-last input is pooled in its own layout (``_LastTaps``), its output channels last.
-    """
-
-    name = "MaxPool2DWithIndicesBackward0"
-
-    @staticmethod
-    def forward(ctx, x, *, kernel_size, stride, padding, dilation, ceil_mode):
-        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        args = (x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-        last = len(kernel_size) == 2 and is_channels_last(x)
-        taps = _LastTaps(*args) if last else _Phases(*args)
-        if not ctx.needs_input_grad[0]:
-            return _separable_max(x, kernel_size, stride, padding, dilation, taps.outs, lowest)
-        out, winner = (_max_pool_last if last else _max_pool_phases)(x, taps, lowest)
-        ctx.save_for_backward(winner)
-        ctx.taps = taps
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (winner,) = ctx.saved_tensors
-        taps = ctx.taps
-        if isinstance(taps, _LastTaps):
-            gxp = np.empty(taps.padded_shape, dtype=grad.dtype)
-            g = grad.transpose(0, 2, 3, 1)
-
-            def samples(lo: int, hi: int) -> None:
-                part = gxp[lo:hi]
-                part[...] = 0
-                _add_to_winners(
-                    g[lo:hi], winner[lo:hi], [taps.tap(part, t) for t in range(len(taps.taps))]
-                )
-
-            split(samples, len(gxp), 2 * gxp.size)
-            return taps.interior(gxp)
-
-        def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
-            tapped = [taps.tap(planes, t) for t in range(len(taps.taps))]
-            _add_to_winners(grad[:, lo:hi], winner[:, lo:hi], tapped)
-
-        return taps.gradient(add_taps, grad.dtype)
-
-
-def _max_pool_phases(x: np.ndarray, phases: _Phases, lowest) -> tuple[np.ndarray, np.ndarray]:
-    """The maximum of each window and the tap that won it, ``n c j...``, split over channels."""
-    planes = scratch("pool phases", phases.planes_shape, x.dtype)
-    out = np.empty((*x.shape[:2], *phases.outs), dtype=x.dtype)
-    winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(phases.taps) - 1))
-
-    def channels(lo: int, hi: int) -> None:
-        part = planes[:, lo:hi]
-        phases.fill(part, x[:, lo:hi], lowest)
-        tapped = [phases.tap(part, t) for t in range(len(phases.taps))]
-        _max_and_winner(out[:, lo:hi], winner[:, lo:hi], tapped)
-
-    split(channels, x.shape[1], planes.size)
-    return out, winner
-
-
-def _max_pool_last(x: np.ndarray, taps: _LastTaps, lowest) -> tuple[np.ndarray, np.ndarray]:
-    """``_max_pool_phases`` for a channels-last ``x``: the output channels last, the winners
-    ``n j k c``; split over output rows."""
-    padded = scratch("pool padded", taps.padded_shape, x.dtype)
-    pad_last(padded, x, taps.padding, lowest)
-    out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
-    winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps.taps) - 1))
-
-    def rows(lo: int, hi: int) -> None:
-        tapped = [taps.tap(padded, t)[:, lo:hi] for t in range(len(taps.taps))]
-        _max_and_winner(out[:, lo:hi], winner[:, lo:hi], tapped)
-
-    split(rows, taps.outs[0], 2 * padded.size)
-    return as_nchw(out), winner
-
-
-class MaxPool1D(MaxPool):
-    name = "MaxPool1DWithIndicesBackward0"
-
-
-class MaxPool3D(MaxPool):
-    name = "MaxPool3DWithIndicesBackward0"
-
-
-def max_pool(
+def conv_transpose(
     x: Tensor,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: Pairs,
-    dilation: tuple[int, ...] | None = None,
-    ceil_mode: bool = False,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: tuple[int, ...] = (1, 1),
+    padding: Pairs = ((0, 0), (0, 0)),
+    dilation: tuple[int, ...] = (1, 1),
+    groups: int = 1,
 ) -> Tensor:
-    """Max-pool ``x`` (N, C, *spatial) over windows of ``kernel_size``."""
-    nd = len(kernel_size)
-    function = {1: MaxPool1D, 2: MaxPool, 3: MaxPool3D}[nd]
-    return function.apply(
-        x,
-        kernel_size=tuple(kernel_size),
+    """The transposed convolution of ``x`` (N, C, *spatial) with ``weight`` (C, O/groups,
+    *kernel): output size ``(i - 1) * stride + (k - 1) * dilation + 1 - before - after`` per
+    axis, ``padding`` one ``(before, after)`` pair per axis (output padding is a smaller
+    ``after``)."""
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return ConvolutionTranspose.apply(
+        *args,
         stride=tuple(stride),
         padding=tuple(tuple(p) for p in padding),
-        dilation=tuple(dilation) if dilation is not None else (1,) * nd,
-        ceil_mode=bool(ceil_mode),
+        dilation=tuple(dilation),
+        groups=groups,
     )
 
 
-def _avg_divisor(shape, outs, kernel, stride, padding, count_include_pad, dtype) -> np.ndarray:
-    """PyTorch's divisor for each window, ``j...``: the window clipped to input plus padding,
-    or to the input alone without ``count_include_pad``. It factorises over the axes."""
-    divisor = np.ones((), dtype=dtype)
-    for size, o, k, s, (lo, hi) in zip(shape[2:], outs, kernel, stride, padding):
-        start = np.arange(o) * s - lo
-        end = np.minimum(start + k, size + hi)
-        if count_include_pad:
-            count = end - start
-        else:
-            count = np.minimum(end, size) - np.maximum(start, 0)
-        divisor = np.multiply.outer(divisor, count.astype(dtype))
-    return divisor
-
-
-class AvgPool(Function):
-    """``n c i... -> n c j...``: the mean of each window, with PyTorch's divisor."""
-
-    name = "AvgPool2DBackward0"
-
-    @staticmethod
-    def forward(ctx, x, *, kernel_size, stride, padding, ceil_mode, count_include_pad):
-        ones = (1,) * len(kernel_size)
-        phases = _Phases(x.shape, kernel_size, stride, padding, ones, ceil_mode)
-        planes = scratch("pool phases", phases.planes_shape, x.dtype)
-        phases.fill(planes, x, 0)
-        out = phases.tap(planes, 0).copy()
-        for t in range(1, len(phases.taps)):
-            out += phases.tap(planes, t)
-        divisor = _avg_divisor(
-            x.shape, phases.outs, kernel_size, stride, padding, count_include_pad, x.dtype
-        )
-        out /= divisor
-        ctx.phases, ctx.divisor = phases, divisor
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        phases = ctx.phases
-        share = grad / ctx.divisor
-
-        def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
-            for t in range(len(phases.taps)):
-                phases.tap(planes, t)[...] += share[:, lo:hi]
-
-        return phases.gradient(add_taps, grad.dtype)
-
-
-class AvgPool1D(AvgPool):
-    name = "AvgPool1DBackward0"
-
-
-class AvgPool3D(AvgPool):
-    name = "AvgPool3DBackward0"
-
-
-def avg_pool(
-    x: Tensor,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: Pairs,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-) -> Tensor:
-    """Average-pool ``x`` (N, C, *spatial) over windows of ``kernel_size``."""
-    function = {1: AvgPool1D, 2: AvgPool, 3: AvgPool3D}[len(kernel_size)]
-    return function.apply(
-        x,
-        kernel_size=tuple(kernel_size),
-        stride=tuple(stride),
-        padding=tuple(tuple(p) for p in padding),
-        ceil_mode=bool(ceil_mode),
-        count_include_pad=bool(count_include_pad),
-    )
+# pooling lives in pooling.py; its kernels stay importable from here, their old home
+from .pooling import (  # noqa: E402, F401
+    AvgPool,
+    AvgPool1D,
+    AvgPool3D,
+    MaxPool,
+    MaxPool1D,
+    MaxPool3D,
+    avg_pool,
+    max_pool,
+)
