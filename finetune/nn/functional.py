@@ -184,6 +184,98 @@ def layer_norm(
     return out if bias is None else out + bias
 
 
+def _channel_view(t: Tensor, ndim: int) -> Tensor:
+    """A per-channel ``(C,)`` tensor shaped ``(C, 1, ...)`` to broadcast against ``(N, C, *)``."""
+    return functions.reshape(t, (t.shape[0],) + (1,) * (ndim - 2))
+
+
+def _standardize(input: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over ``dims`` (biased variance)."""
+    centered = input - functions.mean(input, dim=dims, keepdim=True)
+    var = functions.mean(centered * centered, dim=dims, keepdim=True)
+    return centered * functions.rsqrt(var + eps)
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalise each group of ``C / num_groups`` channels of ``(N, C, *)`` input per sample;
+    ``weight`` and ``bias`` are per channel."""
+    if input.ndim < 2 or num_groups < 1 or input.shape[1] % num_groups:
+        raise ShapeError(
+            f"group_norm: expected input of shape (N, C, *) with C divisible by num_groups="
+            f"{num_groups}, got {_shape(input)}"
+        )
+    n = input.shape[0]
+    grouped = functions.reshape(input, (n, num_groups, -1))
+    out = functions.reshape(_standardize(grouped, (2,), eps), tuple(input.shape))
+    if weight is not None:
+        out = out * _channel_view(weight, input.ndim)
+    return out if bias is None else out + _channel_view(bias, input.ndim)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalise each channel of each sample of ``(N, C, *)`` input over its spatial dims.
+    With ``use_input_stats`` the running statistics (when given) are updated in place with the
+    batch mean of the per-instance statistics (unbiased variance), as PyTorch does."""
+    if input.ndim < 3:
+        raise ShapeError(f"instance_norm expects input of shape (N, C, *), got {_shape(input)}")
+    dims = tuple(range(2, input.ndim))
+    if use_input_stats:
+        out = _standardize(input, dims, eps)
+        if running_mean is not None and running_var is not None:
+            data = input._data
+            count = math.prod(data.shape[2:])
+            mean = data.mean(axis=dims).mean(axis=0)
+            var = data.var(axis=dims, ddof=1 if count > 1 else 0).mean(axis=0)
+            for buffer, value in ((running_mean, mean), (running_var, var)):
+                buffer = _writable_buffer(buffer)
+                buffer._data *= 1 - momentum
+                buffer._data += (momentum * value).astype(buffer._data.dtype)
+    else:
+        if running_mean is None or running_var is None:
+            raise ShapeError("instance_norm: use_input_stats=False needs running statistics")
+        scale = functions.rsqrt(_channel_view(running_var, input.ndim) + eps)
+        out = (input - _channel_view(running_mean, input.ndim)) * scale
+    if weight is not None:
+        out = out * _channel_view(weight, input.ndim)
+    return out if bias is None else out + _channel_view(bias, input.ndim)
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """``x / sqrt(mean(x^2) + eps)`` over the trailing ``normalized_shape`` dims; ``eps=None``
+    is the machine epsilon of the input's dtype (PyTorch's default)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) > input.ndim or tuple(input.shape[input.ndim - len(shape) :]) != shape:
+        raise ShapeError(
+            f"rms_norm: normalized_shape {list(shape)} does not match the trailing dims of "
+            f"input of shape {_shape(input)}"
+        )
+    if eps is None:
+        eps = float(np.finfo(input._data.dtype).eps)
+    dims = tuple(range(input.ndim - len(shape), input.ndim))
+    out = input * functions.rsqrt(functions.mean(input * input, dim=dims, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
 def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple:
     """``int``, tuple, ``'valid'`` or ``'same'`` → one ``(before, after)`` pair per dimension."""
     if isinstance(padding, str):
@@ -268,6 +360,71 @@ def conv1d(
     return _convnd(input, weight, bias, stride, padding, dilation, groups, 1)
 
 
+def _conv_transposend(
+    input, weight, bias, stride, padding, output_padding, groups, dilation, spatial: int
+) -> Tensor:
+    from ..autograd import conv
+
+    name = f"conv_transpose{spatial}d"
+    if input.ndim != spatial + 2 or weight.ndim != spatial + 2:
+        raise ShapeError(
+            f"{name} expects a {spatial + 2}-D input (N, C, {_SPATIAL_NAMES[spatial]}) and "
+            f"weight, got input {_shape(input)} and weight {_shape(weight)}"
+        )
+    if input.shape[1] != weight.shape[0] or groups < 1 or weight.shape[0] % groups:
+        raise ShapeError(
+            f"{name}: weight of shape {_shape(weight)} (in, out/groups, k...) with groups={groups}"
+            f" does not fit input of shape {_shape(input)}"
+        )
+    out_channels = weight.shape[1] * groups
+    if bias is not None and bias.shape != (out_channels,):
+        raise ShapeError(f"{name}: bias should have shape [{out_channels}], got {_shape(bias)}")
+    stride = _ntuple(stride, spatial, "stride")
+    dilation = _ntuple(dilation, spatial, "dilation")
+    padding = _ntuple(padding, spatial, "padding")
+    output_padding = _ntuple(output_padding, spatial, "output_padding")
+    if any(o >= max(s, d) for o, s, d in zip(output_padding, stride, dilation)):
+        raise ShapeError(
+            f"{name}: output padding {output_padding} must be smaller than either stride "
+            f"{stride} or dilation {dilation}"
+        )
+    pads = tuple((p, p - o) for p, o in zip(padding, output_padding))
+    return conv.conv_transpose(input, weight, bias, stride, pads, dilation, groups)
+
+
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple = 0,
+    output_padding: _IntOrTuple = 0,
+    groups: int = 1,
+    dilation: _IntOrTuple = 1,
+) -> Tensor:
+    """2-D transposed convolution of ``(N, C, H, W)`` input with ``(C, O/groups, kH, kW)``
+    weights: the input gradient of ``conv2d``."""
+    return _conv_transposend(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, 2
+    )
+
+
+def conv_transpose1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple = 0,
+    output_padding: _IntOrTuple = 0,
+    groups: int = 1,
+    dilation: _IntOrTuple = 1,
+) -> Tensor:
+    """1-D transposed convolution of ``(N, C, L)`` input with ``(C, O/groups, k)`` weights."""
+    return _conv_transposend(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, 1
+    )
+
+
 def _pool_args(name, input, kernel_size, stride, padding, dilation, spatial=2):
     if input.ndim != spatial + 2:
         raise ShapeError(
@@ -301,7 +458,7 @@ def max_pool2d(
     return_indices: bool = False,
 ) -> Tensor:
     """Maximum over each window of ``(N, C, H, W)`` or ``(C, H, W)`` input; padding never wins."""
-    from ..autograd import conv
+    from ..autograd import pooling
 
     if return_indices:
         raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
@@ -311,7 +468,7 @@ def max_pool2d(
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", input, kernel_size, stride, padding, dilation
     )
-    return conv.max_pool(
+    return pooling.max_pool(
         input,
         kernel_size=kernel,
         stride=stride,
@@ -331,7 +488,7 @@ def avg_pool2d(
     divisor_override: int | None = None,
 ) -> Tensor:
     """Mean over each window of ``(N, C, H, W)`` or ``(C, H, W)`` input."""
-    from ..autograd import conv
+    from ..autograd import pooling
 
     if divisor_override is not None:
         raise NotImplementedError("avg_pool2d(divisor_override=...) is not supported")
@@ -339,7 +496,7 @@ def avg_pool2d(
         args = (kernel_size, stride, padding, ceil_mode, count_include_pad)
         return functions.squeeze(avg_pool2d(functions.unsqueeze(input, 0), *args), 0)
     kernel, stride, padding, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding, 1)
-    return conv.avg_pool(
+    return pooling.avg_pool(
         input,
         kernel_size=kernel,
         stride=stride,
@@ -451,6 +608,67 @@ def _adaptive_slice(i: int, size: int, out: int) -> slice:
     return slice((i * size) // out, -((-(i + 1) * size) // out))
 
 
+_GRID_SAMPLE_MODES = {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"}
+
+
+def grid_sample(
+    input: Tensor,
+    grid: Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool | None = None,
+) -> Tensor:
+    """``input`` (N, C, *spatial) read at ``grid`` (N, *out, nd), coordinates in [-1, 1] with
+    the last spatial axis first (x, y[, z]); 4-D or 5-D, differentiable in both. Points
+    outside follow ``padding_mode`` as onnxruntime does (bicubic clamps its taps, not the
+    point)."""
+    from ..autograd import sampling
+
+    sizes = tuple(input.shape[2:])
+    nd = len(sizes)
+    if mode not in _GRID_SAMPLE_MODES or padding_mode not in ("zeros", "border", "reflection"):
+        raise ValueError(f"grid_sample: unknown mode {mode!r} or padding_mode {padding_mode!r}")
+    if grid.ndim != nd + 2 or grid.shape[-1] != nd or grid.shape[0] != input.shape[0]:
+        raise ShapeError(
+            f"grid_sample: grid of shape {_shape(grid)} does not fit input of shape "
+            f"{_shape(input)} (expected (N, *out, {nd}))"
+        )
+    out = tuple(grid.shape[1:-1])
+    points = functions.flip(functions.reshape(grid, (input.shape[0], -1, nd)), [-1])  # x y -> h w
+    size = Tensor._from_array(np.asarray(sizes, dtype=grid._data.dtype))
+    if align_corners:
+        points = (points + 1) / 2 * (size - 1)
+        bounds = tuple((0.0, s - 1.0) for s in sizes)
+    else:
+        points = ((points + 1) * size - 1) / 2
+        bounds = tuple((-0.5, s - 0.5) for s in sizes)
+    y = sampling.sample(input, points, None, _GRID_SAMPLE_MODES[mode], padding_mode, bounds)
+    return functions.reshape(y, (*input.shape[:2], *out))
+
+
+def affine_grid(theta: Tensor, size: Sequence[int], align_corners: bool | None = None) -> Tensor:
+    """The sampling grid (N, *spatial, nd) of the affine maps ``theta`` (N, nd, nd + 1) for an
+    output of ``size`` (N, C, *spatial): each pixel's normalised coordinates (x first) times
+    ``theta`` transposed; differentiable in ``theta``."""
+    shape = tuple(int(v) for v in size)
+    nd = len(shape) - 2
+    if nd not in (2, 3) or tuple(theta.shape[1:]) != (nd, nd + 1) or theta.shape[0] != shape[0]:
+        raise ShapeError(
+            f"affine_grid: theta of shape {_shape(theta)} does not fit size {list(shape)}"
+        )
+    axes = []
+    for s in reversed(shape[2:]):  # x (the last axis) first
+        if align_corners:
+            axes.append(np.linspace(-1.0, 1.0, s) if s > 1 else np.zeros(1))
+        else:
+            axes.append((np.arange(s) * 2.0 + 1.0) / s - 1.0)
+    mesh = np.meshgrid(*axes[::-1], indexing="ij")[::-1]  # each spatial-shaped, x first
+    base = np.stack([*mesh, np.ones(shape[2:])], axis=-1).reshape(-1, nd + 1)
+    base = Tensor._from_array(base.astype(theta._data.dtype))
+    grid = functions.matmul(base, functions.transpose(theta, 1, 2))  # l k, n k d -> n l d
+    return functions.reshape(grid, (shape[0], *shape[2:], nd))
+
+
 # -- activations -----------------------------------------------------------------------------------
 
 
@@ -489,6 +707,76 @@ def relu6(input: Tensor, inplace: bool = False) -> Tensor:
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     out = nn_ops.LeakyRelu.apply(input, negative_slope=negative_slope)
+    return input._inplace(out) if inplace else out
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """``x`` where positive, ``weight * x`` elsewhere; a weight of more than one element holds
+    one slope per channel (dim 1), as in PyTorch."""
+    if weight.numel() != 1:
+        if input.ndim < 2 or input.shape[1] != weight.numel():
+            raise ShapeError(
+                f"prelu: weight of {weight.numel()} elements needs an input with that many "
+                f"channels in dim 1, got input of shape {list(input.shape)}"
+            )
+        weight = functions.reshape(weight, (-1,) + (1,) * (input.ndim - 2))
+    return functions.relu(input) + functions.clamp(input, max=0) * weight
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere, as ``relu(x) + alpha *
+    (exp(min(x, 0)) - 1)``: exact, never overflowing, and free of comparisons (which the
+    exporter cannot trace)."""
+    negative = functions.clamp(input, max=0.0)
+    out = functions.relu(input) + (functions.exp(negative) - 1) * alpha
+    return input._inplace(out) if inplace else out
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    out = elu(input, 1.6732632423543772848170429916717) * 1.0507009873554804934193349852946
+    return input._inplace(out) if inplace else out
+
+
+def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``x`` where positive, ``alpha * (exp(x / alpha) - 1)`` elsewhere."""
+    negative = functions.clamp(input, max=0.0) / alpha
+    out = functions.relu(input) + (functions.exp(negative) - 1) * alpha
+    return input._inplace(out) if inplace else out
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    """``clamp(x / 6 + 1/2, 0, 1)``."""
+    out = functions.clamp(input / 6 + 0.5, 0.0, 1.0)
+    return input._inplace(out) if inplace else out
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """``x * clamp(x / 6 + 1/2, 0, 1)`` (MobileNetV3)."""
+    out = input * hardsigmoid(input)
+    return input._inplace(out) if inplace else out
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta * x)) / beta``, linear where ``beta * x > threshold``. Written as
+    ``max(z, 0) + log1p(exp(-|z|))``, which never overflows; at 0 its gradient is 1/2 because
+    ``maximum`` splits a tie and ``|z|`` has slope 0 there."""
+    z = input * beta if beta != 1 else input
+    smooth = functions.maximum(z, 0) + functions.log1p(functions.exp(-functions.abs(z)))
+    if beta != 1:
+        smooth = smooth / beta
+    if math.isinf(threshold):
+        return smooth
+    return functions.where(z > threshold, input, smooth)
+
+
+def softsign(input: Tensor) -> Tensor:
+    return input / (functions.abs(input) + 1)
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    """``x * tanh(softplus(x))``."""
+    smooth = functions.maximum(input, 0) + functions.log1p(functions.exp(-functions.abs(input)))
+    out = input * functions.tanh(smooth)
     return input._inplace(out) if inplace else out
 
 

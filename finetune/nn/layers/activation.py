@@ -1,11 +1,15 @@
-"""Activation layers: ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``Hardtanh``, ``Sigmoid``, ``Tanh``,
-``GELU``, ``Softmax``, ``LogSoftmax``."""
+"""Activation layers: ``ReLU``, ``ReLU6``, ``LeakyReLU``, ``PReLU``, ``Hardtanh``, ``Sigmoid``,
+``Tanh``, ``GELU``, ``ELU``, ``SELU``, ``CELU``, ``Hardsigmoid``, ``Hardswish``, ``Softplus``,
+``Softsign``, ``Mish``, ``Softmax``, ``LogSoftmax``."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from ...tensor import Tensor
 from .. import functional as F
 from ..module import Module
+from ..parameter import Parameter
 
 
 class ReLU(Module):
@@ -106,3 +110,94 @@ class Softmax(Module):
 class LogSoftmax(Softmax):
     def forward(self, input: Tensor) -> Tensor:
         return F.log_softmax(input, self.dim)
+
+
+class PReLU(Module):
+    """``x`` where positive, ``weight * x`` elsewhere, with a learnt slope: one shared, or one per
+    channel (dim 1) when ``num_parameters`` is the channel count."""
+
+    def __init__(
+        self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None
+    ) -> None:
+        super().__init__()
+        self.num_parameters = num_parameters
+        self.init = init
+        self.weight = Parameter(np.full(num_parameters, init, dtype=np.float32))
+        if dtype is not None:
+            self.to(dtype)
+
+    def reset_parameters(self) -> None:
+        self.weight._data[...] = self.init
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.prelu(input, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
+
+
+class _Inplace(Module):
+    """An elementwise activation with only PyTorch's ``inplace`` flag; ``function`` is its
+    functional form."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input: Tensor) -> Tensor:
+        return type(self).function(input, inplace=self.inplace)
+
+
+class ELU(Module):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.inplace = inplace
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.elu(input, self.alpha, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class CELU(ELU):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.celu(input, self.alpha, self.inplace)
+
+
+class SELU(_Inplace):
+    function = staticmethod(F.selu)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class Hardsigmoid(_Inplace):
+    function = staticmethod(F.hardsigmoid)
+
+
+class Hardswish(_Inplace):
+    function = staticmethod(F.hardswish)
+
+
+class Mish(_Inplace):
+    function = staticmethod(F.mish)
+
+
+class Softplus(Module):
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta = beta
+        self.threshold = threshold
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.softplus(input, self.beta, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Softsign(Module):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.softsign(input)

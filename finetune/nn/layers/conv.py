@@ -1,4 +1,5 @@
-"""``Conv1d`` and ``Conv2d``: learnable convolutions over ``(N, C, *spatial)`` input."""
+"""``Conv1d``, ``Conv2d`` and their transposes: learnable convolutions over ``(N, C, *spatial)``
+input."""
 
 from __future__ import annotations
 
@@ -135,5 +136,128 @@ class Conv1d(_ConvNd):
 
 class Conv2d(_ConvNd):
     """Convolution over ``(N, C, H, W)`` input with ``(out, in/groups, kH, kW)`` weights."""
+
+    _spatial = 2
+
+
+class _ConvTransposeNd(Module):
+    """Shared by ``ConvTranspose1d`` and ``ConvTranspose2d``: PyTorch's parameters, the weight
+    ``(in, out/groups, k...)``."""
+
+    _spatial = 0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation=1,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        n = self._spatial
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups:
+            raise ValueError("out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = F._ntuple(kernel_size, n, "kernel_size")
+        self.stride = F._ntuple(stride, n, "stride")
+        self.padding = F._ntuple(padding, n, "padding")
+        self.output_padding = F._ntuple(output_padding, n, "output_padding")
+        self.dilation = F._ntuple(dilation, n, "dilation")
+        self.transposed = True
+        self.groups = groups
+        self.padding_mode = padding_mode
+        shape = (in_channels, out_channels // groups, *self.kernel_size)
+        self.weight = Parameter(np.empty(shape, dtype=np.float32))
+        if bias:
+            self.bias = Parameter(np.empty(out_channels, dtype=np.float32))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+        if dtype is not None:
+            self.to(dtype)
+
+    def reset_parameters(self) -> None:
+        init.default_weight_and_bias_(self.weight, self.bias)
+
+    def _output_padding(self, input: Tensor, output_size) -> tuple[int, ...]:
+        """``output_padding``, or the one that makes the output ``output_size`` (PyTorch's
+        ``forward(input, output_size)``)."""
+        from ...errors import ShapeError
+
+        if output_size is None:
+            return self.output_padding
+        n = self._spatial
+        size = tuple(output_size)[-n:]
+        smallest = [
+            (i - 1) * s - 2 * p + (k - 1) * d + 1
+            for i, s, p, k, d in zip(
+                input.shape[2:], self.stride, self.padding, self.kernel_size, self.dilation
+            )
+        ]
+        extra = tuple(o - m for o, m in zip(size, smallest))
+        if len(size) != n or any(not 0 <= e < s for e, s in zip(extra, self.stride)):
+            raise ShapeError(
+                f"{self!r}: requested an output size of {list(size)}, but valid sizes range from "
+                f"{smallest} to {[m + s - 1 for m, s in zip(smallest, self.stride)]} (for an input "
+                f"of {list(input.shape[2:])})"
+            )
+        return extra
+
+    def forward(self, input: Tensor, output_size=None) -> Tensor:
+        functional = F.conv_transpose2d if self._spatial == 2 else F.conv_transpose1d
+        return functional(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self._output_padding(input, output_size),
+            self.groups,
+            self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        n = self._spatial
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0,) * n:
+            text += f", padding={self.padding}"
+        if self.dilation != (1,) * n:
+            text += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * n:
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """Transposed convolution over ``(N, C, L)`` input with ``(in, out/groups, k)`` weights."""
+
+    _spatial = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """Transposed convolution over ``(N, C, H, W)`` input with ``(in, out/groups, kH, kW)``
+    weights."""
 
     _spatial = 2
