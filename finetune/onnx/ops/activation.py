@@ -1,17 +1,36 @@
-"""Activations: Relu, LeakyRelu, Clip, Sigmoid, Tanh, Gelu, Softmax, LogSoftmax."""
+"""Activations: Relu, LeakyRelu, PRelu, Elu, Selu, Celu, ThresholdedRelu, Clip, Sigmoid,
+HardSigmoid, HardSwish, Swish, Tanh, Softplus, Softsign, Mish, Gelu, Shrink, Softmax, LogSoftmax,
+Hardmax.
+
+Each is a composition of the library's tensor functions, so its gradient comes with them, and
+its export wherever the exporter knows every piece (comparisons, as in Shrink and
+ThresholdedRelu, it cannot trace). Opset 1 versions take the ``consumed_inputs`` attribute of
+old exporters and ignore it (it was an in-place hint).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ... import functions as fn
 from ...autograd import ops
+from ...errors import ShapeError
 from ...nn import functional as F
+from ...nn.layers.activation import PReLU
+from ...nn.parameter import Parameter
 from ...tensor import Tensor
-from ..registry import register
-from ._common import axis_of
+from ..registry import Built, NodeView, register
+from ._common import axis_of, is_float, wrap
+
+_FLOAT_MAX = 3.4028234663852886e38
+
+
+@register("Relu", 1)
+def relu_1(x: Tensor, *, consumed_inputs=None) -> Tensor:
+    return fn.relu(x)
 
 
 @register("Relu", 6, 13, 14)
@@ -19,14 +38,29 @@ def relu(x: Tensor) -> Tensor:
     return fn.relu(x)
 
 
+@register("LeakyRelu", 1)
+def leaky_relu_1(x: Tensor, *, alpha=0.01, consumed_inputs=None) -> Tensor:
+    return F.leaky_relu(x, alpha)
+
+
 @register("LeakyRelu", 6, 16)
 def leaky_relu(x: Tensor, *, alpha=0.01) -> Tensor:
     return F.leaky_relu(x, alpha)
 
 
+@register("Sigmoid", 1)
+def sigmoid_1(x: Tensor, *, consumed_inputs=None) -> Tensor:
+    return fn.sigmoid(x)
+
+
 @register("Sigmoid", 6, 13)
 def sigmoid(x: Tensor) -> Tensor:
     return fn.sigmoid(x)
+
+
+@register("Tanh", 1)
+def tanh_1(x: Tensor, *, consumed_inputs=None) -> Tensor:
+    return fn.tanh(x)
 
 
 @register("Tanh", 6, 13)
@@ -39,8 +73,14 @@ def gelu(x: Tensor, *, approximate="none") -> Tensor:
     return F.gelu(x, approximate=approximate)
 
 
+@register("Clip", 1)
+def clip_1(x: Tensor, *, min=None, max=None, consumed_inputs=None) -> Tensor:
+    """Opset 1: an omitted bound means no bound."""
+    return ops.Clamp.apply(x, min=min, max=max)
+
+
 @register("Clip", 6)
-def clip_6(x: Tensor, *, min=-3.4028234663852886e38, max=3.4028234663852886e38) -> Tensor:
+def clip_6(x: Tensor, *, min=-_FLOAT_MAX, max=_FLOAT_MAX) -> Tensor:
     """Before opset 11 the bounds are attributes."""
     return ops.Clamp.apply(x, min=min, max=max)
 
@@ -54,6 +94,161 @@ def clip(x: Tensor, min: Tensor | None = None, max: Tensor | None = None) -> Ten
     if max is not None:
         x = fn.minimum(x, max)
     return x
+
+
+# -- the exponential family ---------------------------------------------------------------------
+
+
+@register("Elu", 1)
+def elu_1(x: Tensor, *, alpha=1.0, consumed_inputs=None) -> Tensor:
+    return F.elu(x, alpha)
+
+
+@register("Elu", 6, 22)
+def elu(x: Tensor, *, alpha=1.0) -> Tensor:
+    return F.elu(x, alpha)
+
+
+@register("Selu", 1)
+def selu_1(x: Tensor, *, alpha=1.6732, gamma=1.0507, consumed_inputs=None) -> Tensor:
+    return F.elu(x, alpha) * gamma
+
+
+@register("Selu", 6, 22)
+def selu(x: Tensor, *, alpha=1.6732631921768188, gamma=1.0507010221481323) -> Tensor:
+    """``gamma * elu(x, alpha)``; the defaults are the float32 constants of the spec."""
+    return F.elu(x, alpha) * gamma
+
+
+@register("Celu", 12, 28)
+def celu(x: Tensor, *, alpha=1.0) -> Tensor:
+    return F.celu(x, alpha)
+
+
+@register("Softplus", 1, 22)
+def softplus(x: Tensor) -> Tensor:
+    return F.softplus(x, threshold=math.inf)
+
+
+@register("Softsign", 1, 22)
+def softsign(x: Tensor) -> Tensor:
+    return F.softsign(x)
+
+
+@register("Mish", 18, 22)
+def mish(x: Tensor) -> Tensor:
+    return F.mish(x)
+
+
+@register("Swish", 24)
+def swish(x: Tensor, *, alpha=1.0) -> Tensor:
+    """``x * sigmoid(alpha * x)``."""
+    return x * fn.sigmoid(x * alpha if alpha != 1 else x)
+
+
+# -- piecewise linear -----------------------------------------------------------------------------
+
+
+@register("HardSigmoid", 1)
+def hard_sigmoid_1(x: Tensor, *, alpha=0.2, beta=0.5, consumed_inputs=None) -> Tensor:
+    return hard_sigmoid(x, alpha=alpha, beta=beta)
+
+
+@register("HardSigmoid", 6, 22)
+def hard_sigmoid(x: Tensor, *, alpha=0.2, beta=0.5) -> Tensor:
+    """``clamp(alpha * x + beta, 0, 1)``."""
+    return fn.clamp(x * alpha + beta, 0.0, 1.0)
+
+
+@register("HardSwish", 14, 22)
+def hard_swish(x: Tensor) -> Tensor:
+    return F.hardswish(x)
+
+
+@register("ThresholdedRelu", 10, 22)
+def thresholded_relu(x: Tensor, *, alpha=1.0) -> Tensor:
+    """``x`` where ``x > alpha``, else 0."""
+    return fn.where(x > alpha, x, 0)
+
+
+@register("Shrink", 9)
+def shrink(x: Tensor, *, bias=0.0, lambd=0.5) -> Tensor:
+    """``x + bias`` below ``-lambd``, ``x - bias`` above ``lambd``, 0 between; integer inputs
+    keep their type (the arithmetic runs in it, as onnxruntime's kernel does)."""
+    if not is_float(x):
+        a = x._data
+        shift = np.asarray(bias).astype(a.dtype)
+        zero = np.zeros((), a.dtype)
+        return wrap(np.where(a < -lambd, a + shift, np.where(a > lambd, a - shift, zero)))
+    return fn.where(x < -lambd, x + bias, fn.where(x > lambd, x - bias, 0))
+
+
+# -- PRelu: a module when the slope is a constant ----------------------------------------------
+
+
+def _prelu_module(view: NodeView) -> Built | None:
+    """A constant float slope of one value, or one per channel shaped ``(C, 1, ..., 1)`` (after
+    leading ones), becomes an ``nn.PReLU`` whose ``weight`` holds it; any other slope stays a
+    functional node (its initializer is still a trainable parameter of the graph)."""
+    slope = view.constant(1)
+    if slope is None or slope.dtype.kind != "f":
+        return None
+    shape = tuple(slope.shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    if any(d != 1 for d in shape[1:]):
+        return None
+    module = PReLU(num_parameters=int(slope.size))
+    module.weight = Parameter(np.array(slope).reshape(-1))
+    legacy = view.opset < 7
+    return Built(module, (0,), functools.partial(_call_prelu, shape=shape, legacy=legacy))
+
+
+def _call_prelu(module, x: Tensor, *, shape: tuple, legacy: bool) -> Tensor:
+    """PyTorch's PReLU puts its slopes on dim 1; ONNX from opset 7 aligns the slope's shape with
+    the input's trailing dims. Where they disagree (a ``(C,)`` slope on a 4-d input), the weight
+    is laid out as the file had it."""
+    weight = module.weight
+    if weight.numel() == 1 or x.ndim - len(shape) == 1 or (legacy and _per_channel(x, weight)):
+        return module(x)
+    return prelu(x, fn.reshape(weight, shape))
+
+
+def _per_channel(x: Tensor, slope: Tensor) -> bool:
+    """Before opset 7, a 1-d slope of C values holds one per channel (dim 1), as in Caffe2 and
+    PyTorch's exporter, not numpy's broadcasting."""
+    return slope.ndim == 1 and x.ndim >= 2 and slope.shape[0] == x.shape[1]
+
+
+@register("PRelu", 1, module=_prelu_module)
+def prelu_1(x: Tensor, slope: Tensor, *, consumed_inputs=None) -> Tensor:
+    return prelu_6(x, slope)
+
+
+@register("PRelu", 6, module=_prelu_module)
+def prelu_6(x: Tensor, slope: Tensor) -> Tensor:
+    if _per_channel(x, slope) and slope.shape[0] != 1:
+        slope = fn.reshape(slope, (-1,) + (1,) * (x.ndim - 2))
+    return prelu(x, slope)
+
+
+@register("PRelu", 7, 9, 16, module=_prelu_module)
+def prelu(x: Tensor, slope: Tensor) -> Tensor:
+    """``x`` where non-negative, ``slope * x`` elsewhere; the slope broadcasts to ``x``
+    (unidirectionally: the output has ``x``'s shape)."""
+    try:
+        fits = np.broadcast_shapes(tuple(x.shape), tuple(slope.shape)) == tuple(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(
+            f"PRelu: slope of shape {list(slope.shape)} does not broadcast to the input's shape "
+            f"{list(x.shape)}"
+        )
+    return fn.relu(x) + fn.clamp(x, max=0) * slope
+
+
+# -- softmax family -----------------------------------------------------------------------------
 
 
 def _coerced(x, axis: int, op):
@@ -83,3 +278,27 @@ def log_softmax_1(x: Tensor, *, axis=1) -> Tensor:
 @register("LogSoftmax", 13)
 def log_softmax(x: Tensor, *, axis=-1) -> Tensor:
     return ops.LogSoftmax.apply(x, dim=axis_of(axis, x.ndim))
+
+
+def _hardmax(a: np.ndarray, axis: int) -> np.ndarray:
+    """1 at the first largest element along ``axis``, 0 elsewhere, in ``a``'s type."""
+    out = np.zeros_like(a)
+    if a.size:
+        index = np.expand_dims(np.argmax(a, axis=axis), axis)
+        np.put_along_axis(out, index, 1, axis=axis)
+    return out
+
+
+@register("Hardmax", 1, 11, differentiable=False)
+def hardmax_1(x: Tensor, *, axis=1) -> Tensor:
+    """Before opset 13 the input is seen flattened to 2-D at ``axis``."""
+    a = x._data
+    axis = axis_of(axis, a.ndim)
+    rows = math.prod(a.shape[:axis])
+    flat = a.reshape(rows, math.prod(a.shape[axis:]))
+    return wrap(_hardmax(flat, 1).reshape(a.shape))
+
+
+@register("Hardmax", 13, differentiable=False)
+def hardmax(x: Tensor, *, axis=-1) -> Tensor:
+    return wrap(_hardmax(x._data, axis_of(axis, x.ndim)))
