@@ -1,6 +1,8 @@
 """Shape and tensor manipulation: Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat,
-Split, Slice, Gather, Shape, Identity, Pad. Shape-like inputs are read at run time, so
-``Shape → Gather → Concat → Reshape`` chains follow the batch size."""
+Split, Slice, Shape, Size, Identity, Pad, CenterCropPad, Expand, Tile, DepthToSpace and
+SpaceToDepth. Shape-like inputs are read at run time, so ``Shape → Gather → Concat → Reshape``
+chains follow the batch size. The differentiable ones compose reshape, permute, expand, slice and
+pad, so their gradients come from those."""
 
 from __future__ import annotations
 
@@ -31,13 +33,25 @@ def flatten(x: Tensor, *, axis=1) -> Tensor:
     return fn.reshape(x, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
 
+def _reshape(data, target, allowzero):
+    """0 copies the input's dimension (unless ``allowzero``), -1 is inferred."""
+    target = list(target)
+    if not allowzero:
+        target = [data.shape[i] if s == 0 and i < data.ndim else s for i, s in enumerate(target)]
+    return fn.reshape(data, tuple(target))
+
+
+@register("Reshape", 1)
+def reshape_1(data: Tensor, *, shape=None, consumed_inputs=None) -> Tensor:
+    """The first schema: the shape is an attribute; ``consumed_inputs`` is a legacy hint."""
+    if shape is None:
+        raise OnnxImportError("Reshape: opset 1 needs the 'shape' attribute")
+    return _reshape(data, shape, 0)
+
+
 @register("Reshape", 5, 13, 14, 19, 21, 23, 24, 25)
 def reshape(data: Tensor, shape: Tensor, *, allowzero=0) -> Tensor:
-    """0 copies the input's dimension (unless ``allowzero``), -1 is inferred."""
-    target = list(ints(shape))
-    if not allowzero:
-        target = [data.shape[i] if s == 0 else s for i, s in enumerate(target)]
-    return fn.reshape(data, tuple(target))
+    return _reshape(data, ints(shape), allowzero)
 
 
 @register("Transpose", 1, *_LATER)
@@ -87,6 +101,11 @@ def unsqueeze(data: Tensor, axes: Tensor) -> Tensor:
     return _unsqueeze(data, ints(axes))
 
 
+@register("Concat", 1)
+def concat_1(*inputs: Tensor, axis=1) -> Tensor:
+    return concat(*inputs, axis=axis)
+
+
 @register("Concat", 4, 11, 13)
 def concat(*inputs: Tensor, axis) -> Tensor:
     axis = axis_of(axis, inputs[0].ndim)
@@ -108,6 +127,15 @@ def _split(x, sizes, axis, count):
     if len(sizes) != count:
         raise ShapeError(f"Split: {len(sizes)} sizes {list(sizes)} for {count} outputs")
     return tuple(ops.Split.apply(x, sizes=list(sizes), dim=axis)) if len(sizes) > 1 else (x,)
+
+
+@register("Split", 1)
+def split_1(
+    x: Tensor, sizes: Tensor | None = None, *, axis=0, split=None, _outputs
+) -> Tensor | tuple[Tensor, ...]:
+    """The first schema: the sizes come from the optional second input (the spec calls it
+    ``split`` too) or the attribute."""
+    return _split(x, ints(sizes) if sizes is not None else split, axis, _outputs)
 
 
 @register("Split", 2, 11)
@@ -171,23 +199,12 @@ def slice_(
     return _slice(data, ints(starts), ints(ends), ints(axes), ints(steps))
 
 
-@register("Gather", 1, 11, 13)
-def gather(data: Tensor, indices: Tensor, *, axis=0) -> Tensor:
-    axis = axis_of(axis, data.ndim)
-    idx = np.asarray(indices._data).astype(np.int64)
-    n = data.shape[axis]
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise IndexError(f"Gather: indices out of range for dimension {axis} of size {n}")
-    index = (slice(None),) * axis + (idx,)
-    return ops.Index.apply(data, index=index)
-
-
-@register("Shape", 1, 13)
+@register("Shape", 1, 13, differentiable=False)
 def shape_1(data: Tensor) -> Tensor:
     return wrap(np.array(data.shape, dtype=np.int64))
 
 
-@register("Shape", 15, 19, 21, 23, 24, 25)
+@register("Shape", 15, 19, 21, 23, 24, 25, differentiable=False)
 def shape(data: Tensor, *, start=0, end=None) -> Tensor:
     return wrap(np.array(data.shape[slice(start, end)], dtype=np.int64))
 
@@ -206,6 +223,11 @@ def _pad(x, pads, mode, value, axes=None):
     return ops.Pad.apply(x, pads=tuple(pairs), mode=mode, value=value)
 
 
+@register("Pad", 1)
+def pad_1(data: Tensor, *, paddings, mode="constant", value=0.0) -> Tensor:
+    return _pad(data, paddings, mode, value)
+
+
 @register("Pad", 2)
 def pad_2(data: Tensor, *, pads, mode="constant", value=0.0) -> Tensor:
     return _pad(data, pads, mode, value)
@@ -220,5 +242,114 @@ def pad(
     *,
     mode="constant",
 ) -> Tensor:
+    """A ``constant_value`` that requires grad (a trainable imported scalar) gets its gradient:
+    the sum of the output's gradient over the padded border."""
+    if constant_value is not None and constant_value.requires_grad and mode == "constant":
+        pads, axes = ints(pads), ints(axes)
+        border = _pad(wrap(np.zeros(data.shape, data._data.dtype)), pads, mode, 1, axes)
+        inner = _pad(data, pads, mode, 0, axes)
+        return fn.add(inner, fn.mul(border, fn.reshape(constant_value, ())))
     value = scalar(constant_value)
     return _pad(data, ints(pads), mode, 0 if value is None else value, ints(axes))
+
+
+@register("CenterCropPad", 18)
+def center_crop_pad(input_data: Tensor, shape: Tensor, *, axes=None) -> Tensor:
+    """Crop or zero-pad each of ``axes`` to ``shape`` around the centre; of an odd difference,
+    the extra element is cropped or padded at the end, as the reference does."""
+    target = ints(shape)
+    axes = list(range(input_data.ndim)) if axes is None else axes
+    if len(target) != len(axes):
+        raise ShapeError(f"CenterCropPad: {len(target)} sizes {list(target)} for axes {axes}")
+    pairs = [0] * (2 * input_data.ndim)
+    for size, axis in zip(target, axes):
+        axis = axis_of(axis, input_data.ndim)
+        grow = size - input_data.shape[axis]
+        lo = grow // 2 if grow >= 0 else -(-grow // 2)
+        pairs[axis], pairs[axis + input_data.ndim] = lo, grow - lo
+    return _pad(input_data, pairs, "constant", 0)
+
+
+@register("Size", 1, 13, 19, 21, 23, 24, 25, differentiable=False)
+def size(data: Tensor) -> Tensor:
+    return wrap(np.array(math.prod(data.shape), dtype=np.int64))
+
+
+@register("Expand", 8, 13)
+def expand(input: Tensor, shape: Tensor) -> Tensor:  # noqa: A002
+    """Broadcast ``input`` with ``shape`` (both ways: a 1 in ``shape`` keeps the input's size)."""
+    try:
+        target = np.broadcast_shapes(tuple(input.shape), ints(shape))
+    except ValueError:
+        raise ShapeError(
+            f"Expand: input of shape {list(input.shape)} does not broadcast with "
+            f"{list(ints(shape))}"
+        ) from None
+    check_shape(target, "Expand")
+    return ops.Expand.apply(input, shape=target)
+
+
+def _tile(x, repeats):
+    """``np.tile`` as one expand: x (d0, d1, ..) viewed as (1, d0, 1, d1, ..), expanded to
+    (r0, d0, r1, d1, ..) and merged; its gradient is the expand's sum."""
+    if len(repeats) != x.ndim or any(r < 0 for r in repeats):
+        raise ShapeError(
+            f"Tile: repeats {list(repeats)} must be {x.ndim} non-negative counts for input "
+            f"{list(x.shape)}"
+        )
+    final = check_shape([r * d for r, d in zip(repeats, x.shape)], "Tile")
+    pairs = [v for d in x.shape for v in (1, d)]
+    grown = [v for r, d in zip(repeats, x.shape) for v in (r, d)]
+    return fn.reshape(ops.Expand.apply(fn.reshape(x, tuple(pairs)), shape=tuple(grown)), final)
+
+
+@register("Tile", 1)
+def tile_1(input: Tensor, tiles: Tensor, axis: Tensor) -> Tensor:  # noqa: A002
+    """The first schema: ``tiles`` copies along the one ``axis``."""
+    repeats = [1] * input.ndim
+    repeats[axis_of(int(scalar(axis)), input.ndim)] = int(scalar(tiles))
+    return _tile(input, repeats)
+
+
+@register("Tile", 6, 13)
+def tile(input: Tensor, repeats: Tensor) -> Tensor:  # noqa: A002
+    return _tile(input, ints(repeats))
+
+
+def _blocks(x, blocksize, op):
+    if x.ndim != 4 or blocksize < 1:
+        raise ShapeError(f"{op}: needs a 4-D input and blocksize >= 1, got {list(x.shape)}")
+    return x.shape
+
+
+@register("DepthToSpace", 1, 11, 13, 28)
+def depth_to_space(input: Tensor, *, blocksize, mode="DCR") -> Tensor:  # noqa: A002
+    n, c, h, w = _blocks(input, blocksize, "DepthToSpace")
+    b = blocksize
+    if c % (b * b):
+        raise ShapeError(f"DepthToSpace: {c} channels do not divide by blocksize² {b * b}")
+    if mode == "DCR":  # n (b1 b2 c) h w -> n c (h b1) (w b2)
+        x = fn.reshape(input, (n, b, b, c // (b * b), h, w))
+        x = ops.Permute.apply(x, dims=(0, 3, 4, 1, 5, 2))
+    elif mode == "CRD":  # n (c b1 b2) h w -> n c (h b1) (w b2)
+        x = fn.reshape(input, (n, c // (b * b), b, b, h, w))
+        x = ops.Permute.apply(x, dims=(0, 1, 4, 2, 5, 3))
+    else:
+        raise OnnxImportError(f"DepthToSpace: mode {mode!r} is not DCR or CRD")
+    return fn.reshape(x, (n, c // (b * b), h * b, w * b))
+
+
+@register("SpaceToDepth", 1, 13, 28)
+def space_to_depth(input: Tensor, *, blocksize, mode="DCR") -> Tensor:  # noqa: A002
+    n, c, h, w = _blocks(input, blocksize, "SpaceToDepth")
+    b = blocksize
+    if h % b or w % b:
+        raise ShapeError(f"SpaceToDepth: spatial size {h}x{w} does not divide by blocksize {b}")
+    x = fn.reshape(input, (n, c, h // b, b, w // b, b))
+    if mode == "DCR":  # n c (h b1) (w b2) -> n (b1 b2 c) h w
+        x = ops.Permute.apply(x, dims=(0, 3, 5, 1, 2, 4))
+    elif mode == "CRD":  # n c (h b1) (w b2) -> n (c b1 b2) h w
+        x = ops.Permute.apply(x, dims=(0, 1, 3, 5, 2, 4))
+    else:
+        raise OnnxImportError(f"SpaceToDepth: mode {mode!r} is not DCR or CRD")
+    return fn.reshape(x, (n, c * b * b, h // b, w // b))
