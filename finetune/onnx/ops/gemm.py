@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from ... import functions as fn
+from ...errors import ShapeError
 from ...nn.layers.linear import Linear
 from ...nn.parameter import Parameter
 from ...tensor import Tensor
@@ -128,3 +129,27 @@ def fuse_matmul_add(
 @register("Einsum", 12, 28)
 def einsum(*inputs: Tensor, equation) -> Tensor:
     return fn.einsum(equation, *inputs)
+
+
+@register("Gemm", 1, 6, module=_gemm_module)
+def gemm_6(
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    *,
+    alpha=1.0,
+    beta=1.0,
+    broadcast=0,
+    transA=0,
+    transB=0,
+) -> Tensor:
+    """Opsets 1-6: ``C`` is required, and broadcasts only with ``broadcast=1``; without it,
+    it must have the output's shape."""
+    if not broadcast:
+        rows = a.shape[1] if transA else a.shape[0]
+        cols = b.shape[0] if transB else b.shape[1]
+        if tuple(c.shape) != (rows, cols):
+            raise ShapeError(
+                f"Gemm: C of shape {list(c.shape)} must be {[rows, cols]} without broadcast=1"
+            )
+    return gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB)

@@ -1,4 +1,5 @@
-"""Resize and Upsample: nearest, linear and cubic resampling, as one matrix per resized axis.
+"""Resize and Upsample: nearest, linear and cubic resampling, as one matrix per resized axis;
+and GridSample and AffineGrid, resampling at arbitrary points (``nn.functional.grid_sample``).
 
 Every supported variant is linear in the input, separable by axis: output index ``d`` of an axis
 reads the input at the coordinate the node's ``coordinate_transformation_mode`` gives, through
@@ -17,10 +18,12 @@ import numpy as np
 
 from ... import functions as fn
 from ...autograd import resample
-from ...errors import OnnxImportError
+from ...errors import OnnxImportError, ShapeError
+from ...nn import functional as F
 from ...tensor import Tensor
 from ..limits import check_shape
 from ..registry import register
+from ._common import ints
 
 _TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners")
 _TRANSFORMS += ("asymmetric", "tf_crop_and_resize")
@@ -238,3 +241,50 @@ def resize_18(
     return _resize(
         x, scales, sizes, attrs, axes, keep_aspect_ratio_policy, roi, extrapolation_value
     )
+
+
+# -- GridSample and AffineGrid ------------------------------------------------------------------
+
+_GRID_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "linear": "bilinear"}
+_GRID_MODES |= {"cubic": "bicubic", "nearest": "nearest"}
+
+
+def _grid_sample(x: Tensor, grid: Tensor, mode, padding_mode, align_corners) -> Tensor:
+    if mode not in _GRID_MODES or padding_mode not in ("zeros", "border", "reflection"):
+        raise OnnxImportError(f"GridSample: unknown mode {mode!r} or padding_mode {padding_mode!r}")
+    check_shape([*x.shape[:2], *grid.shape[1:-1]], "GridSample")
+    return F.grid_sample(x, grid, _GRID_MODES[mode], padding_mode, bool(align_corners))
+
+
+@register("GridSample", 16)
+def grid_sample_16(
+    x: Tensor, grid: Tensor, *, align_corners=0, mode="bilinear", padding_mode="zeros"
+) -> Tensor:
+    """Opset 16: 4-D input only, modes ``bilinear``, ``nearest`` and ``bicubic``."""
+    if x.ndim != 4:
+        raise ShapeError(f"GridSample-16 takes a 4-D input, got shape {list(x.shape)}")
+    return _grid_sample(x, grid, mode, padding_mode, align_corners)
+
+
+@register("GridSample", 20, 22)
+def grid_sample_20(
+    x: Tensor, grid: Tensor, *, align_corners=0, mode="linear", padding_mode="zeros"
+) -> Tensor:
+    """Any number of spatial axes; modes ``linear``, ``nearest`` and ``cubic``."""
+    return _grid_sample(x, grid, mode, padding_mode, align_corners)
+
+
+@register("AffineGrid", 20)
+def affine_grid(theta: Tensor, size: Tensor, *, align_corners=0) -> Tensor:
+    shape = ints(size)
+    check_shape([shape[0], *shape[2:], len(shape) - 2], "AffineGrid")
+    return F.affine_grid(theta, shape, bool(align_corners))
+
+
+@register("Upsample", 1)
+def upsample_1(x: Tensor, *, height_scale, width_scale, mode="nearest") -> Tensor:
+    """The first Upsample: 4-D input, scales for its last two axes."""
+    if x.ndim != 4:
+        raise ShapeError(f"Upsample-1 takes a 4-D input, got shape {list(x.shape)}")
+    scales = np.asarray([1.0, 1.0, height_scale, width_scale], dtype=np.float32)
+    return _resize(x, Tensor._from_array(scales), None, _legacy(mode))
