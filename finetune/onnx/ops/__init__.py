@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     normalization,
     pooling,
     quantize,
+    random,
     recurrent,
     reduction,
     resize,
