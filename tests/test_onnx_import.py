@@ -321,18 +321,22 @@ def test_wrong_source_type_is_refused():
 
 
 def test_all_unsupported_operators_are_named_at_once():
+    """Every default-domain op is converted, so the unsupported ones are a custom domain's."""
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),
-        helper.make_node("Atan", ["a"], ["b"], name="atan_1"),
-        helper.make_node("Celu", ["b"], ["c"], name="celu_1"),
-        helper.make_node("Atan", ["c"], ["y"], name="atan_2"),
+        helper.make_node("Warp", ["a"], ["b"], name="warp_1", domain="com.example"),
+        helper.make_node("Bend", ["b"], ["c"], name="bend_1", domain="com.example"),
+        helper.make_node("Warp", ["c"], ["y"], name="warp_2", domain="com.example"),
     ]
-    model = make_model(nodes, [value_info("x", [2])], [value_info("y", [2])], opset=13)
+    graph = helper.make_graph(nodes, "g", [value_info("x", [2])], [value_info("y", [2])])
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     with pytest.raises(OnnxImportError) as error:
         ft.onnx.load(model)
     message = str(error.value)
     assert "opset 13" in message
-    assert "Atan (nodes 'atan_1', 'atan_2')" in message and "Celu (nodes 'celu_1')" in message
+    assert "com.example.Warp (nodes 'warp_1', 'warp_2')" in message
+    assert "com.example.Bend (nodes 'bend_1')" in message
 
 
 def _external_model(tmp_path, cnn):

@@ -1,6 +1,7 @@
 """The ONNX backend API (``onnx.backend.base``) over ``finetune.onnx.load``, as
 ``onnxruntime.backend`` offers it: module-level ``prepare``, ``run_model``, ``run_node`` and
-``supports_device``, so the ONNX project's own backend test cases run against the library."""
+``supports_device``, so the ONNX project's own backend test cases run against the library.
+A sequence is passed and returned as a list of arrays, an empty optional as None."""
 
 from __future__ import annotations
 
@@ -22,16 +23,34 @@ class FinetuneRep(BackendRep):
     def __init__(self, model) -> None:
         self.model = model
 
-    def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+    def run(self, inputs: Any, **kwargs: Any) -> tuple:
         if isinstance(inputs, dict):
             inputs = [inputs[name] for name in self.model.input_names]
         elif isinstance(inputs, np.ndarray):
             inputs = [inputs]
-        tensors = [Tensor._from_array(np.asarray(x)) for x in inputs]
+        values = [_to_value(x) for x in inputs]
         with no_grad():
-            out = self.model(*tensors)
+            out = self.model(*values)
         outs = out if isinstance(out, tuple) else (out,)
-        return tuple(np.asarray(o._data) for o in outs)
+        return tuple(_to_numpy(o) for o in outs)
+
+
+def _to_value(x):
+    """A backend input as the model takes it: a list stays a list (a sequence), None stays None
+    (an empty optional), anything else becomes a Tensor."""
+    if x is None:
+        return None
+    if isinstance(x, (list, tuple)):
+        return [_to_value(v) for v in x]
+    return Tensor._from_array(np.asarray(x))
+
+
+def _to_numpy(value):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    return np.asarray(value._data)
 
 
 class FinetuneBackend(Backend):
@@ -63,14 +82,9 @@ class FinetuneBackend(Backend):
     ) -> tuple[np.ndarray, ...]:
         """Run one node on ``inputs`` (one array per non-empty node input, in order); output
         types come from shape inference."""
-        arrays = [np.asarray(x) for x in inputs]
+        arrays = [x if isinstance(x, list) else np.asarray(x) for x in inputs]
         names = [name for name in node.input if name]
-        graph_inputs = [
-            onnx.helper.make_tensor_value_info(
-                name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
-            )
-            for name, a in zip(names, arrays)
-        ]
+        graph_inputs = [_value_info(name, a) for name, a in zip(names, arrays)]
         graph_outputs = [onnx.helper.make_empty_tensor_value_info(name) for name in node.output]
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         model = onnx.helper.make_model(
@@ -78,6 +92,23 @@ class FinetuneBackend(Backend):
             opset_imports=[onnx.helper.make_opsetid("", opset)],
         )
         return cls.run_model(onnx.shape_inference.infer_shapes(model), arrays, device)
+
+
+def _value_info(name: str, value) -> onnx.ValueInfoProto:
+    """A tensor input's type, or a sequence's: the element type of its first tensor, the shape
+    its tensors share (free dimensions where they differ)."""
+    if isinstance(value, list):
+        arrays = [np.asarray(v) for v in value] or [np.zeros(0, np.float32)]
+        element = onnx.helper.np_dtype_to_tensor_dtype(arrays[0].dtype)
+        shapes = {a.shape for a in arrays}
+        ranks = {len(s) for s in shapes}
+        shape = (
+            shapes.pop() if len(shapes) == 1 else [None] * ranks.pop() if len(ranks) == 1 else None
+        )
+        return onnx.helper.make_tensor_sequence_value_info(name, element, shape)
+    return onnx.helper.make_tensor_value_info(
+        name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape
+    )
 
 
 prepare = FinetuneBackend.prepare

@@ -3,16 +3,21 @@
 Nodes with weights are real submodules, found by dotted name at every forward, so assigning
 ``model.fc = nn.Linear(512, 10)`` rewires the walk. Every other node is a small function on
 tensors. The walk uses the library's own differentiable ops, so gradients flow end to end.
+
+Values are tensors, sequences (Python lists of tensors) or optionals (None when empty). A node
+with subgraphs (``If``, ``Loop``, ``Scan``, ``SequenceMap``) holds its bodies as child
+``OnnxModule``s; a body reads the enclosing scope's values by name, and the step that runs it
+lists those names as inputs, so the walk keeps them alive until the node has run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FinetuneError, OnnxImportError
+from ..errors import FinetuneError, OnnxImportError, ShapeError
 from ..nn.layers.linear import Linear
 from ..nn.module import Module
 from ..tensor import Tensor
@@ -33,11 +38,25 @@ class Step:
 
 @dataclass(frozen=True)
 class GraphInput:
-    """A user input: its name, element type and shape (ints, or None for a free dimension)."""
+    """A graph input (or output): its name, element type and shape (ints, or None for a free
+    dimension). ``kind`` is "tensor", "sequence" (a list of ``element``) or "optional" (None or
+    an ``element``); dtype and shape describe tensors only."""
 
     name: str
     dtype: np.dtype | None
     shape: tuple | None
+    kind: str = "tensor"
+    element: GraphInput | None = None
+
+    def describe(self) -> str:
+        """The type as a user reads it: ``float32[?, 3]``, ``sequence(int64[])``,
+        ``optional(float32[2])``; ``?`` is a free dimension."""
+        if self.kind != "tensor":
+            return f"{self.kind}({self.element.describe() if self.element else '?'})"
+        dtype = str(self.dtype) if self.dtype is not None else "tensor"
+        if self.shape is None:
+            return dtype
+        return f"{dtype}[{', '.join('?' if d is None else str(d) for d in self.shape)}]"
 
 
 class Scope(Module):
@@ -60,10 +79,17 @@ class Scope(Module):
         return iter(self._modules.values())
 
 
+class Bodies(Module):
+    """The subgraphs of one node (``then_branch``/``else_branch`` of If, ``body`` of Loop, Scan
+    and SequenceMap), each a child ``OnnxModule`` under its attribute name. No forward."""
+
+
 class OnnxModule(Module):
     """An imported ONNX graph. ``forward(*inputs)`` takes the graph's inputs in order and returns
     its output (a tuple when the graph has several). ``metadata`` holds the model's
-    ``metadata_props``. The loader registers the submodules, then sets the walk."""
+    ``metadata_props``. The loader registers the submodules, then sets the walk. A subgraph is an
+    ``OnnxModule`` too, run by its node through ``Body``, with ``outer_names`` read from the
+    enclosing scope."""
 
     def __init__(
         self,
@@ -71,18 +97,24 @@ class OnnxModule(Module):
         outputs: list[str],
         metadata: dict[str, str] | None = None,
         source: str = "<model>",
+        output_types: list[GraphInput] | None = None,
     ) -> None:
         super().__init__()
         self._graph_inputs = tuple(inputs)
         self._graph_outputs = tuple(outputs)
+        self._output_types = tuple(output_types or ())
         self.metadata = dict(metadata or {})
         self.source = source
         self._set_walk([], {})
 
-    def _set_walk(self, steps: list[Step], constants: dict[str, str]) -> None:
-        """The nodes to run, and which attribute holds each constant value the walk reads."""
+    def _set_walk(
+        self, steps: list[Step], constants: dict[str, str], outer: Sequence[str] = ()
+    ) -> None:
+        """The nodes to run, which attribute holds each constant value the walk reads, and the
+        names a subgraph reads from its enclosing scope."""
         self._steps = tuple(steps)
         self._constants = dict(constants)
+        self._outer = tuple(outer)
         self._last_use = _last_uses(self._steps, self._graph_outputs)
 
     @property
@@ -98,8 +130,39 @@ class OnnxModule(Module):
     def output_names(self) -> tuple[str, ...]:
         return self._graph_outputs
 
+    @property
+    def input_types(self) -> tuple[GraphInput, ...]:
+        """Each input's declared type (``describe()`` prints it)."""
+        return self._graph_inputs
+
+    @property
+    def output_types(self) -> tuple[GraphInput, ...]:
+        """The declared type of each output (what an empty Loop or Scan output is made of)."""
+        return self._output_types
+
+    @property
+    def outer_names(self) -> tuple[str, ...]:
+        """The enclosing scope's values this graph (a subgraph) reads by name."""
+        return self._outer
+
     def forward(self, *inputs):
-        values = self._bind_inputs(inputs)
+        results = self._walk(self._bind_inputs(inputs))
+        return results[0] if len(results) == 1 else results
+
+    def run_body(self, inputs: Sequence, outer: dict) -> tuple:
+        """Run this graph as a subgraph: ``inputs`` bound to its inputs in order (unchecked: a
+        loop-carried value may change shape), ``outer`` the enclosing scope's values by name.
+        Always returns a tuple of the outputs."""
+        if len(inputs) != len(self._graph_inputs):
+            raise ShapeError(
+                f"{self.source}: the subgraph takes {len(self._graph_inputs)} input(s) "
+                f"{list(self.input_names)}, got {len(inputs)}"
+            )
+        values = {name: outer[name] for name in self._outer}
+        values.update(zip(self.input_names, inputs))
+        return self._walk(values)
+
+    def _walk(self, values: dict) -> tuple:
         for name, attribute in self._constants.items():
             values[name] = getattr(self, attribute)
         for index, step in enumerate(self._steps):
@@ -125,7 +188,7 @@ class OnnxModule(Module):
             ) as error:
                 if isinstance(error, OnnxImportError):
                     raise
-                shapes = [list(a.shape) if isinstance(a, Tensor) else a for a in args]
+                shapes = [_describe(a) for a in args]
                 raise OnnxImportError(
                     f"{self.source}: node {step.node!r} ({step.op_type}) failed on inputs "
                     f"{list(step.inputs)} of shapes {shapes}: {error}"
@@ -136,8 +199,12 @@ class OnnxModule(Module):
                     values[name] = value
             for name in self._last_use.get(index, ()):
                 values.pop(name, None)
-        results = tuple(values[name] for name in self._graph_outputs)
-        return results[0] if len(results) == 1 else results
+        try:
+            return tuple(values[name] for name in self._graph_outputs)
+        except KeyError as error:
+            raise OnnxImportError(
+                f"{self.source}: output {error.args[0]!r} is produced by no node"
+            ) from None
 
     def _bind_inputs(self, inputs: tuple) -> dict:
         expected = self._graph_inputs
@@ -146,13 +213,8 @@ class OnnxModule(Module):
                 f"{self.source}: the graph takes {len(expected)} input(s) "
                 f"{[i.name for i in expected]}, got {len(inputs)}"
             )
-        values = {}
-        for spec, value in zip(expected, inputs):
-            if not isinstance(value, Tensor):
-                value = Tensor._from_array(np.asarray(value))
-            _check_input(spec, value, self.source)
-            values[spec.name] = value
-        return values
+        source = self.source
+        return {spec.name: _bind_value(spec, x, source) for spec, x in zip(expected, inputs)}
 
     def find_head(self) -> tuple[str, Linear]:
         return find_head(self)
@@ -163,6 +225,63 @@ class OnnxModule(Module):
 
     def extra_repr(self) -> str:
         return f"inputs={list(self.input_names)}, outputs={list(self.output_names)}"
+
+
+class Body:
+    """A subgraph bound to its enclosing scope's values, as a converter sees it: call it with the
+    body's inputs, get a tuple of its outputs."""
+
+    def __init__(self, module: OnnxModule, outer: dict) -> None:
+        self.module = module
+        self.outer = outer
+
+    def __call__(self, *inputs) -> tuple:
+        return self.module.run_body(inputs, self.outer)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.module.input_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.module.output_names)
+
+    @property
+    def output_types(self) -> tuple[GraphInput, ...]:
+        return self.module.output_types
+
+
+def _describe(value):
+    """A value's shape for an error message: a list of shapes for a sequence, None if empty."""
+    if isinstance(value, Tensor):
+        return list(value.shape)
+    if isinstance(value, list):
+        return [_describe(v) for v in value]
+    return value
+
+
+def _bind_value(spec: GraphInput, value, source: str):
+    """A user's input value as the walk holds it (Tensor, list of Tensors or None), checked."""
+    if spec.kind == "optional":
+        return None if value is None else _bind_value(spec.element, value, source)
+    if spec.kind == "sequence":
+        if isinstance(value, Tensor) or not isinstance(value, (list, tuple)):
+            raise OnnxImportError(
+                f"{source}: input {spec.name!r} is a {spec.describe()}; pass a list of tensors, "
+                f"got {type(value).__name__}"
+            )
+        return [_bind_value(spec.element, v, source) for v in value]
+    if value is None or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value)
+    ):
+        raise OnnxImportError(
+            f"{source}: input {spec.name!r} is a tensor {spec.describe()}, got "
+            f"{type(value).__name__}"
+        )
+    if not isinstance(value, Tensor):
+        value = Tensor._from_array(np.asarray(value))
+    _check_input(spec, value, source)
+    return value
 
 
 def _check_input(spec: GraphInput, value: Tensor, source: str) -> None:

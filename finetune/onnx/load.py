@@ -2,7 +2,9 @@
 
 Everything a file can get wrong is reported at load time as one ``OnnxImportError`` naming the
 file: unreadable or non-ONNX bytes, external data outside the model's folder, and every
-operator the library cannot convert (with node names and opset), never a ``KeyError`` later.
+operator the library cannot convert (with node names and opset, inside subgraphs too), never a
+``KeyError`` later. Subgraphs (If, Loop, Scan, SequenceMap bodies) are imported recursively as
+child ``OnnxModule``s of their node.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from ..errors import OnnxImportError, ShapeError
 from ..nn.parameter import Parameter
 from ..tensor import Tensor
 from . import naming
-from .graph import GraphInput, OnnxModule, Scope, Step
+from .graph import Bodies, Body, GraphInput, OnnxModule, Scope, Step
 from .limits import check_shape
 from .metadata import decode_metadata
+from .ops.control_flow import check_subgraphs
 from .ops.gemm import fuse_matmul_add
+from .ops.quantize import fold_dequantized_weights
 from .registry import Built, NodeView, _load_converters, converter_for, lookup
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | onnx.ModelProto
@@ -171,26 +175,44 @@ def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
         opset = _default_opset(model, label)
         _check(model, label)
         _refuse_unsupported(model.graph, opset, label)
-        return _Importer(model, opset, label).run()
+        metadata = decode_metadata((p.key, p.value) for p in model.metadata_props)
+        return _Importer(model.graph, opset, label, _ranks(model), metadata=metadata).run()
 
 
 class _Importer:
-    """Turns each node into a step of the walk, and nodes with weights into submodules."""
+    """Turns each node of one graph into a step of the walk, nodes with weights into submodules
+    and subgraphs into child ``OnnxModule``s. ``outer`` holds the names the enclosing scopes
+    define before this graph's node (None for the main graph)."""
 
-    def __init__(self, model: onnx.ModelProto, opset: int, label: str) -> None:
-        graph = model.graph
+    def __init__(
+        self,
+        graph: onnx.GraphProto,
+        opset: int,
+        label: str,
+        ranks: dict[str, int],
+        outer: frozenset[str] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         self.opset = opset
-        self.nodes = list(graph.node)
-        self.initializers = _initializers(graph, label)
-        self.constants = {**self.initializers, **_constant_node_values(graph, label)}
-        self.ranks = _ranks(model)
+        self.label = label
+        self.ranks = ranks
+        self.outer = outer
         self.outputs = [o.name for o in graph.output]
+        self.initializers = _initializers(graph, label)
+        nodes = list(graph.node)
+        constants = {**self.initializers, **_constant_node_values(nodes, label)}
+        # the QDQ pre-pass: DequantizeLinear of constant int weights becomes a float initializer
+        self.nodes, folded = fold_dequantized_weights(nodes, constants, opset)
+        self.initializers.update(folded)
+        self.constants = {**constants, **folded}
         inputs = [_graph_input(v) for v in graph.input if v.name not in self.initializers]
-        metadata = decode_metadata((p.key, p.value) for p in model.metadata_props)
-        self.module = OnnxModule(inputs, self.outputs, metadata, label)
+        outputs = [_graph_input(v) for v in graph.output]
+        self.module = OnnxModule(inputs, self.outputs, metadata, label, outputs)
+        self.available = set(outer or ()) | {i.name for i in inputs} | set(self.initializers)
 
     def run(self) -> OnnxModule:
-        fused = fuse_matmul_add(self.nodes, self.constants, set(self.outputs))
+        keep = set(self.outputs) | {n for node in self.nodes for n in _names_read_inside(node)}
+        fused = fuse_matmul_add(self.nodes, self.constants, keep)
         absorbed = {add for add, _, _ in fused.values()}
         steps = []
         for index, node in enumerate(self.nodes):
@@ -203,14 +225,27 @@ class _Importer:
                 )
             elif index not in absorbed:
                 steps.append(self._step(index, node))
-        read = {name for step in steps for name in step.inputs} | set(self.outputs)
+            self.available.update(n for n in node.output if n)
+        read = {name for step in steps for name in step.inputs if name} | set(self.outputs)
         kept = {n: a for n, a in self.initializers.items() if n in read}
-        self.module._set_walk(steps, _register_constants(self.module, kept))
+        defined = {i.name for i in self.module._graph_inputs} | set(self.initializers)
+        defined |= {n for step in steps for n in step.outputs}
+        outer = sorted(read - defined)
+        unknown = [name for name in outer if self.outer is not None and name not in self.outer]
+        if unknown:
+            raise OnnxImportError(
+                f"{self.label}: reads {unknown}, which neither the subgraph nor its enclosing "
+                "graphs define before the node; the subgraph is malformed"
+            )
+        self.module._set_walk(steps, _register_constants(self.module, kept), outer)
         return self.module
 
     def _step(self, index: int, node: onnx.NodeProto) -> Step:
         converter = converter_for(node, self.opset)
         attributes = _attributes(node)
+        graphs = {k: v for k, v in attributes.items() if isinstance(v, onnx.GraphProto)}
+        if graphs:
+            return self._subgraph_step(index, node, converter.run, attributes, graphs)
         built = None
         if converter.module is not None:
             view = NodeView(
@@ -232,9 +267,66 @@ class _Importer:
         used = tuple(node.input[i] if i < len(node.input) else "" for i in built.inputs)
         return Step(node.name, node.op_type, used, outputs, built.call, path)
 
+    def _subgraph_step(self, index, node, run, attributes, graphs) -> Step:
+        """A node with bodies: each body becomes a child ``OnnxModule`` (recursively) under one
+        ``Bodies`` submodule; the step also reads the outer values the bodies use."""
+        where = f"{node.op_type} node {node.name or f'#{index}'!r}"
+        bodies = Bodies()
+        for name, graph in graphs.items():
+            label = f"{self.label}: {where} {name}"
+            child = _Importer(graph, self.opset, label, self.ranks, frozenset(self.available))
+            bodies.add_module(name, child.run())
+        problem = check_subgraphs(
+            node, {name: getattr(bodies, name) for name in graphs}, self.opset
+        )
+        if problem:
+            raise OnnxImportError(f"{self.label}: {where}: {problem}; the subgraph is malformed")
+        outer = tuple(sorted({n for name in graphs for n in getattr(bodies, name).outer_names}))
+        others = {k: v for k, v in attributes.items() if k not in graphs}
+        call = functools.partial(
+            _run_with_bodies, run, others, tuple(graphs), len(node.input), outer
+        )
+        path = naming.candidate_path(node.name, node.op_type, None, index)
+        path = naming.place(self.module, path, bodies, Scope)
+        return Step(node.name, node.op_type, (*node.input, *outer), tuple(node.output), call, path)
+
     def _place(self, node: onnx.NodeProto, weight: str | None, index: int, built: Built) -> str:
         path = naming.candidate_path(node.name, node.op_type, weight, index)
         return naming.place(self.module, path, built.module, Scope)
+
+
+def _run_with_bodies(run, attributes, graph_names, count, outer_names, bodies, *args):
+    """Call a subgraph node's converter: its inputs, its attributes, and each body bound to the
+    outer values the walk passed after the inputs."""
+    outer = dict(zip(outer_names, args[count:]))
+    graphs = {name: Body(getattr(bodies, name), outer) for name in graph_names}
+    return run(*args[:count], **attributes, **graphs)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.name, attribute.g
+        for graph in attribute.graphs:
+            yield attribute.name, graph
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and of its subgraphs, at any depth."""
+    for node in graph.node:
+        yield node
+        for _, sub in _subgraphs(node):
+            yield from all_nodes(sub)
+
+
+def _names_read_inside(node: onnx.NodeProto) -> set[str]:
+    """Every value name the node's subgraphs read (a superset of the outer names they use)."""
+    names: set[str] = set()
+    for _, sub in _subgraphs(node):
+        for inner in all_nodes(sub):
+            names.update(inner.input)
+        names.update(o.name for o in sub.output)
+    return names
 
 
 def _refuse_undecodable_names(model: onnx.ModelProto, label: str) -> None:
@@ -245,7 +337,7 @@ def _refuse_undecodable_names(model: onnx.ModelProto, label: str) -> None:
     strings += [p for prop in model.metadata_props for p in (prop.key, prop.value)]
     for info in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
         strings.append(info.name)
-    for node in graph.node:
+    for node in all_nodes(graph):
         strings += [node.name, node.op_type, node.domain, *node.input, *node.output]
         strings += [a.name for a in node.attribute]
     bad = next((s for s in strings if not isinstance(s, str)), None)
@@ -273,20 +365,11 @@ def _check(model: onnx.ModelProto, label: str) -> None:
 
 
 def _refuse_unsupported(graph: onnx.GraphProto, opset: int, label: str) -> None:
+    """Every node the library cannot convert, in subgraphs too (named ``outer/attribute/inner``),
+    as one OnnxImportError."""
     missing: dict[str, list[str]] = {}
     bad_attributes: list[str] = []
-    for index, node in enumerate(graph.node):
-        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        converter = lookup(node.op_type, opset, node.domain if node.domain != "ai.onnx" else "")
-        if converter is None:
-            missing.setdefault(op, []).append(node.name or f"#{index}")
-            continue
-        unknown = {a.name for a in node.attribute} - converter.attribute_names()
-        if unknown:
-            bad_attributes.append(
-                f"{op} node {node.name or f'#{index}'!r} has attributes {sorted(unknown)} the "
-                "library does not implement"
-            )
+    _collect_unsupported(graph, opset, "", missing, bad_attributes)
     if missing or bad_attributes:
         lines = [f"{op} (nodes {', '.join(map(repr, names))})" for op, names in missing.items()]
         parts = []
@@ -296,13 +379,33 @@ def _refuse_unsupported(graph: onnx.GraphProto, opset: int, label: str) -> None:
         raise OnnxImportError(f"{label}: cannot import: " + "; ".join(parts))
 
 
+def _collect_unsupported(
+    graph: onnx.GraphProto, opset: int, prefix: str, missing: dict, bad_attributes: list
+) -> None:
+    for index, node in enumerate(graph.node):
+        name = prefix + (node.name or f"#{index}")
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        converter = lookup(node.op_type, opset, node.domain if node.domain != "ai.onnx" else "")
+        if converter is None:
+            missing.setdefault(op, []).append(name)
+        else:
+            unknown = {a.name for a in node.attribute} - converter.attribute_names()
+            if unknown:
+                bad_attributes.append(
+                    f"{op} node {name!r} has attributes {sorted(unknown)} the library does not "
+                    "implement"
+                )
+        for attribute, sub in _subgraphs(node):
+            _collect_unsupported(sub, opset, f"{name}/{attribute}/", missing, bad_attributes)
+
+
 def _initializers(graph: onnx.GraphProto, label: str) -> dict[str, np.ndarray]:
     return {t.name: read_tensor(t, f"{label}: initializer {t.name!r}") for t in graph.initializer}
 
 
-def _constant_node_values(graph: onnx.GraphProto, label: str) -> dict[str, np.ndarray]:
+def _constant_node_values(nodes: list[onnx.NodeProto], label: str) -> dict[str, np.ndarray]:
     values = {}
-    for node in graph.node:
+    for node in nodes:
         if node.op_type == "Constant" and len(node.attribute) == 1:
             attribute = node.attribute[0]
             if attribute.name == "value":
@@ -352,17 +455,26 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     succeeds. Inference runs on a copy whose float weights are declared as inputs, not copied:
     ranks need no values."""
     inferred = None
-    if any(node.op_type in _NEED_RANKS for node in model.graph.node):
+    if any(node.op_type in _NEED_RANKS for node in all_nodes(model.graph)):
         inferred = _infer_shapes_isolated(_without_float_weights(model))
-    inferred = inferred or model.graph
-    ranks = {}
-    for info in (*inferred.input, *inferred.value_info, *inferred.output):
-        kind = info.type.WhichOneof("value")
-        if kind == "tensor_type" and info.type.tensor_type.HasField("shape"):
-            ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    for tensor in model.graph.initializer:
-        ranks[tensor.name] = len(tensor.dims)
+    ranks: dict[str, int] = {}
+    _collect_ranks(inferred or model.graph, ranks)
+    _collect_ranks(model.graph, ranks, values=False)
     return ranks
+
+
+def _collect_ranks(graph: onnx.GraphProto, ranks: dict[str, int], values: bool = True) -> None:
+    """Ranks declared in ``graph`` and its subgraphs (value names are unique in a model)."""
+    if values:
+        for info in (*graph.input, *graph.value_info, *graph.output):
+            kind = info.type.WhichOneof("value")
+            if kind == "tensor_type" and info.type.tensor_type.HasField("shape"):
+                ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    for tensor in graph.initializer:
+        ranks[tensor.name] = len(tensor.dims)
+    for node in graph.node:
+        for _, sub in _subgraphs(node):
+            _collect_ranks(sub, ranks, values)
 
 
 def _infer_shapes_isolated(light: onnx.ModelProto) -> onnx.GraphProto | None:
@@ -410,7 +522,13 @@ def _infer_shapes_isolated(light: onnx.ModelProto) -> onnx.GraphProto | None:
 
 
 _INFERENCE_SECONDS = 60
-_NEED_RANKS = {"BatchNormalization"}  # the builders that call NodeView.rank
+# the ops whose module builders call NodeView.rank
+_NEED_RANKS = {
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "RMSNormalization",
+}
 
 
 def _without_float_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -471,9 +589,21 @@ def _register_constants(root: OnnxModule, arrays: dict[str, np.ndarray]) -> dict
 
 
 def _graph_input(info: onnx.ValueInfoProto) -> GraphInput:
-    tensor = info.type.tensor_type
+    return _value_type(info.name, info.type)
+
+
+def _value_type(name: str, value_type: onnx.TypeProto) -> GraphInput:
+    """A graph input's or output's type: a tensor, a sequence or an optional (nested)."""
+    kind = value_type.WhichOneof("value")
+    if kind == "sequence_type":
+        element = _value_type(name, value_type.sequence_type.elem_type)
+        return GraphInput(name, None, None, "sequence", element)
+    if kind == "optional_type":
+        element = _value_type(name, value_type.optional_type.elem_type)
+        return GraphInput(name, None, None, "optional", element)
+    tensor = value_type.tensor_type
     dtype = None
-    if info.type.WhichOneof("value") == "tensor_type" and tensor.elem_type:
+    if kind == "tensor_type" and tensor.elem_type:
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         except (KeyError, TypeError):
@@ -481,7 +611,7 @@ def _graph_input(info: onnx.ValueInfoProto) -> GraphInput:
     shape = None
     if tensor.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-    return GraphInput(info.name, dtype, shape)
+    return GraphInput(name, dtype, shape)
 
 
 __all__ = ["Source", "convert", "load", "read_model"]
