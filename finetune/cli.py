@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 
 from .errors import FinetuneError
 
@@ -55,11 +54,10 @@ def _predict(args) -> int:
 def _inspect(args) -> int:
     from . import onnx as fonnx
     from .onnx.load import read_model
+    from .onnx.support import format_support, op_support
 
     proto, _, _ = read_model(args.model)
-    ops = Counter(n.op_type for n in proto.graph.node)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-    model = fonnx.load(proto)
     init_names = {i.name for i in proto.graph.initializer}
     print(f"file: {args.model}")
     print(
@@ -72,7 +70,11 @@ def _inspect(args) -> int:
                 continue
             dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             print(f"{kind}: {v.name} {dims}")
-    print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(ops.items())))
+    rows = op_support(proto)
+    print("ops: " + ", ".join(f"{r.name} x{r.nodes}" for r in rows))
+    for line in format_support(rows):
+        print(line)
+    model = fonnx.load(args.model)  # an unsupported op is refused here, after the table
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
