@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test example walkthrough bench fuzz lint clean
+.PHONY: test example walkthrough bench fuzz lint docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,12 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	FINETUNE_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz_onnx.py -q
 
+docs: $(STAMP)
+	$(PY) tools/onnx_ops_doc.py
+
 lint: $(STAMP)
-	$(PY) -m ruff check finetune tests examples benchmarks
-	$(PY) -m ruff format --check finetune tests examples benchmarks
+	$(PY) -m ruff check finetune tests examples benchmarks tools
+	$(PY) -m ruff format --check finetune tests examples benchmarks tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info
