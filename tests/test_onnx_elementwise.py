@@ -122,23 +122,6 @@ def test_every_table_row_exports_as_its_onnx_op(tmp_path):
     np.testing.assert_allclose(Model()(x).numpy(), expected, rtol=1e-6)
 
 
-# Functions the exporter cannot write, each for a stated reason (a new Function must either
-# get an emitter or be listed here, so a model using it never fails at export by surprise).
-NOT_EXPORTED = {
-    "IndexPut": "an in-place assignment through an arbitrary index (ScatterND needs its indices)",
-}
-
-
-def test_every_primitive_has_an_emitter_or_a_stated_reason():
-    functions = {
-        name: value
-        for name, value in vars(ops).items()
-        if isinstance(value, type) and issubclass(value, Function) and value is not Function
-    }
-    missing = {name for name, f in functions.items() if emitter_for(f) is None}
-    assert missing == set(NOT_EXPORTED)
-
-
 def test_remainders_export_and_run_in_onnxruntime(tmp_path):
     class Model(ft.nn.Module):
         def forward(self, x):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..autograd import conv, einsum, nn_ops, ops, resample
+from ..autograd.function import NoGradient
 from ..errors import OnnxExportError
 from ..tensor import Tensor
 
@@ -150,8 +151,9 @@ def _embedding(b, call, outs):
     b.node("Gather", [b.name_of(weight), b.name_of(indices)], outs, axis=0)
 
 
-@emits(ops.Clone)
+@emits(ops.Clone, NoGradient)
 def _clone(b, call, outs):
+    """A copy, and a value marked as having no gradient, are the value itself."""
     b.node("Identity", [b.name_of(call.args[0])], outs)
 
 
