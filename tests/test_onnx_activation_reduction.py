@@ -419,6 +419,9 @@ def test_nn_prelu_matches_pytorch_semantics():
     with pytest.raises(ShapeError, match="channels"):
         layer(ft.from_numpy(normal(2, 4)))
     assert nn.PReLU()(ft.from_numpy(x)).shape == x.shape
+    layer.weight.data = ft.tensor(np.ones(3, F32))
+    layer.reset_parameters()
+    np.testing.assert_array_equal(layer.weight.detach().numpy(), np.full(3, 0.1, F32))
 
 
 LAYERS = [  # (layer, its PyTorch repr, formula)
@@ -474,6 +477,10 @@ def test_a_backward_through_an_op_without_gradient_raises(op):
         ("CumSum", 14, {"a": np.array(5)}, {}, "axis 5"),
         ("PRelu", 16, {"s": normal(5, 4)}, {}, "does not broadcast"),
         ("LpNormalization", 22, {}, {"p": 3}, "p must be 1 or 2"),
+        ("ArgMax", 13, {}, {"axis": 5}, "axis 5"),
+        ("ArgMin", 1, {}, {"axis": -7}, "axis -7"),
+        ("Softmax", 11, {}, {"axis": 5}, "axis 5"),
+        ("Hardmax", 11, {}, {"axis": -6}, "axis -6"),
     ],
 )
 def test_bad_input_names_the_op_and_the_problem(op, opset, constants, attrs, match):
@@ -510,6 +517,17 @@ def test_prelu_before_opset_7_holds_one_slope_per_channel():
     net = ft.onnx.load(model)
     assert isinstance(net.get_submodule(net.steps[0].module), nn.PReLU)
     np.testing.assert_allclose(net(ft.from_numpy(x)).numpy(), expected, rtol=1e-6)
+
+
+def test_lp_normalization_of_a_zero_vector_is_zero_with_a_finite_gradient():
+    x = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]])
+    net = ft.onnx.load(single_node("LpNormalization", {"x": x.astype(F32)}, axis=1), freeze=False)
+    leaf = ft.tensor(x, requires_grad=True)
+    y = net.double()(leaf)
+    np.testing.assert_array_equal(y.detach().numpy(), [[0, 0, 0], [0.6, 0, 0.8]])
+    y.sum().backward()
+    assert np.isfinite(leaf.grad.numpy()).all()
+    np.testing.assert_allclose(leaf.grad.numpy()[1], [0.032, 0.2, -0.024], atol=1e-12)
 
 
 EXPORTED = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,18 @@ def test_conv_transpose2d_module_trains_its_weight():
     np.testing.assert_allclose(layer.bias.grad.numpy(), np.full(3, 2 * 7 * 7), rtol=1e-6)
 
 
+def test_conv_transpose_module_names_itself_when_the_input_does_not_fit():
+    layer = ft.nn.ConvTranspose2d(4, 6, 3, groups=2)
+    with pytest.raises(ShapeError, match=r"ConvTranspose2d\(4, 6.*expected input with 4 channels"):
+        layer(ft.randn(1, 3, 5, 5))
+    with pytest.raises(ShapeError, match=r"expected 4D input .*x\.unsqueeze\(0\)"):
+        layer(ft.randn(4, 5, 5))
+    with pytest.raises(ValueError, match="out_channels must be divisible by groups"):
+        ft.nn.ConvTranspose1d(4, 5, 3, groups=2)
+    assert ft.nn.ConvTranspose1d(4, 6, 3, groups=2).weight.shape == (4, 3, 3)
+    assert ft.nn.Conv1d(4, 6, 3, groups=2).weight.shape == (6, 2, 3)
+
+
 # -- ConvTranspose through ONNX -------------------------------------------------------------------
 
 ONNX_TRANSPOSE = [
@@ -305,6 +318,30 @@ def test_conv_transpose_refuses_a_weight_that_does_not_fit():
     model = _model("ConvTranspose", {"x": x, "w": w}, opset=11, out_rank=4)
     with pytest.raises((ShapeError, OnnxImportError), match="ConvTranspose"):
         ft.onnx.load(model)(ft.from_numpy(x), ft.zeros(2, 2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "op, attrs, message",
+    [
+        ("Conv", {"strides": [1]}, "Conv: strides [1] must have 2"),
+        ("Conv", {"pads": [1, 1]}, "Conv: pads [1, 1] must have 4"),
+        ("ConvTranspose", {"auto_pad": "SAME"}, "ConvTranspose: unknown auto_pad 'SAME'"),
+        ("ConvTranspose", {"dilations": [1, 0]}, "ConvTranspose: dilations [1, 0]"),
+        ("MaxPool", {"kernel_shape": [2]}, "MaxPool: kernel_shape [2] must have 2"),
+        ("AveragePool", {"kernel_shape": [2, 2], "auto_pad": "SAME"}, "AveragePool: unknown"),
+        ("LpPool", {"kernel_shape": [2, 2], "pads": [1, 1]}, "LpPool: pads [1, 1]"),
+    ],
+)
+def test_a_bad_window_attribute_names_the_op(op, attrs, message):
+    """Window and padding attributes are checked once for every op that has them; an unknown
+    ``auto_pad`` is refused, never read as NOTSET."""
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    constants = {"w": np.zeros((2, 2, 3, 3), np.float32)} if "Conv" in op else {}
+    for weights_constant in (True, False) if constants else (False,):
+        inputs = {"x": x} if weights_constant else {"x": x, **constants}
+        model = _model(op, inputs, constants if weights_constant else None, 19, out_rank=4, **attrs)
+        with pytest.raises(OnnxImportError, match=re.escape(message)):
+            ft.onnx.load(model)(*(ft.from_numpy(v) for v in inputs.values()))
 
 
 # -- LpPool, GlobalLpPool -------------------------------------------------------------------------

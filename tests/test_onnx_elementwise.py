@@ -102,6 +102,28 @@ def test_step_functions_have_zero_gradient_as_in_pytorch():
         np.testing.assert_array_equal(x.grad.numpy(), 0.0)
 
 
+@pytest.mark.parametrize(
+    ("name", "keeps_input"),
+    [("exp", False), ("tanh", False), ("sqrt", False), ("tan", False), ("floor", False)]
+    + [("sin", True), ("log", True), ("atan", True)],
+)
+def test_a_table_row_saves_only_what_its_derivative_reads_as_pytorch(name, keeps_input):
+    """A row whose derivative is written in its result (exp, tanh) lets the input change in
+    place before backward; one written in its input refuses, as PyTorch does."""
+    leaf = ft.tensor(np.array([0.25, 0.5], np.float32), requires_grad=True)
+    x = leaf * 1
+    y = getattr(x, name)()
+    x.add_(1)
+    if keeps_input:
+        with pytest.raises(ft.errors.AutogradError, match="modified by an inplace"):
+            y.sum().backward()
+    else:
+        y.sum().backward()
+        expected = {"exp": np.exp, "tanh": lambda v: 1 - np.tanh(v) ** 2}.get(name)
+        if expected is not None:
+            np.testing.assert_allclose(leaf.grad.numpy(), expected(leaf.detach().numpy()), 1e-6)
+
+
 def test_every_table_row_exports_as_its_onnx_op(tmp_path):
     """Each row's emitter writes the row's op; onnxruntime runs it with the same values."""
     for row in UNARY:

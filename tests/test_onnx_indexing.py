@@ -351,7 +351,25 @@ REFERENCE_CASES = [
         {"axis": 1},
         24,
     ),
+    (
+        "range_float16_stash_double",
+        "Range",
+        {
+            "a": np.array(2000, np.float16),
+            "b": np.array(2010, np.float16),
+            "c": np.array(0.3, np.float16),
+        },
+        {"stash_type": 11},
+        27,
+    ),
 ]
+
+
+def test_range_refuses_a_float16_stash_type_it_cannot_honour():
+    inputs = {k: np.array(v, np.float16) for k, v in (("a", 0), ("b", 4), ("c", 1))}
+    model = ft.onnx.load(model_of("Range", inputs, 27, stash_type=10))
+    with pytest.raises(OnnxImportError, match="Range: stash_type 10"):
+        model(*fed(inputs))
 
 
 @pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c[0])
@@ -663,6 +681,48 @@ def test_gather_backward_sums_repeated_indices_like_a_loop(axis):
     np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
 
 
+def _loop_scatter(shape, pairs):
+    """Zeros of ``shape`` with each ``(position, value)`` added in turn: the obvious reference."""
+    out = np.zeros(shape)
+    for position, value in pairs:
+        out[position] += value
+    return out
+
+
+def test_tensor_gather_backwards_add_repeated_positions_like_a_loop():
+    """Advanced indexing, torch-style gather, embedding and reflect padding scatter their
+    gradient through one sort instead of ``np.add.at``; repeats must still add up."""
+    values = RNG.standard_normal((4, 5))
+    x = ft.tensor(values, requires_grad=True)
+    rows, cols = np.array([0, 3, 0, 3, 1]), np.array([2, 4, 2, 4, -1])
+    weights = RNG.standard_normal(5)
+    (x[rows, cols] * ft.tensor(weights)).sum().backward()
+    pairs = [((r, c), w) for r, c, w in zip(rows, cols, weights)]
+    np.testing.assert_allclose(x.grad.numpy(), _loop_scatter((4, 5), pairs), rtol=1e-12)
+
+    x.grad = None
+    index = np.array([[1, 1, 4], [0, 0, 0], [2, 3, 2], [-1, 4, 4]])
+    weights = RNG.standard_normal(index.shape)
+    (ft.gather(x, 1, ft.tensor(index)) * ft.tensor(weights)).sum().backward()
+    pairs = [((i, index[i, j]), weights[i, j]) for i in range(4) for j in range(3)]
+    np.testing.assert_allclose(x.grad.numpy(), _loop_scatter((4, 5), pairs), rtol=1e-12)
+
+    table = ft.tensor(RNG.standard_normal((6, 3)), requires_grad=True)
+    ids = np.array([[1, 5, 1], [1, 0, 2]])
+    weights = RNG.standard_normal((2, 3, 3))
+    (ft.nn.functional.embedding(ft.tensor(ids), table) * ft.tensor(weights)).sum().backward()
+    pairs = [(ids[i, j], weights[i, j]) for i in range(2) for j in range(3)]
+    np.testing.assert_allclose(table.grad.numpy(), _loop_scatter((6, 3), pairs), rtol=1e-12)
+
+    row = ft.tensor(RNG.standard_normal((1, 1, 4)), requires_grad=True)
+    weights = RNG.standard_normal((1, 1, 9))
+    padded = ft.nn.functional.pad(row, [3, 2], mode="reflect")  # 3 2 1 | 0 1 2 3 | 2 1
+    (padded * ft.tensor(weights)).sum().backward()
+    source = [3, 2, 1, 0, 1, 2, 3, 2, 1]
+    pairs = [((0, 0, s), w) for s, w in zip(source, weights[0, 0])]
+    np.testing.assert_allclose(row.grad.numpy(), _loop_scatter((1, 1, 4), pairs), rtol=1e-12)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 BAD_CASES = [
@@ -695,6 +755,12 @@ BAD_CASES = [
     ("Tile", {"x": f32(2, 3), "r": np.array([2**20, 2**20], I64)}, {}, "budget"),
     ("DepthToSpace", {"x": f32(1, 6, 2, 2)}, {"blocksize": 2}, "do not divide"),
     ("Expand", {"x": f32(2, 3), "s": np.array([4, 3], I64)}, {}, "does not broadcast"),
+    # an axis out of range is refused, not wrapped, clamped or appended
+    ("Flatten", {"x": f32(2, 3)}, {"axis": 3}, "axis 3 is out of range"),
+    ("Squeeze", {"x": f32(2, 1), "a": np.array([4], I64)}, {}, "axis 4 is out of range"),
+    ("Unsqueeze", {"x": f32(2, 3), "a": np.array([5], I64)}, {}, "axis 5 is out of range"),
+    ("Unsqueeze", {"x": f32(2, 3), "a": np.array([1, -3], I64)}, {}, "repeat an axis"),
+    ("Concat", {"x": f32(2, 3), "z": f32(2, 3)}, {"axis": -3}, "axis -3 is out of range"),
 ]
 
 
@@ -702,7 +768,8 @@ BAD_CASES = [
 def test_bad_input_names_the_op_and_the_problem(case):
     op, inputs, attributes, message = case
     opset = 24 if op == "TensorScatter" else 18
-    out = [(TensorProto.FLOAT, 1)] if op == "GatherND" else None  # inference refuses it
+    refused = ("GatherND", "Flatten", "Squeeze", "Unsqueeze", "Concat")  # inference refuses them
+    out = [(TensorProto.FLOAT, 1)] if op in refused else None
     model = ft.onnx.load(model_of(op, inputs, opset, out=out, **attributes))
     with pytest.raises(OnnxImportError, match=message) as error:
         model(*fed(inputs))

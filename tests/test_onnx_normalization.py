@@ -366,7 +366,8 @@ def test_matches_onnxruntime(case):
     for g, e in zip(got, expected):
         assert g.numpy().dtype == e.dtype
         assert g.shape == e.shape
-        np.testing.assert_allclose(g.numpy(), e, rtol=1e-3, atol=case.atol)
+        rtol = 1e-3 if e.dtype == F16 else 1e-5
+        np.testing.assert_allclose(g.numpy(), e, rtol=rtol, atol=case.atol)
     modules = [type(m) for m in model.modules()]
     if case.module is not None:
         assert case.module in modules
@@ -463,7 +464,10 @@ def test_matches_the_onnx_reference(case):
     for g, e in zip(got, expected):
         assert g.numpy().dtype == e.dtype
         assert g.shape == e.shape
-        np.testing.assert_allclose(g.numpy(), e, rtol=1e-3, atol=1e-3 if e.dtype == F16 else 1e-5)
+        half = e.dtype == F16
+        np.testing.assert_allclose(
+            g.numpy(), e, rtol=1e-3 if half else 1e-5, atol=1e-3 if half else 1e-5
+        )
     if case.module is not None:
         assert any(isinstance(m, case.module) for m in loaded.modules())
     if case.outputs[0][1] == F32:
@@ -622,6 +626,20 @@ def test_layers_match_a_plain_loop():
         part = x[index]
         want = part / np.sqrt((part**2).mean() + np.finfo(F64).eps)
         np.testing.assert_allclose(got[index], want, rtol=1e-10)
+
+
+def test_affine_parameters_of_group_and_instance_norm_follow_pytorch():
+    for layer in (nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True)):
+        assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+        layer.weight.data = ft.tensor(np.full(4, 3.0, F32))
+        layer.bias.data = ft.tensor(np.full(4, -1.0, F32))
+        layer.reset_parameters()
+        np.testing.assert_array_equal(layer.weight.detach().numpy(), np.ones(4, F32))
+        np.testing.assert_array_equal(layer.bias.detach().numpy(), np.zeros(4, F32))
+    for layer in (nn.GroupNorm(2, 4, affine=False), nn.InstanceNorm1d(4)):
+        assert layer.weight is None and layer.bias is None
+        assert list(layer.parameters()) == []
+        layer.reset_parameters()
 
 
 def test_instance_norm_tracks_running_statistics_like_pytorch():

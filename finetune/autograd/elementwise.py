@@ -152,60 +152,6 @@ class Neg(Function):
         return -grad
 
 
-class Exp(Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = np.exp(_floating(x))
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad * out
-
-
-class Log1p(Function):
-    """``log(1 + x)``, exact for tiny ``x``."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = _floating(x)
-        ctx.save_for_backward(x)
-        return np.log1p(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / (1 + x)
-
-
-class Log(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _floating(x)
-        ctx.save_for_backward(x)
-        return np.log(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / x
-
-
-class Sqrt(Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = np.sqrt(_floating(x))
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad / (2 * out)
-
-
 class Abs(Function):
     @staticmethod
     def forward(ctx, x):
@@ -216,32 +162,6 @@ class Abs(Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * np.sign(x)
-
-
-class Sin(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _floating(x)
-        ctx.save_for_backward(x)
-        return np.sin(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * np.cos(x)
-
-
-class Cos(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _floating(x)
-        ctx.save_for_backward(x)
-        return np.cos(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return -grad * np.sin(x)
 
 
 class Relu(Function):
@@ -260,19 +180,6 @@ class Relu(Function):
         return gx
 
 
-class Erf(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _floating(x)
-        ctx.save_for_backward(x)
-        return special.erf(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (_TWO_OVER_SQRT_PI * np.exp(-x * x))
-
-
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, x):
@@ -289,19 +196,6 @@ class Sigmoid(Function):
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         return grad * out * (1 - out)
-
-
-class Tanh(Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = np.tanh(_floating(x))
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad * (1 - out * out)
 
 
 class Clamp(Function):
@@ -435,10 +329,14 @@ class Mod(Function):
 
 
 class _UnaryMath(Function):
-    """``y = f(x)`` on floats, ``dy/dx = df(x, y)``; the rows below fill in ``f`` and ``df``."""
+    """``y = f(x)`` on floats, ``dy/dx = df(saved)``, where the row saves ``x`` or ``y``
+    (whichever its derivative is written in, as PyTorch saves) or nothing (a step function).
+    The rows are primitives: numpy's ufunc is exact where a composition of the others (``tan``
+    as ``sin / cos``, ``asinh`` through ``log``) would round more and lose range."""
 
     f: staticmethod  # x -> y
-    df: staticmethod  # (x, y) -> dy/dx
+    df: staticmethod  # the saved x or y -> dy/dx
+    saves = "x"  # "x", "y" or "" (the derivative is zero)
     floating = True  # integer input computes in float32 (as PyTorch); False keeps ints (Sign)
 
     @classmethod
@@ -446,23 +344,27 @@ class _UnaryMath(Function):
         if cls.floating:
             x = _floating(x)
         out = cls.f(x)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(x, out)
+        if ctx.needs_input_grad[0] and cls.saves:
+            ctx.save_for_backward(x if cls.saves == "x" else out)
         return out
 
     @classmethod
     def backward(cls, ctx, grad):
-        x, out = ctx.saved_tensors
-        return grad * cls.df(x, out)
+        if not cls.saves:
+            return np.zeros_like(grad)
+        (saved,) = ctx.saved_tensors
+        return grad * cls.df(saved)
 
 
-def _unary_math(name: str, f, df, *, floating: bool = True) -> type:
+def _unary_math(name: str, f, df=None, *, saves: str = "x", floating: bool = True) -> type:
+    """A row of the table: ``df`` of the saved ``x`` or ``y``; no ``df``, a zero derivative."""
     return type(
         name,
         (_UnaryMath,),
         {
             "f": staticmethod(f),
             "df": staticmethod(df),
+            "saves": saves if df is not None else "",
             "floating": floating,
             "__module__": __name__,
         },
@@ -474,22 +376,26 @@ def _on_floats(f):
     return lambda x: f(x) if x.dtype.kind in "fc" else x.copy()
 
 
-def _zero(x, y):
-    """The derivative of a step function (floor, round, sign): zero almost everywhere."""
-    return np.zeros_like(x)
-
-
-Tan = _unary_math("Tan", np.tan, lambda x, y: 1 + y * y)
-Asin = _unary_math("Asin", np.arcsin, lambda x, y: 1 / np.sqrt(1 - x * x))
-Acos = _unary_math("Acos", np.arccos, lambda x, y: -1 / np.sqrt(1 - x * x))
-Atan = _unary_math("Atan", np.arctan, lambda x, y: 1 / (1 + x * x))
-Sinh = _unary_math("Sinh", np.sinh, lambda x, y: np.cosh(x))
-Cosh = _unary_math("Cosh", np.cosh, lambda x, y: np.sinh(x))
-Asinh = _unary_math("Asinh", np.arcsinh, lambda x, y: 1 / np.sqrt(x * x + 1))
-Acosh = _unary_math("Acosh", np.arccosh, lambda x, y: 1 / np.sqrt(x * x - 1))
-Atanh = _unary_math("Atanh", np.arctanh, lambda x, y: 1 / (1 - x * x))
-Reciprocal = _unary_math("Reciprocal", np.reciprocal, lambda x, y: -y * y)
-Floor = _unary_math("Floor", _on_floats(np.floor), _zero, floating=False)
-Ceil = _unary_math("Ceil", _on_floats(np.ceil), _zero, floating=False)
-Round = _unary_math("Round", _on_floats(np.round), _zero, floating=False)  # ties to even
-Sign = _unary_math("Sign", np.sign, _zero, floating=False)
+Exp = _unary_math("Exp", np.exp, lambda y: y, saves="y")
+Log = _unary_math("Log", np.log, lambda x: 1 / x)
+Log1p = _unary_math("Log1p", np.log1p, lambda x: 1 / (1 + x))  # exact for tiny x
+Sqrt = _unary_math("Sqrt", np.sqrt, lambda y: 1 / (2 * y), saves="y")
+Sin = _unary_math("Sin", np.sin, np.cos)
+Cos = _unary_math("Cos", np.cos, lambda x: -np.sin(x))
+Erf = _unary_math("Erf", special.erf, lambda x: _TWO_OVER_SQRT_PI * np.exp(-x * x))
+Tanh = _unary_math("Tanh", np.tanh, lambda y: 1 - y * y, saves="y")
+Tan = _unary_math("Tan", np.tan, lambda y: 1 + y * y, saves="y")
+Asin = _unary_math("Asin", np.arcsin, lambda x: 1 / np.sqrt(1 - x * x))
+Acos = _unary_math("Acos", np.arccos, lambda x: -1 / np.sqrt(1 - x * x))
+Atan = _unary_math("Atan", np.arctan, lambda x: 1 / (1 + x * x))
+Sinh = _unary_math("Sinh", np.sinh, np.cosh)
+Cosh = _unary_math("Cosh", np.cosh, np.sinh)
+Asinh = _unary_math("Asinh", np.arcsinh, lambda x: 1 / np.sqrt(x * x + 1))
+Acosh = _unary_math("Acosh", np.arccosh, lambda x: 1 / np.sqrt(x * x - 1))
+Atanh = _unary_math("Atanh", np.arctanh, lambda x: 1 / (1 - x * x))
+Reciprocal = _unary_math("Reciprocal", np.reciprocal, lambda y: -y * y, saves="y")
+# step functions: zero derivative almost everywhere
+Floor = _unary_math("Floor", _on_floats(np.floor), floating=False)
+Ceil = _unary_math("Ceil", _on_floats(np.ceil), floating=False)
+Round = _unary_math("Round", _on_floats(np.round), floating=False)  # ties to even
+Sign = _unary_math("Sign", np.sign, floating=False)

@@ -4,6 +4,10 @@ Each gather is a ``take`` whose backward is a scatter-add of the gradient, done 
 ``np.add.at``: ``np.bincount`` for single elements, one stable sort and ``np.add.reduceat`` for
 whole rows. A scatter's backward is a gather, plus the per-position bookkeeping its reduction
 needs (who won a write, products of the others, ties).
+
+New Functions rather than compositions of ``Index``/``IndexPut``: those take one index array
+per axis (an element gather would build rank-many index grids), their backward adds with
+``np.add.at``, and no composition has a scatter's "last write wins" or its reductions' gradient.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ def index_add(size: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
         positions, sums = segment_reduce(index, values)
         out[positions] = sums
     return out
+
+
+def scatter_add(shape: tuple, positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Zeros of ``shape`` with each of ``values`` added at its flat position in ``positions``
+    (same shape as ``values``; repeats add up): the backward of any element gather."""
+    size = int(np.prod(shape))
+    return index_add(size, positions.reshape(-1), values.reshape(-1)).reshape(shape)
 
 
 class TakeAxis(Function):
@@ -77,8 +88,7 @@ class TakeFlat(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        size = int(np.prod(ctx.shape))
-        return index_add(size, ctx.flat.reshape(-1), grad.reshape(-1)).reshape(ctx.shape), None
+        return scatter_add(ctx.shape, ctx.flat, grad), None
 
 
 class ScatterFlat(Function):
@@ -101,7 +111,7 @@ class ScatterFlat(Function):
         if reduction == "none":
             ctx.winners = last_writes(pos)
             out[pos[ctx.winners]] = u[ctx.winners]
-        elif reduction in _AT:
+        elif reduction in _AT:  # ufunc.at: in update order, bit for bit the spec's loop
             _AT[reduction].at(out, pos, u)
         else:
             raise ShapeError(f"scatter: unknown reduction {reduction!r}")

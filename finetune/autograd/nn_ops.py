@@ -14,6 +14,7 @@ from ..errors import ShapeError
 from ..parallel import split
 from . import special
 from .function import Function
+from .indexing import index_add
 from .layout import (
     along_row,
     as_nchw,
@@ -92,8 +93,7 @@ class Embedding(Function):
         if ctx.scale_grad_by_freq:
             counts = np.bincount(flat, minlength=ctx.num)
             rows = rows / counts[flat, None].astype(rows.dtype)
-        gw = np.zeros((ctx.num, rows.shape[1]), dtype=grad.dtype)
-        np.add.at(gw, flat, rows)
+        gw = index_add(ctx.num, flat, rows)
         if ctx.padding_idx is not None:
             gw[ctx.padding_idx] = 0
         return gw, None

@@ -103,6 +103,5 @@ from .shape_ops import (  # noqa: F401
     Transpose,
     Unsqueeze,
     View,
-    _along_axis_index,
     _is_advanced,
 )

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from .broadcast import sum_to_shape
 from .function import Function
+from .indexing import index_add, scatter_add
 
 # -- shape ----------------------------------------------------------------------------------------
 
@@ -139,11 +140,10 @@ class Index(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.advanced:  # repeated positions add up: scatter-add by flat position
+            return scatter_add(ctx.shape, _flat_positions(ctx.shape)[ctx.index], grad)
         out = np.zeros(ctx.shape, dtype=grad.dtype)
-        if ctx.advanced:
-            np.add.at(out, ctx.index, grad)
-        else:
-            out[ctx.index] = grad
+        out[ctx.index] = grad
         return out
 
 
@@ -294,10 +294,7 @@ def _pad_backward_by_index(grad, grow, mode, shape, pads):
             continue
         n = grad.shape[axis] - lo - hi
         src = np.pad(np.arange(n), (lo, hi), mode=np_mode)
-        moved = np.moveaxis(grad, axis, 0)
-        acc = np.zeros((n,) + moved.shape[1:], dtype=grad.dtype)
-        np.add.at(acc, src, moved)
-        grad = np.moveaxis(acc, 0, axis)
+        grad = np.moveaxis(index_add(n, src, np.moveaxis(grad, axis, 0)), 0, axis)
     return grad
 
 
@@ -313,15 +310,14 @@ class Gather(Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        out = np.zeros(ctx.shape, dtype=grad.dtype)
-        np.add.at(out, _along_axis_index(index, ctx.dim), grad)
-        return out, None, None
+        positions = np.take_along_axis(_flat_positions(ctx.shape), index, axis=ctx.dim)
+        return scatter_add(ctx.shape, positions, grad), None, None
 
 
-def _along_axis_index(index: np.ndarray, dim: int) -> tuple:
-    grids = list(np.indices(index.shape, sparse=True))
-    grids[dim] = index
-    return tuple(grids)
+def _flat_positions(shape: tuple) -> np.ndarray:
+    """Each element's flat position in an array of ``shape``: indexed as the forward indexed
+    its input, it says where each output element came from."""
+    return np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
 
 
 class TopK(Function):

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...tensor import Tensor
 from .. import functional as F
+from ..init import constant_
 from ..module import Module
 from ..parameter import Parameter
 
@@ -127,7 +128,7 @@ class PReLU(Module):
             self.to(dtype)
 
     def reset_parameters(self) -> None:
-        self.weight._data[...] = self.init
+        constant_(self.weight, self.init)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.prelu(input, self.weight)

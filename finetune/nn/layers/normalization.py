@@ -15,7 +15,27 @@ from ..module import Module
 from ..parameter import Parameter
 
 
-class GroupNorm(Module):
+class _AffineNorm(Module):
+    """Shared by GroupNorm and the instance norms: with ``affine``, a per-channel ``weight``
+    (ones) and ``bias`` (zeros), else neither."""
+
+    affine: bool
+
+    def _affine_parameters(self, channels: int) -> None:
+        if self.affine:
+            self.weight = Parameter(np.ones(channels, dtype=np.float32))
+            self.bias = Parameter(np.zeros(channels, dtype=np.float32))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+
+class GroupNorm(_AffineNorm):
     """Normalise groups of ``num_channels / num_groups`` channels; per-channel affine."""
 
     def __init__(
@@ -36,19 +56,9 @@ class GroupNorm(Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = Parameter(np.ones(num_channels, dtype=np.float32))
-            self.bias = Parameter(np.zeros(num_channels, dtype=np.float32))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._affine_parameters(num_channels)
         if dtype is not None:
             self.to(dtype)
-
-    def reset_parameters(self) -> None:
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         if input.ndim < 2 or input.shape[1] != self.num_channels:
@@ -62,7 +72,7 @@ class GroupNorm(Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
-class _InstanceNorm(Module):
+class _InstanceNorm(_AffineNorm):
     """Shared by the 1-, 2- and 3-D forms, which differ only in the input ranks they accept."""
 
     _spatial = 0
@@ -83,12 +93,7 @@ class _InstanceNorm(Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = Parameter(np.ones(num_features, dtype=np.float32))
-            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self._affine_parameters(num_features)
         if track_running_stats:
             self.register_buffer(
                 "running_mean", Tensor._from_array(np.zeros(num_features, np.float32))
@@ -103,11 +108,6 @@ class _InstanceNorm(Module):
             self.register_buffer("num_batches_tracked", None)
         if dtype is not None:
             self.to(dtype)
-
-    def reset_parameters(self) -> None:
-        if self.affine:
-            init.ones_(self.weight)
-            init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         batched = self._spatial + 2

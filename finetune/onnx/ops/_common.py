@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from ...autograd import ops
+from ...errors import ShapeError
 from ...tensor import Tensor
+
+
+def holding(layer, weight: np.ndarray, bias: np.ndarray | None = None):
+    """``layer`` with the file's ``weight`` (and ``bias``) as its parameters, as they are: the
+    module form of a node with constant weights, trainable under PyTorch's names."""
+    from ...nn.parameter import Parameter
+
+    layer.weight = Parameter(np.ascontiguousarray(weight))
+    if bias is not None:
+        layer.bias = Parameter(np.ascontiguousarray(bias))
+    return layer
 
 
 def wrap(array) -> Tensor:
@@ -38,4 +50,8 @@ def is_float(x: Tensor) -> bool:
 
 
 def axis_of(axis: int, ndim: int) -> int:
+    """``axis`` counted from 0 in a rank-``ndim`` tensor (negative counts from the end); out of
+    range is a ShapeError (the graph names the node and op), never a silent wrap or clamp."""
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"axis {axis} is out of range for a {ndim}-d input")
     return axis + ndim if axis < 0 else axis

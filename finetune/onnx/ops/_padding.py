@@ -8,10 +8,10 @@ from ..limits import check_shape
 
 
 def window(
-    n: int, kernel_shape, strides, dilations
+    op: str, n: int, kernel_shape, strides, dilations
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """``(kernel, strides, dilations)`` for ``n`` spatial dimensions (strides and dilations
-    default to 1); OnnxImportError unless each has ``n`` positive entries."""
+    default to 1); OnnxImportError naming ``op`` unless each has ``n`` positive entries."""
     values = []
     for name, given in (
         ("kernel_shape", kernel_shape),
@@ -21,13 +21,15 @@ def window(
         value = tuple(int(v) for v in given) if given else (1,) * n
         if len(value) != n or any(v < 1 for v in value):
             raise OnnxImportError(
-                f"{name} {list(value)} must have {n} positive entries (one per spatial dimension)"
+                f"{op}: {name} {list(value)} must have {n} positive entries (one per spatial "
+                "dimension)"
             )
         values.append(value)
     return values[0], values[1], values[2]
 
 
 def spatial_pads(
+    op: str,
     auto_pad: str,
     pads,
     sizes: tuple[int, ...],
@@ -53,10 +55,12 @@ def spatial_pads(
     if auto_pad == "VALID":
         return ((0, 0),) * n
     if auto_pad != "NOTSET":
-        raise OnnxImportError(f"unknown auto_pad {auto_pad!r}")
+        raise OnnxImportError(
+            f"{op}: unknown auto_pad {auto_pad!r} (NOTSET, SAME_UPPER, SAME_LOWER or VALID)"
+        )
     pads = (0,) * (2 * n) if pads is None else tuple(int(p) for p in pads)
     if len(pads) != 2 * n or any(p < 0 for p in pads):
-        raise OnnxImportError(f"pads {list(pads)} must have {2 * n} non-negative entries")
+        raise OnnxImportError(f"{op}: pads {list(pads)} must have {2 * n} non-negative entries")
     return tuple((pads[i], pads[i + n]) for i in range(n))
 
 

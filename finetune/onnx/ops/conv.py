@@ -12,12 +12,11 @@ from ... import functions as fn
 from ...autograd.conv import ConvolutionTranspose
 from ...errors import OnnxImportError, ShapeError
 from ...nn.layers.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
-from ...nn.parameter import Parameter
 from ...tensor import Tensor
 from ..export_ops import cannot_export, emits
 from ..limits import check_shape
 from ..registry import Built, NodeView, call_module, register
-from ._common import ints, wrap
+from ._common import holding, ints, wrap
 from ._padding import check_padded, is_static, spatial_pads, window
 
 
@@ -31,7 +30,13 @@ class _PadFirst:
 
     def __call__(self, module, x):
         pairs = spatial_pads(
-            self.auto_pad, self.pads, tuple(x.shape[2:]), self.kernel, self.strides, self.dilations
+            "Conv",
+            self.auto_pad,
+            self.pads,
+            tuple(x.shape[2:]),
+            self.kernel,
+            self.strides,
+            self.dilations,
         )
         check_padded(tuple(x.shape), pairs, "Conv")
         flat = [p for pair in reversed(pairs) for p in pair]
@@ -47,7 +52,7 @@ def _conv_module(view: NodeView) -> Built | None:
     a = view.attributes
     n = w.ndim - 2
     kernel, strides, dilations = window(
-        n, a.get("kernel_shape") or w.shape[2:], a.get("strides"), a.get("dilations")
+        "Conv", n, a.get("kernel_shape") or w.shape[2:], a.get("strides"), a.get("dilations")
     )
     if kernel != tuple(w.shape[2:]):
         raise OnnxImportError(
@@ -58,7 +63,7 @@ def _conv_module(view: NodeView) -> Built | None:
     auto_pad = a.get("auto_pad", "NOTSET")
     padding, call = (0,) * n, _PadFirst(a, kernel, strides, dilations)
     if is_static(auto_pad):
-        pairs = spatial_pads(auto_pad, a.get("pads"), (0,) * n, kernel, strides, dilations)
+        pairs = spatial_pads("Conv", auto_pad, a.get("pads"), (0,) * n, kernel, strides, dilations)
         # pads past the kernel's reach go through _PadFirst, whose size is checked at run time
         reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
         if all(lo == hi <= r for (lo, hi), r in zip(pairs, reach)):
@@ -66,10 +71,7 @@ def _conv_module(view: NodeView) -> Built | None:
     layer = (Conv2d if n == 2 else Conv1d)(
         w.shape[1] * group, w.shape[0], kernel, strides, padding, dilations, group, b is not None
     )
-    layer.weight = Parameter(np.ascontiguousarray(w))
-    if b is not None:
-        layer.bias = Parameter(np.ascontiguousarray(b))
-    return Built(layer, (0,), call)
+    return Built(holding(layer, w, b), (0,), call)
 
 
 @register("Conv", 1, 11, 22, module=_conv_module)
@@ -87,8 +89,10 @@ def conv(
 ) -> Tensor:
     from ...autograd import conv as kernels
 
-    kernel, strides, dilations = window(w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations)
-    padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    kernel, strides, dilations = window(
+        "Conv", w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations
+    )
+    padding = spatial_pads("Conv", auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
     check_padded(tuple(x.shape), padding, "Conv")
     return kernels.conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)
 
@@ -101,6 +105,11 @@ def _transpose_pads(
     ``size * stride``) fixes the output size: SAME_UPPER crops the odd pixel at the end, the
     others at the start, as the spec's formula says; explicit ``pads`` keep their start."""
     n = len(kernel)
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        raise OnnxImportError(
+            f"ConvTranspose: unknown auto_pad {auto_pad!r} (NOTSET, SAME_UPPER, SAME_LOWER or "
+            "VALID)"
+        )
     adjust = tuple(int(v) for v in output_padding) if output_padding else (0,) * n
     if len(adjust) != n:
         raise OnnxImportError(f"ConvTranspose: output_padding {list(adjust)} needs {n} entries")
@@ -123,7 +132,7 @@ def _transpose_pads(
             pairs.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
         pairs = tuple(pairs)
     else:
-        pairs = spatial_pads("NOTSET", pads, sizes, kernel, strides, dilations)
+        pairs = spatial_pads("ConvTranspose", "NOTSET", pads, sizes, kernel, strides, dilations)
         if output_shape is not None:
             pairs = tuple((lo, m - lo - o) for (lo, _), m, o in zip(pairs, natural, output_shape))
     return tuple((lo, hi - a) for (lo, hi), a in zip(pairs, adjust))
@@ -141,7 +150,11 @@ def _transpose_module(view: NodeView) -> Built | None:
     if a.get("output_shape") is not None or w.shape[0] % group:
         return None
     kernel, strides, dilations = window(
-        n, a.get("kernel_shape") or w.shape[2:], a.get("strides"), a.get("dilations")
+        "ConvTranspose",
+        n,
+        a.get("kernel_shape") or w.shape[2:],
+        a.get("strides"),
+        a.get("dilations"),
     )
     if kernel != tuple(w.shape[2:]):
         raise OnnxImportError(
@@ -175,10 +188,7 @@ def _transpose_module(view: NodeView) -> Built | None:
         b is not None,
         dilations,
     )
-    layer.weight = Parameter(np.ascontiguousarray(w))
-    if b is not None:
-        layer.bias = Parameter(np.ascontiguousarray(b))
-    return Built(layer)
+    return Built(holding(layer, w, b))
 
 
 @register("ConvTranspose", 1, 11, 22, module=_transpose_module)
@@ -204,7 +214,9 @@ def conv_transpose(
             f"ConvTranspose: weight of shape {list(w.shape)} (in, out/group, k...) with "
             f"group={group} does not fit input of shape {list(x.shape)}"
         )
-    kernel, strides, dilations = window(n, kernel_shape or w.shape[2:], strides, dilations)
+    kernel, strides, dilations = window(
+        "ConvTranspose", n, kernel_shape or w.shape[2:], strides, dilations
+    )
     if kernel != tuple(w.shape[2:]):
         raise ShapeError(
             f"ConvTranspose: kernel_shape {list(kernel)} does not match its weight of shape "
@@ -244,8 +256,10 @@ def deform_conv(
 
     n, c, sizes = x.shape[0], x.shape[1], tuple(x.shape[2:])
     nd, o = len(sizes), w.shape[0]
-    kernel, strides, dilations = window(nd, kernel_shape or w.shape[2:], strides, dilations)
-    padding = spatial_pads("NOTSET", pads, sizes, kernel, strides, dilations)
+    kernel, strides, dilations = window(
+        "DeformConv", nd, kernel_shape or w.shape[2:], strides, dilations
+    )
+    padding = spatial_pads("DeformConv", "NOTSET", pads, sizes, kernel, strides, dilations)
     outs = tuple(
         (s + lo + hi - (k - 1) * d - 1) // st + 1
         for s, (lo, hi), k, st, d in zip(sizes, padding, kernel, strides, dilations)
@@ -309,8 +323,8 @@ def col2im(
 
     image, block = ints(image_shape), ints(block_shape)
     nd, taps = len(image), math.prod(block)
-    kernel, strides, dilations = window(nd, block, strides, dilations)
-    padding = spatial_pads("NOTSET", pads, image, kernel, strides, dilations)
+    kernel, strides, dilations = window("Col2Im", nd, block, strides, dilations)
+    padding = spatial_pads("Col2Im", "NOTSET", pads, image, kernel, strides, dilations)
     outs = tuple(
         (s + lo + hi - (k - 1) * d - 1) // st + 1
         for s, (lo, hi), k, st, d in zip(image, padding, kernel, strides, dilations)

@@ -10,21 +10,16 @@ import onnx
 from ... import functions as fn
 from ...errors import ShapeError
 from ...nn.layers.linear import Linear
-from ...nn.parameter import Parameter
 from ...tensor import Tensor
 from ..limits import check_broadcast
 from ..registry import Built, NodeView, call_module, register
-from ._common import keep_dtype
+from ._common import holding, keep_dtype
 
 
 def linear(weight: np.ndarray, bias: np.ndarray | None) -> Linear:
     """An ``nn.Linear`` holding ``weight`` (out, in) and ``bias`` (out,) as they are."""
     out_features, in_features = weight.shape
-    module = Linear(in_features, out_features, bias=bias is not None)
-    module.weight = Parameter(np.ascontiguousarray(weight))
-    if bias is not None:
-        module.bias = Parameter(np.ascontiguousarray(bias))
-    return module
+    return holding(Linear(in_features, out_features, bias=bias is not None), weight, bias)
 
 
 def _bias_vector(c: np.ndarray | None, n: int) -> np.ndarray | None | bool:

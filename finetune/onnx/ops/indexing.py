@@ -315,6 +315,12 @@ def range_(start: Tensor, limit: Tensor, delta: Tensor, *, stash_type=1) -> Tens
         check_shape([count], "Range")
         return wrap((first + np.arange(count, dtype=np.int64) * step).astype(dtype))
     work = np.float64 if dtype == np.float64 else np.float32
+    if dtype == np.float16:  # stash_type matters only here: FLOAT (1) or DOUBLE (11)
+        if stash_type not in (1, 11):
+            raise OnnxImportError(
+                f"Range: stash_type {stash_type} is not 1 (float) or 11 (double) for float16"
+            )
+        work = np.float64 if stash_type == 11 else np.float32
     first, last, step = work(first), work(last), work(step)
     if not np.isfinite([first, last, step]).all():
         raise ShapeError(f"Range: start {first}, limit {last} and delta {step} must be finite")

@@ -27,10 +27,9 @@ from ...nn.layers.normalization import (
     InstanceNorm3d,
     RMSNorm,
 )
-from ...nn.parameter import Parameter
 from ...tensor import Tensor
 from ..registry import Built, NodeView, register
-from ._common import axis_of, keep_dtype, scalar, wrap
+from ._common import axis_of, holding, keep_dtype, scalar, wrap
 
 
 def _per_channel(v, x, spatial: int):
@@ -67,8 +66,7 @@ def _batch_norm_module(view: NodeView) -> Built | None:
     layer = (BatchNorm2d if rank == 4 else BatchNorm1d)(
         scale.shape[0], eps=float(eps), momentum=float(1 - momentum)
     )
-    layer.weight = Parameter(np.ascontiguousarray(scale))
-    layer.bias = Parameter(np.ascontiguousarray(bias))
+    holding(layer, scale, bias)
     layer.running_mean = Tensor._from_array(np.array(mean))
     layer.running_var = Tensor._from_array(np.array(var))
     return Built(layer)
@@ -257,6 +255,17 @@ def _widen(x: Tensor, dtype: np.dtype) -> Tensor:
     return None if x is None else keep_dtype(x, dtype)
 
 
+def _standardize(x: Tensor, dims: tuple[int, ...], epsilon: float, compute: np.dtype):
+    """``(x - mean) / sqrt(var + epsilon)`` over ``dims`` in ``compute`` (population variance of
+    the centred values), with the kept-dims ``mean`` and ``1 / sqrt(var + epsilon)``."""
+    xc = _widen(x, compute)
+    mean = fn.mean(xc, dim=dims, keepdim=True)
+    centered = fn.sub(xc, mean)
+    var = fn.mean(fn.mul(centered, centered), dim=dims, keepdim=True)
+    inv_std = fn.rsqrt(fn.add(var, np.asarray(epsilon, compute)))
+    return fn.mul(centered, inv_std), mean, inv_std
+
+
 def _trailing_axes(op: str, axis: int, ndim: int) -> tuple[int, ...]:
     if not -ndim <= axis < ndim:
         raise ShapeError(f"{op}: axis {axis} is out of range for input of rank {ndim}")
@@ -293,10 +302,7 @@ def _layer_norm_module(view: NodeView) -> Built | None:
     if shape is None or any(w.shape != shape for w in weights):
         return None
     layer = LayerNorm(shape, eps=float(_decimal(a.get("epsilon", 1e-5))), bias=len(weights) == 2)
-    layer.weight = Parameter(np.ascontiguousarray(weights[0]))
-    if len(weights) == 2:
-        layer.bias = Parameter(np.ascontiguousarray(weights[1]))
-    return Built(layer)
+    return Built(holding(layer, *weights))
 
 
 @register("LayerNormalization", 17, module=_layer_norm_module)
@@ -315,12 +321,8 @@ def layer_normalization(
     dtype = x._data.dtype
     compute = _compute_dtype(dtype, stash_type)
     dims = _trailing_axes("LayerNormalization", axis, x.ndim)
-    xc = _widen(x, compute)
-    mean = fn.mean(xc, dim=dims, keepdim=True)
-    centered = fn.sub(xc, mean)
-    var = fn.mean(fn.mul(centered, centered), dim=dims, keepdim=True)
-    inv_std = fn.rsqrt(fn.add(var, np.asarray(epsilon, compute)))
-    y = fn.mul(fn.mul(centered, inv_std), _widen(scale, compute))
+    normalized, mean, inv_std = _standardize(x, dims, epsilon, compute)
+    y = fn.mul(normalized, _widen(scale, compute))
     if b is not None:
         y = fn.add(y, _widen(b, compute))
     return (keep_dtype(y, dtype), mean, inv_std)[:_outputs]
@@ -334,9 +336,7 @@ def _rms_norm_module(view: NodeView) -> Built | None:
     shape = _normalized_shape(view, a.get("axis", -1), weights[0])
     if shape is None:
         return None
-    layer = RMSNorm(shape, eps=float(_decimal(a.get("epsilon", 1e-5))))
-    layer.weight = Parameter(np.ascontiguousarray(weights[0]))
-    return Built(layer)
+    return Built(holding(RMSNorm(shape, eps=float(_decimal(a.get("epsilon", 1e-5)))), weights[0]))
 
 
 @register("RMSNormalization", 23, module=_rms_norm_module)
@@ -370,11 +370,8 @@ def _check_channels(op: str, x: Tensor, groups: int, *params: Tensor | None) -> 
 
 def _group_standardize(x: Tensor, groups: int, epsilon: float, compute: np.dtype) -> Tensor:
     """``x`` as ``(N, groups, -1)`` standardised along its last axis, in ``compute``."""
-    grouped = fn.reshape(_widen(x, compute), (x.shape[0], groups, -1))
-    mean = fn.mean(grouped, dim=2, keepdim=True)
-    centered = fn.sub(grouped, mean)
-    var = fn.mean(fn.mul(centered, centered), dim=2, keepdim=True)
-    return fn.mul(centered, fn.rsqrt(fn.add(var, np.asarray(epsilon, compute))))
+    grouped = fn.reshape(x, (x.shape[0], groups, -1))
+    return _standardize(grouped, (2,), epsilon, compute)[0]
 
 
 @register("GroupNormalization", 18)
@@ -406,9 +403,7 @@ def _group_norm_module(view: NodeView) -> Built | None:
     layer = GroupNorm(
         groups, scale.shape[0], eps=float(_decimal(view.attributes.get("epsilon", 1e-5)))
     )
-    layer.weight = Parameter(np.ascontiguousarray(scale))
-    layer.bias = Parameter(np.ascontiguousarray(bias))
-    return Built(layer)
+    return Built(holding(layer, scale, bias))
 
 
 @register("GroupNormalization", 21, module=_group_norm_module)
@@ -445,9 +440,7 @@ def _instance_norm_module(view: NodeView) -> Built | None:
         return None
     eps = float(_decimal(view.attributes.get("epsilon", 1e-5)))
     layer = layer_type(scale.shape[0], eps=eps, affine=True, track_running_stats=False)
-    layer.weight = Parameter(np.ascontiguousarray(scale))
-    layer.bias = Parameter(np.ascontiguousarray(bias))
-    return Built(layer)
+    return Built(holding(layer, scale, bias))
 
 
 @register("InstanceNormalization", 1, 6, 22, module=_instance_norm_module)
@@ -466,11 +459,7 @@ def instance_normalization(
             f"InstanceNormalization: scale and B need {channels} values (the channels of "
             f"input {list(x.shape)}), got shapes {list(scale.shape)} and {list(b.shape)}"
         )
-    dims = tuple(range(2, x.ndim))
-    mean = fn.mean(x, dim=dims, keepdim=True)
-    centered = fn.sub(x, mean)
-    var = fn.mean(fn.mul(centered, centered), dim=dims, keepdim=True)
-    normalized = fn.mul(centered, fn.rsqrt(fn.add(var, np.asarray(epsilon, x._data.dtype))))
+    normalized = _standardize(x, tuple(range(2, x.ndim)), epsilon, x._data.dtype)[0]
     per_channel = (channels,) + (1,) * (x.ndim - 2)
     return fn.add(fn.mul(normalized, fn.reshape(scale, per_channel)), fn.reshape(b, per_channel))
 

@@ -18,10 +18,12 @@ from ._common import ints, keep_dtype, wrap
 from ._padding import check_padded, spatial_pads, window
 
 
-def _window(x, kernel_shape, strides, dilations, auto_pad, pads):
-    kernel, strides, dilations = window(x.ndim - 2, kernel_shape, strides, dilations)
-    padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
-    check_padded(tuple(x.shape), padding, "pooling")
+def _window(op, x, kernel_shape, strides, dilations, auto_pad, pads):
+    if x.ndim < 3:
+        raise ShapeError(f"{op}: input must be (N, C, D1, ...), got shape {list(x.shape)}")
+    kernel, strides, dilations = window(op, x.ndim - 2, kernel_shape, strides, dilations)
+    padding = spatial_pads(op, auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    check_padded(tuple(x.shape), padding, op)
     return kernel, strides, dilations, padding
 
 
@@ -41,7 +43,7 @@ def max_pool(
     from ...autograd import pooling as kernels
 
     kernel, strides, dilations, padding = _window(
-        x, kernel_shape, strides, dilations, auto_pad, pads
+        "MaxPool", x, kernel_shape, strides, dilations, auto_pad, pads
     )
     y = kernels.max_pool(
         x,
@@ -115,7 +117,7 @@ def average_pool(
     from ...autograd import pooling as kernels
 
     kernel, strides, dilations, padding = _window(
-        x, kernel_shape, strides, dilations, auto_pad, pads
+        "AveragePool", x, kernel_shape, strides, dilations, auto_pad, pads
     )
     if any(d != 1 for d in dilations):
         return _dilated_average(
@@ -220,7 +222,7 @@ def lp_pool(
 ) -> Tensor:
     """The p-norm of every window (zero padding adds nothing); opset 1's ``p`` is a float."""
     kernel, strides, dilations, padding = _window(
-        x, kernel_shape, strides, dilations, auto_pad, pads
+        "LpPool", x, kernel_shape, strides, dilations, auto_pad, pads
     )
 
     def sums(powered):
@@ -253,8 +255,10 @@ def max_unpool(
     from ...autograd.indexing import ScatterFlat
 
     n = x.ndim - 2
-    kernel, strides, _ = window(n, kernel_shape, strides, None)
-    padding = spatial_pads("NOTSET", pads, tuple(x.shape[2:]), kernel, strides, (1,) * n)
+    kernel, strides, _ = window("MaxUnpool", n, kernel_shape, strides, None)
+    padding = spatial_pads(
+        "MaxUnpool", "NOTSET", pads, tuple(x.shape[2:]), kernel, strides, (1,) * n
+    )
     inferred = (
         *x.shape[:2],
         *(

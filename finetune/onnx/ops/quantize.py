@@ -105,9 +105,9 @@ def _broadcast_params(
     ndim = len(shape)
     if ndim == 0:
         raise ShapeError(f"{op}: a scalar input takes a one-element {what}, got {param.shape}")
-    axis = axis_of(axis, ndim)
-    if not 0 <= axis < ndim:
+    if not -ndim <= axis < ndim:
         raise ShapeError(f"{op}: axis {axis} is out of range for a {ndim}-D input")
+    axis = axis_of(axis, ndim)
     if block_size <= 0:
         if param.ndim != 1 or param.shape[0] != shape[axis]:
             raise ShapeError(
@@ -436,8 +436,10 @@ def _conv_integer(
         raise ShapeError(f"{op}: x_zero_point must have one element, got {list(x_zp.shape)}")
     if w_zp.size > 1:
         w_zp = w_zp.reshape(-1, *([1] * (w.ndim - 1)))
-    kernel, strides, dilations = window(w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations)
-    padding = spatial_pads(auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    kernel, strides, dilations = window(
+        op, w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations
+    )
+    padding = spatial_pads(op, auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
     check_padded(tuple(x.shape), padding, op)
     # x's zero point must pad as zero after the shift: shift first, then let the kernel pad
     left = wrap((x.astype(np.int64) - x_zp.reshape(())).astype(np.float64))

@@ -20,6 +20,7 @@ import numpy as np
 from ... import functions as fn
 from ...autograd import ops
 from ...autograd.cumulative import Cumprod
+from ...autograd.function import is_tracing
 from ...errors import OnnxImportError, ShapeError
 from ...tensor import Tensor
 from ..export_ops import cannot_export, emits
@@ -194,12 +195,14 @@ for _op, _attribute_versions, _input_versions in (
 
 
 def _arg(data: Tensor, axis: int, keepdims: int, select_last_index: int, largest: bool):
-    a = data._data
+    a, op = data._data, "ArgMax" if largest else "ArgMin"
     if not -a.ndim <= axis < max(a.ndim, 1):
-        raise ShapeError(f"axis {axis} is out of range for a {a.ndim}-d input")
+        raise ShapeError(f"{op}: axis {axis} is out of range for a {a.ndim}-d input")
     axis = axis_of(axis, a.ndim) if a.ndim else 0
     if a.ndim and a.shape[axis] == 0:
-        raise ShapeError(f"cannot take the arg{'max' if largest else 'min'} of an empty axis")
+        raise ShapeError(
+            f"{op}: axis {axis} of input {list(a.shape)} is empty; it has no {op.lower()}"
+        )
     pick = np.argmax if largest else np.argmin
     if not a.ndim:
         index = np.zeros((), np.int64)
@@ -348,10 +351,15 @@ def top_k(x: Tensor, k: Tensor, *, axis=-1, largest=1, sorted=1) -> tuple[Tensor
 @register("LpNormalization", 1, 22)
 def lp_normalization(x: Tensor, *, axis=-1, p=2) -> Tensor:
     """``x`` divided by its ``p``-norm (p = 1 or 2) along ``axis``; a zero vector stays zero,
-    as in onnxruntime."""
+    as in onnxruntime. It is divided by 1, so its gradient stays finite (the divisor clamped to
+    the smallest float gives 0 / tiny^2 = NaN); an export trace keeps the clamp, which holds for
+    any input where the data-dependent choice would not."""
     if p not in (1, 2):
         raise OnnxImportError(f"LpNormalization: p must be 1 or 2, got {p}")
     if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"LpNormalization: axis {axis} is out of range for a {x.ndim}-d input")
     norm = ops.Norm.apply(x, p=float(p), dim=axis_of(axis, x.ndim), keepdim=True)
+    zero = norm._data == 0
+    if zero.any() and not is_tracing():
+        return x / fn.where(wrap(zero), wrap(np.ones((), norm._data.dtype)), norm)
     return x / fn.clamp(norm, min=float(np.finfo(norm._data.dtype).tiny))

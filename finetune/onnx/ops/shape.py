@@ -28,7 +28,10 @@ def identity(x: Tensor) -> Tensor:
 
 @register("Flatten", 1, 9, 11, *_LATER)
 def flatten(x: Tensor, *, axis=1) -> Tensor:
-    axis = axis_of(axis, x.ndim)
+    """``axis`` may be the rank itself (everything goes into the first dimension)."""
+    if not -x.ndim <= axis <= x.ndim:
+        raise ShapeError(f"Flatten: axis {axis} is out of range for a {x.ndim}-d input")
+    axis = axis + x.ndim if axis < 0 else axis
     shape = tuple(x.shape)
     return fn.reshape(x, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
@@ -85,6 +88,8 @@ def _unsqueeze(data, axes):
     """``axes`` index the output, which has ``len(axes)`` more dimensions."""
     rank = data.ndim + len(axes)
     axes = sorted(axis_of(a, rank) for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"Unsqueeze: axes {list(axes)} repeat an axis")
     shape = list(data.shape)
     for a in axes:
         shape.insert(a, 1)
