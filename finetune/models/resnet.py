@@ -1,12 +1,17 @@
 """ResNet-18 with torchvision's module tree, names and initialisation.
 
 The same attribute names as ``torchvision.models.resnet18`` (``conv1, bn1, relu, maxpool,
-layer1..layer4, avgpool, fc``) so state dicts, recipes and printed trees carry over unchanged.
+layer1..layer4, avgpool, fc``) so state dicts, recipes and printed trees carry over unchanged,
+and torchvision's weights load from a ``.safetensors`` file (``resnet18_from_safetensors``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from .. import nn
+from ..errors import CheckpointError, ShapeError
 from ..functions import flatten
 from ..nn.fusion import conv_bn
 from ..tensor import Tensor
@@ -100,3 +105,26 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(flatten(self.avgpool(x), 1))
+
+
+def resnet18_from_safetensors(path: str | os.PathLike) -> ResNet:
+    """A ResNet-18 holding the torchvision-named weights (``conv1.weight``, ``bn1.running_mean``,
+    ..., ``fc.weight``) of a ``.safetensors`` state dict, or of a finetune checkpoint's ``model``,
+    frozen, in eval mode, with as many classes as the file's ``fc.weight`` has rows."""
+    from ..serialization import load
+
+    state = load(path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    fc = state.get("fc.weight")
+    classes = fc.shape[0] if isinstance(fc, Tensor) and fc.ndim == 2 else 1000
+    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=classes)
+    try:
+        net.load_state_dict(state)
+    except (CheckpointError, ShapeError) as err:
+        raise type(err)(f"{path} does not hold torchvision's ResNet-18 weights. {err}") from None
+    for param in net.parameters():
+        param.requires_grad = False
+    return net.eval()

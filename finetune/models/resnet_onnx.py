@@ -23,8 +23,9 @@ from onnx import numpy_helper
 
 from ..errors import OnnxImportError
 from ..onnx.load import read_model
+from ..serialization import SAFETENSORS_SUFFIX
 from ..tensor import Tensor
-from .resnet import BasicBlock, ResNet
+from .resnet import BasicBlock, ResNet, resnet18_from_safetensors
 
 _EPS = 1e-5  # PyTorch's BatchNorm default, used for BatchNorms that were folded away
 _STEM = (64, 3, 7, 2, 3)  # out, in, kernel, stride, pad
@@ -96,8 +97,13 @@ def load_resnet18(source: str | os.PathLike | onnx.ModelProto) -> ResNet:
     """A ``ResNet`` holding the weights of the ResNet-18 in ``source``, frozen, in eval mode.
 
     Raises ``OnnxImportError`` when the graph is not a ResNet-18, pointing to the generic
-    importer ``finetune.onnx.load``, which takes any graph.
+    importer ``finetune.onnx.load``, which takes any graph. A ``.safetensors`` file of
+    torchvision-named weights is read by ``resnet18_from_safetensors`` instead.
     """
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(
+        SAFETENSORS_SUFFIX
+    ):
+        return resnet18_from_safetensors(source)
     model, _, label = read_model(source)
     try:
         stem, blocks, fc_weight, fc_bias = _Walker(model.graph).resnet18()
