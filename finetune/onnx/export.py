@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..autograd import conv, engine, nn_ops
+from ..autograd import conv, engine, nn_ops, ops
 from ..autograd.function import set_tracer
 from ..errors import OnnxExportError
 from ..tensor import Tensor
@@ -80,7 +80,10 @@ def export(
     """Write ``model`` as an ONNX file at ``path`` (atomically) and return the ``ModelProto``.
 
     ``example_input`` is one tensor or a tuple of them (one per ``input_names`` entry). With
-    ``dynamic_batch`` the first dimension of inputs and outputs is the symbol ``batch``.
+    ``dynamic_batch`` the first dimension of inputs and outputs is the symbol ``batch``; an
+    imported graph that still needs its file's batch size (``OnnxModule.fixed_batch``) is
+    written at that size. An imported classifier's output activation, which ``replace_head``
+    took out of the walk, is written after its logits (metadata ``output``: "probabilities").
     ``metadata`` entries become ``metadata_props`` (see ``finetune.onnx.metadata``);
     ``fold_batchnorm`` folds an eval BatchNorm that directly follows a convolution into it.
     """
@@ -110,7 +113,40 @@ def to_onnx(
     metadata: Mapping[str, Any] | None = None,
     fold_batchnorm: bool = False,
 ) -> onnx.ModelProto:
-    """The checked ``ModelProto`` ``export`` writes, without touching the disk."""
+    """The checked ``ModelProto`` ``export`` writes, without touching the disk.
+
+    An imported graph (``OnnxModule``) whose dynamic-batch file would not run at another batch
+    size (its file computed sizes the trace cannot follow, such as Swin's batch-times-windows
+    reshapes) is written at the example's batch size instead, with a warning: its forward cannot
+    be rewritten the way the error advises for a model of one's own."""
+    from .graph import OnnxModule
+
+    args = (model, example_input, opset_version, input_names, output_names)
+    try:
+        return _to_onnx(*args, dynamic_batch, metadata, fold_batchnorm)
+    except _BatchBaked as error:
+        if not isinstance(model, OnnxModule):
+            raise
+        warnings.warn(
+            f"{model.source}: written with a fixed batch size ({error})", UserWarning, stacklevel=2
+        )
+        return _to_onnx(*args, False, metadata, fold_batchnorm)
+
+
+class _BatchBaked(OnnxExportError):
+    """The model or its file does not follow the batch size."""
+
+
+def _to_onnx(
+    model,
+    example_input,
+    opset_version,
+    input_names,
+    output_names,
+    dynamic_batch,
+    metadata,
+    fold_batchnorm,
+) -> onnx.ModelProto:
     newest = onnx.defs.onnx_opset_version()
     if not _MIN_OPSET <= opset_version <= newest:
         raise OnnxExportError(
@@ -118,6 +154,15 @@ def to_onnx(
             f"newest), got {opset_version}"
         )
     inputs = _as_tensors(example_input)
+    fixed = getattr(model, "fixed_batch", None)
+    if fixed is not None:  # an imported graph that still needs its file's batch size keeps it
+        if _batch(inputs) != fixed:
+            raise OnnxExportError(
+                f"{getattr(model, 'source', 'the model')} runs at batch size {fixed} only (its "
+                f"file fixes it); export it with an example input of {fixed} sample(s), not "
+                f"{_batch(inputs)}"
+            )
+        dynamic_batch = False
     if len(input_names) != len(inputs):
         raise OnnxExportError(
             f"{len(inputs)} example input(s) but {len(input_names)} input_names {list(input_names)}"
@@ -135,7 +180,7 @@ def to_onnx(
     except Exception as e:
         if not dynamic_batch:
             raise
-        raise OnnxExportError(
+        raise _BatchBaked(
             f"the model runs on example_input but not on a batch of {_batch(probe)} ({e}): "
             "export with dynamic_batch=False, or keep forward free of fixed batch sizes"
         ) from e
@@ -153,14 +198,22 @@ def to_onnx(
         producer_version=_library_version(),
         ir_version=helper.find_min_ir_version_for(opsets),
     )
+    metadata = dict(metadata or {})
+    kind = output_kind(model, proto)
+    if kind != "logits":  # predict must not apply a second softmax
+        metadata.setdefault("output", kind)
     if metadata:
         helper.set_model_props(proto, encode_metadata(metadata))
+    light = _without_weights(proto)  # shape inference needs shapes, not a copy of the weights
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto)
+        onnx.checker.check_model(light, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"the exported graph failed onnx.checker: {e}") from e
     if dynamic_batch:
-        _check_batch_follows(proto, outputs, probe_outputs)
+        _check_batch_follows(light, outputs, probe_outputs)
+        if hasattr(model, "fixed_batch") and _fixed_reshapes(proto):  # an imported graph
+            _check_file_runs(proto, probe, probe_outputs)
     return proto
 
 
@@ -172,11 +225,55 @@ def _check_batch_follows(proto: onnx.ModelProto, outputs, probe_outputs) -> None
         dims = value.type.tensor_type.shape.dim
         follows = out.ndim and probe.ndim and out.shape[0] != probe.shape[0]
         if follows and dims and dims[0].HasField("dim_value"):
-            raise OnnxExportError(
+            raise _BatchBaked(
                 f"output {value.name!r} follows the batch size in the model but the file fixes "
                 f"its first dimension at {dims[0].dim_value}: forward sizes a tensor from "
                 "x.shape (an expand or a new tensor of x.shape[0] rows); derive it from x "
                 "instead, or export with dynamic_batch=False"
+            )
+
+
+def _without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its large float initializers declared as inputs of their shape instead."""
+    from .load import _without_float_weights
+
+    light = _without_float_weights(proto)
+    light.metadata_props.extend(proto.metadata_props)
+    light.producer_name, light.producer_version = proto.producer_name, proto.producer_version
+    return light
+
+
+def _fixed_reshapes(proto: onnx.ModelProto) -> bool:
+    """Whether a Reshape has a written shape whose first entry is a number (not 0 or -1): it
+    may be the traced batch folded into another axis (``batch * windows``)."""
+    shapes = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in shapes:
+            shape = numpy_helper.to_array(shapes[node.input[1]]).reshape(-1)
+            if shape.size and shape[0] > 0:
+                return True
+    return False
+
+
+def _check_file_runs(proto: onnx.ModelProto, probe: list[Tensor], probe_outputs) -> None:
+    """Import the written file and run it on the probe batch: a size computed from the batch
+    (``batch * windows``) that the trace wrote as a number shows up here, not in a user's run."""
+    from .load import convert
+
+    try:
+        with engine.no_grad():
+            got = convert(proto, "<exported>").eval()(*probe)
+    except Exception as error:  # noqa: BLE001 - any failure means the file is not batch-free
+        raise _BatchBaked(
+            f"the written file does not run at batch size {_batch(probe)}: {error}"
+        ) from error
+    got = list(got) if isinstance(got, tuple) else [got]
+    for a, b in zip(got, probe_outputs):
+        want = np.asarray(b._data, dtype=np.float64)
+        scale = max(float(np.abs(want).max(initial=0.0)), 1e-6)
+        if a.shape != b.shape or not np.allclose(a._data, want, rtol=1e-3, atol=1e-4 * scale):
+            raise _BatchBaked(
+                f"the written file gives other values than the model at batch size {_batch(probe)}"
             )
 
 
@@ -211,6 +308,9 @@ def _trace(model, inputs: list[Tensor]) -> tuple[list[Tensor], list[Call]]:
             model.eval()
         with engine.no_grad():
             result = model(*inputs)
+            activation = getattr(model, "output_activation", None)
+            if activation is not None and isinstance(result, Tensor):
+                result = _activate(model, result, activation)
     finally:
         set_tracer(previous)
         for module, mode in zip(modules, modes):
@@ -222,6 +322,34 @@ def _trace(model, inputs: list[Tensor]) -> tuple[list[Tensor], list[Call]]:
                 f"the model must return a Tensor or a tuple of Tensors, got {type(out).__name__}"
             )
     return outputs, tracer.calls
+
+
+def _activate(model, logits: Tensor, activation: str) -> Tensor:
+    """The Softmax/LogSoftmax that ``replace_head`` moved out of an imported graph's walk,
+    applied to the logits in the trace, so the file returns what the original file returned."""
+    function = {"Softmax": ops.Softmax, "LogSoftmax": ops.LogSoftmax}.get(activation)
+    if function is None:
+        raise OnnxExportError(
+            f"{type(model).__name__}.output_activation is {activation!r}; it can be "
+            "'Softmax', 'LogSoftmax' or None"
+        )
+    return function.apply(logits, dim=1)
+
+
+def output_kind(model, proto: onnx.ModelProto) -> str:
+    """ "probabilities", "log_probabilities" or "logits" (any scores no final Softmax made):
+    what the model says it returns, else what the exported graph's last node says."""
+    from .heads import output_kind as model_output_kind
+
+    kind = model_output_kind(model)
+    if kind != "logits" or len(proto.graph.output) != 1:
+        return kind
+    name = proto.graph.output[0].name
+    last = next((n for n in reversed(proto.graph.node) if name in n.output), None)
+    if last is not None and last.op_type == "Identity":
+        last = next((n for n in reversed(proto.graph.node) if last.input[0] in n.output), None)
+    kinds = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities"}
+    return kinds.get(last.op_type if last is not None else "", "logits")
 
 
 def _probe_inputs(inputs: list[Tensor], dynamic_batch: bool) -> list[Tensor]:
@@ -268,7 +396,9 @@ def _check_constants(calls, probe_calls, inputs, probe, model) -> None:
                 a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
             )
             if not same:
-                raise OnnxExportError(
+                # sized from x.shape (a different batch): harmless at the example's batch size
+                error = _BatchBaked if a.shape != b.shape else OnnxExportError
+                raise error(
                     f"cannot export {_describe(first.function)}: its input {position} "
                     f"(shape {list(a.shape)}) was computed from the model's input outside the "
                     "traced operations (a comparison, argmax, .numpy(), a tensor sized from "

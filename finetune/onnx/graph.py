@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FinetuneError, OnnxImportError, ShapeError
+from ..functions import cat
 from ..nn.layers.linear import Linear
 from ..nn.module import Module
 from ..tensor import Tensor
+from . import heads
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,19 @@ class OnnxModule(Module):
         metadata: dict[str, str] | None = None,
         source: str = "<model>",
         output_types: list[GraphInput] | None = None,
+        fixed_batch: int | None = None,
     ) -> None:
         super().__init__()
+        # the batch size the file bakes in where the import could not free it (None: any)
+        self.fixed_batch = fixed_batch
         self._graph_inputs = tuple(inputs)
         self._graph_outputs = tuple(outputs)
         self._output_types = tuple(output_types or ())
         self.metadata = dict(metadata or {})
         self.source = source
+        # "Softmax"/"LogSoftmax" once replace_head moved the graph's output activation out of
+        # the walk: the model returns logits, export appends the activation
+        self.output_activation: str | None = None
         self._set_walk([], {})
 
     def _set_walk(
@@ -146,8 +154,36 @@ class OnnxModule(Module):
         return self._outer
 
     def forward(self, *inputs):
-        results = self._walk(self._bind_inputs(inputs))
+        batch = _batch_of(inputs)
+        if self.fixed_batch is not None and batch is not None and batch != self.fixed_batch:
+            results = self._walk_in_slices(inputs, batch)
+        else:
+            results = self._walk(self._bind_inputs(inputs))
         return results[0] if len(results) == 1 else results
+
+    def _walk_in_slices(self, inputs: tuple, batch: int) -> tuple:
+        """Run a graph that still needs its file's batch size on slices of that many samples
+        (the last one padded by repeating its last sample) and join the outputs' rows."""
+        size, parts = self.fixed_batch, []
+        inputs = tuple(Tensor._from_array(x) if isinstance(x, np.ndarray) else x for x in inputs)
+        for start in range(0, batch, size):
+            index = np.minimum(np.arange(start, start + size), batch - 1)
+            piece = tuple(
+                x[index] if isinstance(x, Tensor) and x.ndim and x.shape[0] == batch else x
+                for x in inputs
+            )
+            parts.append((self._walk(self._bind_inputs(piece)), min(size, batch - start)))
+        joined = []
+        for position in range(len(parts[0][0])):
+            outs = [(out[position], n) for out, n in parts]
+            if not all(isinstance(o, Tensor) and o.ndim and o.shape[0] == size for o, _ in outs):
+                raise OnnxImportError(
+                    f"{self.source}: the graph is fixed at batch size {size} and its output "
+                    f"{self.output_names[position]!r} has no batch axis to join; run it on "
+                    f"{size} sample(s) at a time"
+                )
+            joined.append(cat([o if n == size else o[:n] for o, n in outs], 0))
+        return tuple(joined)
 
     def run_body(self, inputs: Sequence, outer: dict) -> tuple:
         """Run this graph as a subgraph: ``inputs`` bound to its inputs in order (unchecked: a
@@ -216,12 +252,20 @@ class OnnxModule(Module):
         source = self.source
         return {spec.name: _bind_value(spec, x, source) for spec, x in zip(expected, inputs)}
 
-    def find_head(self) -> tuple[str, Linear]:
-        return find_head(self)
+    def find_head(self, node: str | None = None) -> tuple[str, Module]:
+        """``(name, module)`` of the classifier head (see ``finetune.onnx.heads``)."""
+        return find_head(self, node)
 
-    def replace_head(self, num_classes: int) -> Linear:
-        """Replace the last linear layer by a new trainable ``nn.Linear`` with ``num_classes``."""
-        return replace_head(self, num_classes)
+    def replace_head(self, num_classes: int, node: str | None = None) -> Module:
+        """Put a new trainable layer with ``num_classes`` outputs in place of the head (or of
+        ``node``'s layer) and return it; the model then returns logits (``output_activation``
+        names the Softmax it dropped, which export writes back)."""
+        return replace_head(self, num_classes, node)
+
+    def _rewire(self, steps: list[Step], outputs: tuple[str, ...]) -> None:
+        """A new walk and outputs (``heads.replace_head`` folds the head's tail into one step)."""
+        self._graph_outputs = tuple(outputs)
+        self._set_walk(steps, self._constants, self._outer)
 
     def extra_repr(self) -> str:
         return f"inputs={list(self.input_names)}, outputs={list(self.output_names)}"
@@ -249,6 +293,15 @@ class Body:
     @property
     def output_types(self) -> tuple[GraphInput, ...]:
         return self.module.output_types
+
+
+def _batch_of(inputs: tuple) -> int | None:
+    first = inputs[0] if inputs else None
+    if isinstance(first, Tensor) and first.ndim:
+        return int(first.shape[0])
+    if isinstance(first, np.ndarray) and first.ndim:
+        return int(first.shape[0])
+    return None
 
 
 def _describe(value):
@@ -319,15 +372,18 @@ def _last_uses(steps: tuple[Step, ...], keep: tuple[str, ...]) -> dict[int, tupl
     return {index: tuple(names) for index, names in by_step.items()}
 
 
-def find_head(model: Module) -> tuple[str, Linear]:
-    """``(name, module)`` of the model's last linear layer: last in the walk for an imported graph,
-    last registered otherwise."""
+def find_head(model: Module, node: str | None = None) -> tuple[str, Module]:
+    """``(name, module)`` of the model's classifier head. For an imported graph, the layer that
+    feeds its output (see ``finetune.onnx.heads``) or the layer of ``node``; for other modules,
+    the last registered ``nn.Linear`` (or the submodule named ``node``)."""
     if isinstance(model, OnnxModule):
-        for step in reversed(model.steps):
-            if step.module is not None:
-                module = model.get_submodule(step.module)
-                if isinstance(module, Linear):
-                    return step.module, module
+        head = heads.find_classifier(model, node)
+        return head.name, head.module
+    if node is not None:
+        try:
+            return node, model.get_submodule(node)
+        except AttributeError:
+            raise OnnxImportError(f"{type(model).__name__} has no layer named {node!r}") from None
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, Linear)]
     if not found:
         raise OnnxImportError(
@@ -337,9 +393,11 @@ def find_head(model: Module) -> tuple[str, Linear]:
     return found[-1]
 
 
-def replace_head(model: Module, num_classes: int) -> Linear:
-    """Swap the last linear layer for a new trainable one with ``num_classes`` outputs."""
-    name, old = find_head(model)
+def replace_head(model: Module, num_classes: int, node: str | None = None) -> Module:
+    """Swap the head for a new trainable layer with ``num_classes`` outputs and return it."""
+    if isinstance(model, OnnxModule):
+        return heads.replace_head(model, num_classes, node)
+    name, old = find_head(model, node)
     head = Linear(old.in_features, num_classes, bias=True)
     parent_name, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attribute, head)

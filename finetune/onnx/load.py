@@ -29,6 +29,7 @@ from ..errors import OnnxImportError, ShapeError
 from ..nn.parameter import Parameter
 from ..tensor import Tensor
 from . import naming
+from .batch import prepare
 from .graph import Bodies, Body, GraphInput, OnnxModule, Scope, Step
 from .limits import check_shape
 from .metadata import decode_metadata
@@ -203,11 +204,15 @@ class _Importer:
         constants = {**self.initializers, **_constant_node_values(nodes, label)}
         # the QDQ pre-pass: DequantizeLinear of constant int weights becomes a float initializer
         self.nodes, folded = fold_dequantized_weights(nodes, constants, opset)
+        # weights computed from constants are folded; batch-baked Reshapes follow the batch
+        known, main = {**constants, **folded}, outer is None
+        self.nodes, rewritten, fixed_batch = prepare(graph, self.nodes, known, opset, main)
+        folded.update(rewritten)
         self.initializers.update(folded)
         self.constants = {**constants, **folded}
         inputs = [_graph_input(v) for v in graph.input if v.name not in self.initializers]
         outputs = [_graph_input(v) for v in graph.output]
-        self.module = OnnxModule(inputs, self.outputs, metadata, label, outputs)
+        self.module = OnnxModule(inputs, self.outputs, metadata, label, outputs, fixed_batch)
         self.available = set(outer or ()) | {i.name for i in inputs} | set(self.initializers)
 
     def run(self) -> OnnxModule:
