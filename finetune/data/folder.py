@@ -7,6 +7,7 @@ reported by the loader at the end of the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -74,8 +75,80 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def find_images(
+    folder: str | os.PathLike, reached: dict[tuple[int, int], str] | None = None
+) -> list[str]:
+    """Every image file under ``folder`` (recursively, by extension), sorted by folder then name;
+    hidden entries (``.git``, macOS ``._photo.jpg`` forks) are skipped.
+
+    Symlinks are followed, each folder and file at most once: a link back to a folder the walk is
+    inside (a loop), or to a folder or image already reached, raises ``DataError`` naming the
+    link, so no image is counted twice or under a second class. ``reached`` (folder and file
+    identities to paths) carries this across several walks, e.g. the class folders of one set.
+    """
+    root = os.fspath(folder)
+    reached = {} if reached is None else reached
+    _reach(reached, _identity(root), root)
+    found: list[tuple[str, str]] = []
+    pending = [root]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot list folder {current}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows a symlink
+                _reach(reached, _identity(entry.path), entry.path)
+                pending.append(entry.path)
+            elif _is_image(entry.name):
+                if entry.is_symlink():
+                    with contextlib.suppress(OSError):  # a dangling link fails when loaded
+                        _reach(reached, _identity(entry.path), entry.path)
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    _reach(reached, (st.st_dev, st.st_ino), entry.path)
+                found.append((current, entry.name))
+    return [os.path.join(d, n) for d, n in sorted(found)]
+
+
+def _reach(reached: dict[tuple[int, int], str], identity: tuple[int, int], path: str) -> None:
+    """Record that the walk reached ``path``; refuse a folder or file reached before."""
+    first = reached.setdefault(identity, path)
+    if first == path:
+        return
+    if _is_inside(path, first):
+        raise DataError(
+            f"symlink loop: {path} leads back to {first}, which contains it; remove the link so "
+            "each image is read once"
+        )
+    raise DataError(
+        f"{first} and {path} are the same {'folder' if os.path.isdir(path) else 'file'}, reached "
+        "twice (through a symlink or hard link); remove the link so each image is read once, "
+        "under one class"
+    )
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` (as written, links unresolved) lies in ``folder``: a link to an ancestor."""
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(
+        folder
+    )
+
+
 class ImageFolder:
-    """``root/<class>/<image>`` as (image, class index) samples, classes in sorted order."""
+    """``root/<class>/<image>`` as (image, class index) samples, classes in sorted order.
+
+    Class folders are searched recursively with ``find_images`` (symlinks followed once, loops
+    refused). ``min_classes`` refuses a root with fewer class folders: training needs two.
+    """
 
     def __init__(
         self,
@@ -84,6 +157,7 @@ class ImageFolder:
         target_transform: Callable | None = None,
         on_error: str = "raise",
         loader: Callable = load_image,
+        min_classes: int = 1,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -100,16 +174,21 @@ class ImageFolder:
             )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
+        reached = {_identity(str(self.root)): str(self.root)}
         for cls in self.classes:
-            files = []
-            for dirpath, _, names in sorted(os.walk(self.root / cls, followlinks=True)):
-                files.extend(os.path.join(dirpath, n) for n in sorted(names) if _is_image(n))
+            folder = self.root / cls
+            files = find_images(folder, reached)
             if not files:
                 raise DataError(
-                    f"class folder {self.root / cls} has no image files "
-                    f"({', '.join(IMG_EXTENSIONS)})"
+                    f"class folder {folder} has no image files ({', '.join(IMG_EXTENSIONS)})"
                 )
             self.samples.extend((f, self.class_to_idx[cls]) for f in files)
+        if len(self.classes) < min_classes:
+            raise DataError(
+                f"dataset folder {self.root} has {len(self.classes)} class sub-folder(s) "
+                f"({', '.join(self.classes)}); a classifier needs at least {min_classes}: put each "
+                f"class's images in its own folder {self.root}/<class name>/"
+            )
         self.targets = [t for _, t in self.samples]
         self.transform = transform
         self.target_transform = target_transform
