@@ -2,16 +2,19 @@
 
 The bytes go to ``<file>.<pid>.part`` and are renamed into place only after their sha256 matches,
 so the cache never holds a partial or wrong file. Connection errors, timeouts and 5xx answers are
-retried with exponential backoff; a 4xx moves on to the next URL.
+retried with exponential backoff; a 4xx moves on to the next URL, and so does a host name that
+does not resolve (no network: retrying cannot help, so offline is known in milliseconds).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
@@ -22,6 +25,7 @@ TIMEOUT = (10.0, 60.0)  # seconds to connect, seconds between bytes
 RETRIES = 4  # attempts per URL
 BACKOFF = 1.0  # seconds before the first retry, doubled after each
 _CHUNK = 1 << 20
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]"
 
 _verified: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256
 
@@ -78,7 +82,10 @@ def fetch(
     if is_valid(dest, sha256, size):
         return dest
     if offline():
-        raise DownloadError(f"FINETUNE_OFFLINE is set and {_by_hand(urls, dest, sha256)}")
+        raise DownloadError(
+            f"FINETUNE_OFFLINE is set, so {dest.name} was not downloaded. "
+            f"{_by_hand(urls, dest, sha256, offline_hint=False)}"
+        )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         return _download(urls, dest, sha256, size, progress, timeout, max(1, retries), backoff)
@@ -91,13 +98,13 @@ def fetch(
 def _download(urls, dest, sha256, size, progress, timeout, retries, backoff) -> Path:
     """Try each URL in turn; the first complete transfer is kept if its sha256 matches."""
     part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: no clashes
-    failures = []
+    failures: list[tuple[str, _Unreachable]] = []
     for url in urls:
         try:
             _stream(url, part, size, progress, timeout, retries, backoff)
         except _Unreachable as why:
             part.unlink(missing_ok=True)
-            failures.append(f"{url}: {why}")
+            failures.append((url, why))
             continue
         got = sha256_of(part)
         if got != sha256:
@@ -109,18 +116,26 @@ def _download(urls, dest, sha256, size, progress, timeout, retries, backoff) -> 
         stat = dest.stat()
         _verified[(str(dest.resolve()), stat.st_mtime_ns, stat.st_size)] = got
         return dest
-    tried = "\n  ".join(failures)
-    raise DownloadError(
-        f"could not download {dest.name}:\n  {tried}\n{_by_hand(urls, dest, sha256)}"
-    )
+    if all(why.unresolved for _, why in failures):
+        hosts = ", ".join(dict.fromkeys(urlsplit(url).hostname or url for url, _ in failures))
+        reason = f"no network (cannot resolve {hosts})"
+    else:
+        reason = "; ".join(f"{url}: {why}" for url, why in failures)
+    raise DownloadError(f"could not download {dest.name}: {reason}. {_by_hand(urls, dest, sha256)}")
 
 
 class _Unreachable(Exception):
-    """This URL did not deliver the file (after its retries); the next one may."""
+    """This URL did not deliver the file (after its retries); the next one may.
+    ``unresolved``: its host name did not resolve, which no retry can change."""
+
+    def __init__(self, why: str, unresolved: bool = False) -> None:
+        super().__init__(why)
+        self.unresolved = unresolved
 
 
 def _stream(url, part, size, progress, timeout, retries, backoff) -> None:
-    """Download ``url`` into ``part``; retry connection errors, short reads and 5xx answers."""
+    """Download ``url`` into ``part``; retry connection errors, short reads and 5xx answers,
+    but not a host name that does not resolve."""
     for attempt in range(retries):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
@@ -138,18 +153,53 @@ def _stream(url, part, size, progress, timeout, retries, backoff) -> None:
                 why = f"truncated transfer, got {written} of {expected} bytes"
                 continue
             return  # complete; a file of the wrong size then fails its sha256
-        except requests.exceptions.ChunkedEncodingError as error:
-            why = f"truncated transfer, the connection broke mid-file ({error})"
+        except requests.exceptions.ChunkedEncodingError:
+            why = "truncated transfer, the connection broke mid-file"
         except requests.RequestException as error:
-            why = f"{type(error).__name__}: {error}"
+            if _name_not_resolved(error):
+                host = urlsplit(url).hostname or url
+                raise _Unreachable(
+                    f"cannot resolve {host} (no network?)", unresolved=True
+                ) from None
+            why = _describe(error)
     raise _Unreachable(f"{why} (after {retries} attempts)")
 
 
+def _causes(error: BaseException):
+    """``error`` and everything that led to it: urllib3 hides the socket error two or three
+    wrappers deep (``__cause__``, ``__context__``, ``reason``, or an argument)."""
+    seen, stack = set(), [error]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        stack.extend(x for x in linked if isinstance(x, BaseException))
+
+
+def _name_not_resolved(error: BaseException) -> bool:
+    """True when the request failed because the host name did not resolve (DNS)."""
+    return any(isinstance(e, socket.gaierror) for e in _causes(error))
+
+
+def _describe(error: requests.RequestException) -> str:
+    """A short reason such as ``ConnectionError: Connection refused``, without urllib3's text."""
+    if isinstance(error, requests.Timeout):
+        return f"{type(error).__name__}: no answer in time"
+    for e in _causes(error):
+        if isinstance(e, OSError) and e.strerror:
+            return f"{type(error).__name__}: {e.strerror}"
+    return type(error).__name__
+
+
 def _write(response: requests.Response, part: Path, total: int | None, progress: bool) -> int:
+    """Stream the body into ``part`` under a progress bar in bytes (``12.5MB/44.7MB``)."""
     written = 0
     with open(part, "wb") as f, tqdm(
         total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name.rsplit(".", 2)[0],
-        disable=not progress, leave=False,
+        disable=not progress, bar_format=_BAR,
     ) as bar:  # fmt: skip
         for chunk in response.iter_content(_CHUNK):
             f.write(chunk)
@@ -158,8 +208,12 @@ def _write(response: requests.Response, part: Path, total: int | None, progress:
     return written
 
 
-def _by_hand(urls: Sequence[str], dest: Path, sha256: str) -> str:
-    return (
-        f"{dest.name} is not in {dest.parent}. Download it yourself from {urls[0]} and save it "
-        f"as {dest} (sha256 {sha256}), or pass weights='path/to/{dest.name}'"
+def _by_hand(urls: Sequence[str], dest: Path, sha256: str, offline_hint: bool = True) -> str:
+    """How to supply the file without this download, on one line."""
+    text = (
+        f"Supply it yourself: download {urls[0]} elsewhere and save it as {dest} "
+        f"(sha256 {sha256}), or pass the file (--model path/to/{dest.name} on the command line, "
+        f"weights='path/to/{dest.name}' in Python), or set FINETUNE_MODEL_URL to a mirror you "
+        "can reach"
     )
+    return text + ("; FINETUNE_OFFLINE=1 skips the network" if offline_hint else "")
