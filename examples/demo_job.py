@@ -100,6 +100,7 @@ def main(argv=None) -> int:
         ROOT / "runs" / args.name,
         epochs=args.epochs,
         image_size=args.image_size,
+        overwrite=True,  # the example replaces its own previous run
     )
     predictor = Predictor(result.model_path)
     val_images = sorted((data / "val").glob("*/*.png"))[:: max(1, len(result.classes))][:6]

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import DataError
+
 SHAPES = ("circle", "square", "triangle", "star")
 
 
@@ -70,6 +72,15 @@ def draw_shape(
     return img.filter(ImageFilter.GaussianBlur(radius=0.6))
 
 
+# below this a shape is a few blurred pixels: no class can be told apart
+MIN_SIZE = 8
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a positive integer, got {value!r}")
+
+
 def make_shapes(
     root: str | os.PathLike,
     n_per_class: int = 60,
@@ -85,6 +96,16 @@ def make_shapes(
     gives each class its own hue on grey backgrounds: an easy variant that small networks learn
     in seconds, for quick end-to-end checks.
     """
+    _check_count("n_per_class", n_per_class)
+    _check_count("size", size)
+    if size < MIN_SIZE:
+        raise DataError(f"size must be at least {MIN_SIZE} pixels for a visible shape, got {size}")
+    if val_per_class is not None:
+        _check_count("val_per_class", val_per_class)
+    if len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise DataError(
+            f"classes must be at least two different shapes, got {', '.join(classes) or 'none'}"
+        )
     root = Path(root)
     if val_per_class is None:
         val_per_class = max(2, n_per_class // 4)
@@ -99,3 +120,4 @@ def make_shapes(
                     folder / f"{kind}_{i:04d}.png", optimize=False
                 )
     return root
+
