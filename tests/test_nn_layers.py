@@ -413,3 +413,15 @@ def test_functional_pad_matches_numpy_and_gradcheck(mode):
     out = F.pad(torch.from_numpy(values), (1, 2, 2, 1), mode=mode)
     assert np.array_equal(out.numpy(), expected)
     assert gradcheck(lambda t: F.pad(t, (1, 2, 2, 1), mode=mode), (leaf(values),))
+
+
+def test_skip_init_builds_the_module_without_drawing_weights():
+    """torch.nn.utils.skip_init: same class, same shapes, no random draws consumed."""
+    from finetune.nn.utils import skip_init
+
+    torch.manual_seed(0)
+    expected = torch.randn(3)
+    torch.manual_seed(0)
+    layer = skip_init(nn.Linear, 4, 2)
+    assert type(layer) is nn.Linear and layer.weight.shape == (2, 4) and layer.bias.shape == (2,)
+    np.testing.assert_array_equal(torch.randn(3).numpy(), expected.numpy())

@@ -1,4 +1,5 @@
-"""``torch.nn.utils``' gradient clipping: scale or clamp the ``.grad`` of parameters in place."""
+"""``torch.nn.utils``: gradient clipping (scale or clamp the ``.grad`` of parameters in place) and
+``skip_init`` (build a module without initialising its weights)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,14 @@ def clip_grad_value_(
     with no_grad():
         for g in _grads(parameters):
             g.clamp_(-clip_value, clip_value)
+
+
+def skip_init(module_cls: type, *args, **kwargs):
+    """``torch.nn.utils.skip_init``: ``module_cls(*args, **kwargs)`` without running its
+    ``reset_parameters``, for weights that are about to be replaced (an imported layer's): the
+    random draws would be thrown away, and for a large layer they cost seconds. The parameters
+    hold uninitialised memory until assigned."""
+    skipping = type(module_cls.__name__, (module_cls,), {"reset_parameters": lambda self: None})
+    module = skipping(*args, **kwargs)
+    module.__class__ = module_cls
+    return module

@@ -12,6 +12,7 @@ from ... import functions as fn
 from ...autograd.conv import ConvolutionTranspose
 from ...errors import OnnxImportError, ShapeError
 from ...nn.layers.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
+from ...nn.utils import skip_init
 from ...tensor import Tensor
 from ..export_ops import cannot_export, emits
 from ..limits import check_shape
@@ -68,8 +69,16 @@ def _conv_module(view: NodeView) -> Built | None:
         reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
         if all(lo == hi <= r for (lo, hi), r in zip(pairs, reach)):
             padding, call = tuple(lo for lo, _ in pairs), call_module
-    layer = (Conv2d if n == 2 else Conv1d)(
-        w.shape[1] * group, w.shape[0], kernel, strides, padding, dilations, group, b is not None
+    layer = skip_init(
+        Conv2d if n == 2 else Conv1d,
+        w.shape[1] * group,
+        w.shape[0],
+        kernel,
+        strides,
+        padding,
+        dilations,
+        group,
+        b is not None,
     )
     return Built(holding(layer, w, b), (0,), call)
 
@@ -177,7 +186,8 @@ def _transpose_module(view: NodeView) -> Built | None:
         not 0 <= o < max(s, d) for o, s, d in zip(output_padding, strides, dilations)
     ):
         return None
-    layer = (ConvTranspose2d if n == 2 else ConvTranspose1d)(
+    layer = skip_init(
+        ConvTranspose2d if n == 2 else ConvTranspose1d,
         w.shape[0],
         w.shape[1] * group,
         kernel,

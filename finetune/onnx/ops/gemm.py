@@ -10,6 +10,7 @@ import onnx
 from ... import functions as fn
 from ...errors import ShapeError
 from ...nn.layers.linear import Linear
+from ...nn.utils import skip_init
 from ...tensor import Tensor
 from ..limits import check_broadcast
 from ..registry import Built, NodeView, call_module, register
@@ -19,7 +20,8 @@ from ._common import holding, keep_dtype
 def linear(weight: np.ndarray, bias: np.ndarray | None) -> Linear:
     """An ``nn.Linear`` holding ``weight`` (out, in) and ``bias`` (out,) as they are."""
     out_features, in_features = weight.shape
-    return holding(Linear(in_features, out_features, bias=bias is not None), weight, bias)
+    layer = skip_init(Linear, in_features, out_features, bias=bias is not None)
+    return holding(layer, weight, bias)
 
 
 def _bias_vector(c: np.ndarray | None, n: int) -> np.ndarray | None | bool:
