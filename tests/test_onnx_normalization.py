@@ -736,3 +736,22 @@ def test_imported_norm_modules_export_back_and_onnxruntime_agrees(tmp_path):
         (theirs,) = session.run(None, {"input": x})
         ours = model(ft.from_numpy(x)).numpy()
         np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5, err_msg=case.id)
+
+
+def test_an_imported_lrn_exports_with_a_free_batch(tmp_path):
+    """LRN pads its channel window with a Pad, not zeros sized from the input: the exported
+    file runs at any batch size (it used to carry the import's batch)."""
+    graph = helper.make_graph(
+        [helper.make_node("LRN", ["x"], ["y"], size=3)],
+        "lrn",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, 4, 4])],
+    )
+    model = ft.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    path = tmp_path / "lrn.onnx"
+    ft.onnx.export(model, ft.zeros(1, 5, 4, 4), str(path))
+    x = np.random.default_rng(0).standard_normal((3, 5, 4, 4)).astype(np.float32)
+    (got,) = run_onnxruntime(onnx.load(str(path)), x)
+    with ft.no_grad():
+        expected = model(ft.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

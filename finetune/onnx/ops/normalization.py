@@ -16,6 +16,7 @@ import numpy as np
 
 from ... import functions as fn
 from ... import random
+from ...autograd import ops
 from ...errors import OnnxImportError, ShapeError
 from ...nn.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ...nn.layers.dropout import Dropout
@@ -230,9 +231,10 @@ def lrn(x: Tensor, *, size, alpha=0.0001, beta=0.75, bias=1.0) -> Tensor:
     channels = x.shape[1]
     before, after = (size - 1) // 2, size // 2
     squares = fn.mul(x, x)
-    zeros_shape = (x.shape[0], max(before, after), *x.shape[2:])
-    zeros = wrap(np.zeros(zeros_shape, dtype=x._data.dtype))
-    padded = fn.cat([zeros[:, :before], squares, zeros[:, :after]], dim=1)
+    # zero channels padded on, not concatenated: zeros sized from the input would carry the
+    # batch size into an exported graph
+    pads = ((0, 0), (before, after), *((0, 0),) * (x.ndim - 2))
+    padded = ops.Pad.apply(squares, pads=pads, mode="constant", value=0)
     window = padded[:, 0:channels]
     for k in range(1, size):
         window = fn.add(window, padded[:, k : k + channels])
