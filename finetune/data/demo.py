@@ -120,4 +120,3 @@ def make_shapes(
                     folder / f"{kind}_{i:04d}.png", optimize=False
                 )
     return root
-
