@@ -12,12 +12,11 @@ from ..module import Module
 from ..parameter import Parameter
 
 
-class _BatchNorm(Module):
-    """Shared by the 1-D and 2-D forms, which differ only in the input ranks they accept."""
+class _NormBase(Module):
+    """What batch and instance norms share (PyTorch's ``_NormBase``): per-channel ``weight`` and
+    ``bias`` with ``affine``, running statistics as buffers with ``track_running_stats``."""
 
-    _ranks: tuple[int, ...] = ()
     _optional_state = ("num_batches_tracked",)  # older and converted checkpoints lack it
-    _layout = ""
 
     def __init__(
         self,
@@ -68,6 +67,19 @@ class _BatchNorm(Module):
             init.ones_(self.weight)
             init.zeros_(self.bias)
 
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
+
+
+class _BatchNorm(_NormBase):
+    """Shared by the 1-D and 2-D forms, which differ only in the input ranks they accept."""
+
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
     def forward(self, input: Tensor) -> Tensor:
         if input.ndim not in self._ranks:
             raise ShapeError(
@@ -95,12 +107,6 @@ class _BatchNorm(Module):
             use_batch_stats,
             factor,
             self.eps,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
         )
 
 

@@ -13,11 +13,12 @@ from .. import functional as F
 from .. import init
 from ..module import Module
 from ..parameter import Parameter
+from .batchnorm import _NormBase
 
 
 class _AffineNorm(Module):
-    """Shared by GroupNorm and the instance norms: with ``affine``, a per-channel ``weight``
-    (ones) and ``bias`` (zeros), else neither."""
+    """GroupNorm's per-channel ``weight`` (ones) and ``bias`` (zeros) with ``affine``, else
+    neither (the instance norms get theirs from ``_NormBase``, as batch norm does)."""
 
     affine: bool
 
@@ -72,8 +73,9 @@ class GroupNorm(_AffineNorm):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
-class _InstanceNorm(_AffineNorm):
-    """Shared by the 1-, 2- and 3-D forms, which differ only in the input ranks they accept."""
+class _InstanceNorm(_NormBase):
+    """Shared by the 1-, 2- and 3-D forms, which differ only in the input ranks they accept;
+    PyTorch's defaults: no affine parameters, no running statistics."""
 
     _spatial = 0
 
@@ -87,27 +89,7 @@ class _InstanceNorm(_AffineNorm):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self._affine_parameters(num_features)
-        if track_running_stats:
-            self.register_buffer(
-                "running_mean", Tensor._from_array(np.zeros(num_features, np.float32))
-            )
-            self.register_buffer(
-                "running_var", Tensor._from_array(np.ones(num_features, np.float32))
-            )
-            self.register_buffer("num_batches_tracked", Tensor._from_array(np.array(0, np.int64)))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        if dtype is not None:
-            self.to(dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         batched = self._spatial + 2
@@ -137,12 +119,6 @@ class _InstanceNorm(_AffineNorm):
             self.eps,
         )
         return out.squeeze(0) if unbatched else out
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-        )
 
 
 class InstanceNorm1d(_InstanceNorm):
