@@ -96,13 +96,21 @@ def conv(
     pads=None,
     strides=None,
 ) -> Tensor:
+    return run_conv("Conv", x, w, b, auto_pad, dilations, group, kernel_shape, pads, strides)
+
+
+def run_conv(
+    op: str, x: Tensor, w: Tensor, b, auto_pad, dilations, group, kernel_shape, pads, strides
+) -> Tensor:
+    """A convolution from ONNX's attributes (Conv's, also ConvInteger's and QLinearConv's):
+    window and padding resolved and checked against the input, errors naming ``op``."""
     from ...autograd import conv as kernels
 
     kernel, strides, dilations = window(
-        "Conv", w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations
+        op, w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations
     )
-    padding = spatial_pads("Conv", auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
-    check_padded(tuple(x.shape), padding, "Conv")
+    padding = spatial_pads(op, auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
+    check_padded(tuple(x.shape), padding, op)
     return kernels.conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)
 
 

@@ -22,7 +22,7 @@ from ...errors import OnnxImportError, ShapeError
 from ...tensor import Tensor
 from ..registry import NodeView, register
 from ._common import axis_of, keep_dtype, wrap
-from ._padding import check_padded, spatial_pads, window
+from .conv import run_conv
 
 # the integer element types these ops read and write; float8 / 4-bit types are not supported
 _INTEGER_TYPES = {
@@ -423,8 +423,6 @@ def _conv_integer(
     """The exact integer convolution ``(x - x_zp) * (w - w_zp)`` as int64. A 1-D ``w_zp`` is per
     output channel. It runs the float64 convolution kernel on the shifted integers: every
     product and partial sum is an integer below 2**53, so the rounded result is exact."""
-    from ...autograd import conv as kernels
-
     _check_integer_array(op, "x", x)
     _check_integer_array(op, "w", w)
     if x.ndim < 3 or w.ndim != x.ndim:
@@ -436,17 +434,10 @@ def _conv_integer(
         raise ShapeError(f"{op}: x_zero_point must have one element, got {list(x_zp.shape)}")
     if w_zp.size > 1:
         w_zp = w_zp.reshape(-1, *([1] * (w.ndim - 1)))
-    kernel, strides, dilations = window(
-        op, w.ndim - 2, kernel_shape or w.shape[2:], strides, dilations
-    )
-    padding = spatial_pads(op, auto_pad, pads, tuple(x.shape[2:]), kernel, strides, dilations)
-    check_padded(tuple(x.shape), padding, op)
     # x's zero point must pad as zero after the shift: shift first, then let the kernel pad
     left = wrap((x.astype(np.int64) - x_zp.reshape(())).astype(np.float64))
     right = wrap((w.astype(np.int64) - w_zp).astype(np.float64))
-    out = kernels.conv(
-        left, right, None, stride=strides, padding=padding, dilation=dilations, groups=group
-    )
+    out = run_conv(op, left, right, None, auto_pad, dilations, group, kernel_shape, pads, strides)
     return np.rint(out._data).astype(np.int64)
 
 
