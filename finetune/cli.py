@@ -207,10 +207,10 @@ def _inspect(args) -> int:
 
 def _inspect_file(path: str) -> int:
     from . import onnx as fonnx
-    from .onnx.load import read_model
+    from .onnx.load import from_model, read_model
     from .onnx.support import format_support, op_support
 
-    proto, _, _ = read_model(path)
+    proto, _, label = read_model(path)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
     init_names = {i.name for i in proto.graph.initializer}
     print(f"file: {path}")
@@ -228,7 +228,7 @@ def _inspect_file(path: str) -> int:
     print("ops: " + ", ".join(f"{r.name} x{r.nodes}" for r in rows))
     for line in format_support(rows):
         print(line)
-    model = fonnx.load(path)  # an unsupported op is refused here, after the table
+    model = from_model(proto, label)  # an unsupported op is refused here, after the table
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
     buffers = _buffers(model)
     kinds = f" ({', '.join(sorted(buffers))}: state, not trained)" if buffers else ""

@@ -44,7 +44,13 @@ Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | onnx.Mo
 def load(source: Source, freeze: bool = True) -> OnnxModule:
     """Import an ONNX model (path, bytes, binary file object or ``ModelProto``) as a module in
     eval mode; its weights are ``nn.Parameter``s, frozen unless ``freeze=False``."""
-    model, folder, label = read_model(source)
+    model, _, label = read_model(source)
+    return from_model(model, label, freeze)
+
+
+def from_model(model: onnx.ModelProto, label: str = "<model>", freeze: bool = True) -> OnnxModule:
+    """A model ``read_model`` already parsed, imported as ``load`` does (``label`` names it in
+    errors): for callers that look at the proto first and must not read the file twice."""
     module = convert(model, label)
     for param in module.parameters():
         param.requires_grad = not freeze
@@ -619,4 +625,4 @@ def _value_type(name: str, value_type: onnx.TypeProto) -> GraphInput:
     return GraphInput(name, dtype, shape)
 
 
-__all__ = ["Source", "convert", "load", "read_model"]
+__all__ = ["Source", "convert", "from_model", "load", "read_model"]
