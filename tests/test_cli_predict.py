@@ -4,6 +4,7 @@ parameters as PyTorch does."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -282,6 +283,8 @@ def test_inspect_names_the_file_in_every_error(tmp_path, monkeypatch, capsys):
     """An error raised deep in the import without the path still reaches the user with it."""
     from finetune.errors import OnnxImportError
 
+    onnx_load = importlib.import_module("finetune.onnx.load")  # the package re-exports load()
+
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "g",
@@ -291,10 +294,10 @@ def test_inspect_names_the_file_in_every_error(tmp_path, monkeypatch, capsys):
     path = tmp_path / "named.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
-    def fail(source, freeze=True):
+    def fail(model, label="<model>", freeze=True):
         raise OnnxImportError("<ModelProto>: node 'r' (Relu) failed")
 
-    monkeypatch.setattr(ft.onnx, "load", fail)
+    monkeypatch.setattr(onnx_load, "from_model", fail)  # where inspect imports the parsed file
     assert main(["inspect", str(path)]) == 2
     assert capsys.readouterr().err == (f"finetune: error: {path}: node 'r' (Relu) failed\n")
 
