@@ -3,8 +3,9 @@
 Two passes over the main graph's nodes, before conversion:
 
 - ``fold_constant_nodes``: weights a file computes from constants (the model zoo's light files
-  make every weight with ``ConstantOfShape``; Inception v1 reshapes its classifier's weight)
-  are evaluated once, so a following Conv or Gemm sees a constant weight and becomes a module.
+  make every weight with ``ConstantOfShape``; Inception v1 reshapes its classifier's weight;
+  PyTorch's legacy exporter feeds a deduplicated bias through ``Identity``) are evaluated once,
+  so a following Conv or Gemm sees a constant weight and becomes a module.
 - ``free_batch_reshapes``: a ``Reshape`` whose constant shape starts with the file's fixed batch
   size (ShuffleNet's ``[1, 4, 28, 56, 56]`` channel shuffle, a ``[1, -1]`` flatten) gets ``-1``
   there instead (or ``0``, "copy the input's first dimension", when another entry is -1), so it
@@ -26,7 +27,9 @@ from ..errors import FinetuneError
 from .limits import check_shape
 
 # ops evaluated at import when every input is a constant: cheap, exact, and with no randomness
-FOLDABLE = frozenset({"ConstantOfShape", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Cast"})
+FOLDABLE = frozenset(
+    {"ConstantOfShape", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Cast", "Identity"}
+)
 BATCH_SYMBOL = "batch"
 
 
@@ -77,6 +80,10 @@ def fold_constant_nodes(
         try:
             array = np.asarray(converter.run(*inputs, **_attributes(node))._data)
             check_shape(array.shape, "folded constant")
+            if any(np.may_share_memory(array, known[n]) for n in names):
+                # a view (Identity, Reshape) of a weight another layer also holds: each layer
+                # gets its own copy, so training one never moves the other
+                array = array.copy()
         except (FinetuneError, ValueError, TypeError):
             kept.append(node)  # the walk reports it, naming the node, when the model runs
             continue

@@ -3,6 +3,9 @@
 Nodes with weights are real submodules, found by dotted name at every forward, so assigning
 ``model.fc = nn.Linear(512, 10)`` rewires the walk. Every other node is a small function on
 tensors. The walk uses the library's own differentiable ops, so gradients flow end to end.
+For frozen inference the forward runs the graph's inference plan instead (``plan.py``: folded
+constants and shape arithmetic, BatchNorm folded into convolutions, fused activations) whenever
+its result is the walk's.
 
 Values are tensors, sequences (Python lists of tensors) or optionals (None when empty). A node
 with subgraphs (``If``, ``Loop``, ``Scan``, ``SequenceMap``) holds its bodies as child
@@ -17,12 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import FinetuneError, OnnxImportError, ShapeError
+from ..autograd.engine import is_grad_enabled
+from ..autograd.function import is_tracing
+from ..errors import OnnxImportError, ShapeError
 from ..functions import cat
 from ..nn.layers.linear import Linear
 from ..nn.module import Module
 from ..tensor import Tensor
 from . import heads
+from .plan import NODE_ERRORS, Plan, node_failed
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class OnnxModule(Module):
         self._constants = dict(constants)
         self._outer = tuple(outer)
         self._last_use = _last_uses(self._steps, self._graph_outputs)
+        self._plan = _PlanSlot()  # built on the first call that can use it
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -158,8 +165,31 @@ class OnnxModule(Module):
         if self.fixed_batch is not None and batch is not None and batch != self.fixed_batch:
             results = self._walk_in_slices(inputs, batch)
         else:
-            results = self._walk(self._bind_inputs(inputs))
+            results = self._run(self._bind_inputs(inputs))
         return results[0] if len(results) == 1 else results
+
+    def _run(self, values: dict) -> tuple:
+        """The graph on bound inputs: through the inference plan when its result is the exact
+        walk's (eval mode, not tracing; see ``Plan.usable``), else the walk."""
+        inputs = tuple(values.values())
+        if self.training or is_tracing():
+            return self._walk(values)
+        plan = self._plan.plan
+        if plan is None or not plan.current(self):
+            # built (again) only when it could run now: not on every step of a loop that
+            # trains the constants a stale plan folded, nor for inputs needing a gradient
+            if is_grad_enabled() and (
+                any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+                or (plan is not None and plan.folds_trainable())
+            ):
+                return self._walk(values)
+            # no plan for a subgraph, non-tensor inputs, or a walk that fails (the walk reports)
+            plan = self._plan.plan = Plan.build(self)
+            if plan is None:
+                return self._walk(values)
+        if plan.usable(self, inputs):
+            return plan.run(self, inputs)
+        return self._walk(values)
 
     def _walk_in_slices(self, inputs: tuple, batch: int) -> tuple:
         """Run a graph that still needs its file's batch size on slices of that many samples
@@ -172,7 +202,7 @@ class OnnxModule(Module):
                 x[index] if isinstance(x, Tensor) and x.ndim and x.shape[0] == batch else x
                 for x in inputs
             )
-            parts.append((self._walk(self._bind_inputs(piece)), min(size, batch - start)))
+            parts.append((self._run(self._bind_inputs(piece)), min(size, batch - start)))
         joined = []
         for position in range(len(parts[0][0])):
             outs = [(out[position], n) for out, n in parts]
@@ -214,21 +244,10 @@ class OnnxModule(Module):
                     out = step.run(self.get_submodule(step.module), *args)
                 else:
                     out = step.run(*args)
-            except (
-                FinetuneError,
-                ValueError,
-                IndexError,
-                TypeError,
-                AttributeError,
-                MemoryError,
-            ) as error:
+            except NODE_ERRORS as error:
                 if isinstance(error, OnnxImportError):
                     raise
-                shapes = [_describe(a) for a in args]
-                raise OnnxImportError(
-                    f"{self.source}: node {step.node!r} ({step.op_type}) failed on inputs "
-                    f"{list(step.inputs)} of shapes {shapes}: {error}"
-                ) from error
+                raise node_failed(self.source, step, args, error) from error
             outs = out if isinstance(out, tuple) else (out,)
             for name, value in zip(step.outputs, outs):
                 if name:
@@ -304,13 +323,20 @@ def _batch_of(inputs: tuple) -> int | None:
     return None
 
 
-def _describe(value):
-    """A value's shape for an error message: a list of shapes for a sequence, None if empty."""
-    if isinstance(value, Tensor):
-        return list(value.shape)
-    if isinstance(value, list):
-        return [_describe(v) for v in value]
-    return value
+class _PlanSlot:
+    """Where an ``OnnxModule`` keeps its inference plan; a copy of the module starts without
+    one (the plan holds the original's modules)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+
+    def __copy__(self) -> _PlanSlot:
+        return _PlanSlot()
+
+    def __deepcopy__(self, memo: dict) -> _PlanSlot:
+        return _PlanSlot()
 
 
 def _bind_value(spec: GraphInput, value, source: str):

@@ -1,0 +1,555 @@
+"""The inference plan of an imported graph: its walk with the work that cannot matter taken out.
+
+``OnnxModule.forward`` runs the plan instead of the node-by-node walk only where the two agree
+beyond float rounding: the model in eval mode, nothing needing a gradient (grad disabled, or no
+parameter and no input requiring one), the exporter not tracing (export always sees the whole
+graph, BatchNorms included, with a symbolic batch). In the plan:
+
+- ``Identity`` and eval ``Dropout`` steps disappear: their outputs are their inputs.
+- Values that depend only on constants and on input *shapes* (``Constant`` nodes, PyTorch
+  exporters' ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chains, Swin's window
+  arithmetic) are computed on the first call for each input signature (shapes and dtypes) and
+  kept for the last few signatures, so later calls skip those nodes. Which values qualify is
+  decided from the op types: ``SHAPE_FROM_SHAPES`` and ``SHAPE_FROM_VALUES`` say whose output
+  shape follows from what, and anything else (NonZero, Loop, a module) ends the chain.
+- A ``BatchNormalization`` module that alone reads a ``Conv`` module's output is folded into the
+  convolution (``nn.fusion.conv_bn``, which caches the folded weights by tensor version).
+- The legacy exporter's GELU (``Div sqrt2 -> Erf -> Add 1 -> Mul x -> Mul 0.5``) runs as one
+  ``F.gelu``, ``Sigmoid(x) * x`` as ``F.silu``, ``HardSigmoid(x) * x`` as ``F.hardswish``:
+  matched by structure and constant values.
+- Modules are looked up once; values live in a list indexed by position, not a dict by name.
+
+The plan keeps the modules it found: every call checks that each still sits where it was found
+(so ``model.fc = ...`` is seen) and that the constants it read are the same tensors at the same
+version; otherwise it is rebuilt. A module the plan calls runs its hooks as usual; one it folds
+away (a Dropout, a fused BatchNorm) with a hook makes the plan step aside.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..autograd.engine import is_grad_enabled
+from ..autograd.function import is_tracing
+from ..errors import FinetuneError, OnnxImportError
+from ..nn import functional as F
+from ..nn.fusion import conv_bn
+from ..nn.layers.batchnorm import BatchNorm2d
+from ..nn.layers.conv import Conv2d
+from ..nn.layers.dropout import Dropout
+from ..tensor import Tensor
+
+# ops whose outputs' shapes follow from their inputs' shapes (and attributes) alone
+SHAPE_FROM_SHAPES = frozenset(
+    {
+        *("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh"),
+        *("Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity"),
+        *("IsInf", "IsNaN", "LeakyRelu", "Log", "Mish", "Neg", "Not", "Reciprocal", "Relu"),
+        *("Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign"),
+        *("Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Celu", "BitwiseNot", "Cast", "CastLike"),
+        *("Clip", "Swish", "Hardmax", "Softmax", "LogSoftmax", "LpNormalization", "CumSum"),
+        *("CumProd", "Trilu", "Dropout", "MeanVarianceNormalization", "LRN"),
+        *("Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Mean", "Sum", "Equal"),
+        *("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Where"),
+        *("PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor"),
+        *("Transpose", "Flatten", "Concat", "MatMul", "MatMul+Add", "Gemm", "Einsum", "Conv"),
+        *("ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool"),
+        *("GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "LayerNormalization"),
+        *("InstanceNormalization", "GroupNormalization", "RMSNormalization", "DepthToSpace"),
+        *("SpaceToDepth", "Gather", "GatherElements", "GatherND", "ScatterND", "Scatter"),
+        *("ScatterElements", "Shape", "Size", "ArgMax", "ArgMin", "EyeLike"),
+    }
+)
+# ops whose outputs' shapes also follow from the values of these inputs
+SHAPE_FROM_VALUES = {
+    "Reshape": {1},
+    "Expand": {1},
+    "Slice": {1, 2, 3, 4},
+    "Tile": {1},
+    "Pad": {1, 3},
+    "ConstantOfShape": {0},
+    "Range": {0, 1, 2},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Split": {1},
+    "TopK": {1},
+    "Resize": {1, 2, 3},
+    "Upsample": {1},
+    "OneHot": {1},
+    "CenterCropPad": {1, 2},
+    **{
+        f"Reduce{kind}": {1}
+        for kind in ("L1", "L2", "LogSum", "LogSumExp", "Max", "Mean", "Min", "Prod", "Sum")
+    },
+    "ReduceSumSquare": {1},
+}
+# never computed ahead: random draws, and values (sequences, optionals) an op may change in place
+NOT_FOLDED = frozenset(
+    {
+        *("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"),
+        *("Bernoulli", "Multinomial", "Dropout", "SequenceConstruct", "SequenceEmpty"),
+        *("SequenceErase", "SequenceInsert", "SplitToSequence", "SequenceMap", "Optional"),
+    }
+)
+# the units fusion makes (shape from shapes, as the chains they replace)
+_FUSED = frozenset({"Conv+BatchNormalization", "Gelu(fused)", "Silu(fused)", "HardSwish(fused)"})
+_CACHED_SIGNATURES = 8  # input signatures whose folded values are kept (the oldest leaves)
+_EMPTY, _DISCARD = 0, 1  # slots: an omitted input (always None), an output nobody reads
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One call of the plan: ``run(*inputs)`` on values named ``inputs``, giving ``outputs``;
+    ``step`` is the node it stands for in error messages."""
+
+    run: Callable
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    step: object
+    op_type: str
+    module: object = None
+    static: bool = False
+    folded_modules: tuple = ()
+
+
+class _ConvThenBatchNorm:
+    """Stands in for a Conv step's module: the node's call (its padding included) reaches
+    ``conv_bn``, which folds the BatchNorm into the convolution when that is exact."""
+
+    __slots__ = ("conv", "bn")
+
+    def __init__(self, conv, bn) -> None:
+        self.conv, self.bn = conv, bn
+
+    def __call__(self, x):
+        return conv_bn(self.conv, self.bn, x)
+
+
+def _conv_then_batch_norm(conv_run, conv, bn, x):
+    return conv_run(_ConvThenBatchNorm(conv, bn), x)
+
+
+class Plan:
+    """The plan of one ``OnnxModule``'s walk (see the module docstring). ``build`` makes it,
+    or returns None when the graph has no plan (a subgraph, non-tensor inputs, a step reading a
+    value nobody produced: the exact walk reports those)."""
+
+    def __init__(self) -> None:
+        self._edges: dict = {}  # (id of a module's children, name) -> (children, name, child)
+        self._watched: list[tuple[str, Tensor, int, np.ndarray]] = []
+        self._skipped_modules: list = []
+        self._cache: dict = {}  # input signature -> [(slot, folded value)]
+        self._alias: dict[str, str] = {}  # an Identity's or eval Dropout's output -> its input
+        self._outputs: tuple[str, ...] = ()
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, owner) -> Plan | None:
+        if owner._outer or any(spec.kind != "tensor" for spec in owner._graph_inputs):
+            return None
+        plan = cls()
+        try:
+            units = plan._units(owner)
+        except _NoPlan:
+            return None
+        units = plan._fuse(owner, units)
+        plan._mark_static(owner, units)
+        plan._compile(owner, units)
+        plan._edges = list(plan._edges.values())
+        return plan
+
+    def _bind(self, owner, path: str):
+        module = owner
+        for part in path.split("."):
+            child = module._modules.get(part) if hasattr(module, "_modules") else None
+            if child is None:
+                raise _NoPlan
+            self._edges[id(module._modules), part] = (module._modules, part, child)
+            module = child
+        return module
+
+    def _units(self, owner) -> list[_Unit]:
+        """The steps with Identity and eval Dropout made aliases, modules looked up."""
+        known = {spec.name for spec in owner._graph_inputs} | set(owner._constants)
+        units = []
+        for step in owner._steps:
+            names = tuple(self._alias.get(n, n) for n in step.inputs)
+            if any(n and n not in known for n in names):
+                raise _NoPlan
+            module = self._bind(owner, step.module) if step.module is not None else None
+            if len(step.outputs) == 1 and step.outputs[0] and names and names[0]:
+                if step.op_type == "Identity" and module is None and len(names) == 1:
+                    self._alias[step.outputs[0]] = names[0]
+                    continue
+                if type(module) is Dropout and len(names) == 1:
+                    self._alias[step.outputs[0]] = names[0]
+                    self._skipped_modules.append(module)
+                    continue
+            known.update(n for n in step.outputs if n)
+            run = functools.partial(step.run, module) if module is not None else step.run
+            units.append(_Unit(run, names, step.outputs, step, step.op_type, module))
+        self._outputs = tuple(self._alias.get(n, n) for n in owner._graph_outputs)
+        return units
+
+    def _constant(self, owner, units_by_output: dict, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is a constant of the graph (watched from now on)."""
+        if name in owner._constants:
+            attribute = owner._constants[name]
+            tensor = getattr(owner, attribute)
+            if not isinstance(tensor, Tensor):
+                return None
+            self._watch(attribute, tensor)
+            return tensor._data
+        unit = units_by_output.get(name)
+        if unit is None or unit.op_type != "Constant" or unit.inputs:
+            return None
+        try:
+            value = unit.run()
+        except NODE_ERRORS:  # the walk reports it, naming the node
+            return None
+        return value._data if isinstance(value, Tensor) else None
+
+    def _watch(self, attribute: str, tensor: Tensor) -> None:
+        if any(attribute == seen[0] for seen in self._watched):
+            return
+        self._watched.append((attribute, tensor, tensor._version.value, tensor._data))
+
+    def _fuse(self, owner, units: list[_Unit]) -> list[_Unit]:
+        """Conv + BatchNorm, GELU, SiLU and HardSwish chains, each become one unit."""
+        produced = {n: u for u in units for n in u.outputs if n}
+        readers: dict[str, list[_Unit]] = {}
+        for unit in units:
+            for name in unit.inputs:
+                if name:
+                    readers.setdefault(name, []).append(unit)
+        outputs = set(self._outputs)
+
+        def only_reader(name: str) -> _Unit | None:
+            found = readers.get(name, ())
+            return found[0] if len(found) == 1 and name not in outputs else None
+
+        def scalar(name: str, want: float, tolerance: float = 0.0) -> bool:
+            value = self._constant(owner, produced, name)
+            return (
+                value is not None
+                and value.ndim == 0
+                and value.dtype.kind == "f"
+                and abs(float(value) - want) <= tolerance
+            )
+
+        removed: set[int] = set()
+        tails: dict[int, _Unit] = {}
+        for unit in units:
+            if id(unit) in removed or len(unit.outputs) != 1:
+                continue
+            chain = None
+            if unit.op_type == "BatchNormalization" and type(unit.module) is BatchNorm2d:
+                chain = _conv_batch_norm(unit, produced, only_reader)
+            elif unit.op_type == "Erf" and unit.module is None:
+                chain = _gelu(unit, produced, only_reader, scalar)
+            elif unit.op_type in ("Sigmoid", "HardSigmoid") and unit.module is None:
+                chain = _gated(unit, only_reader)
+            if chain is None or any(id(u) in removed for u in chain[0]):
+                continue
+            gone, fused = chain
+            removed.update(id(u) for u in gone)
+            tails[id(gone[-1])] = fused  # in the place of the chain's last node
+            self._skipped_modules.extend(fused.folded_modules)
+        return [tails.get(id(u), u) for u in units if id(u) in tails or id(u) not in removed]
+
+    def _mark_static(self, owner, units: list[_Unit]) -> None:
+        """Which units compute values from constants and input shapes only."""
+        values = set(owner._constants)
+        shapes = {spec.name for spec in owner._graph_inputs} | values
+        for unit in units:
+            names = [n for n in unit.inputs if n]
+            op = unit.op_type
+            if unit.module is None and op not in NOT_FOLDED and op != "Identity":
+                if all(n in values for n in names) or (
+                    op in ("Shape", "Size") and names and names[0] in shapes
+                ):
+                    unit.static = True
+                    values.update(n for n in unit.outputs if n)
+                    shapes.update(n for n in unit.outputs if n)
+                    continue
+            if op in SHAPE_FROM_SHAPES or op in _FUSED:
+                follows = all(n in shapes for n in names)
+            elif op in SHAPE_FROM_VALUES:
+                by_value = SHAPE_FROM_VALUES[op]
+                follows = all(
+                    (n in values) if i in by_value else (n in shapes)
+                    for i, n in enumerate(unit.inputs)
+                    if n
+                )
+            else:
+                follows = False
+            if follows:
+                shapes.update(n for n in unit.outputs if n)
+        for unit in units:
+            if unit.static:
+                for name in unit.inputs:
+                    if name in owner._constants:
+                        tensor = getattr(owner, owner._constants[name])
+                        if isinstance(tensor, Tensor):
+                            self._watch(owner._constants[name], tensor)
+
+    def _compile(self, owner, units: list[_Unit]) -> None:
+        slots: dict[str, int] = {}
+
+        def slot(name: str) -> int:
+            if not name:
+                return _EMPTY
+            if name not in slots:
+                slots[name] = len(slots) + 2
+            return slots[name]
+
+        self._inputs = tuple(slot(spec.name) for spec in owner._graph_inputs)
+        self._constants = tuple((slot(n), a) for n, a in owner._constants.items())
+        outputs = set(self._outputs)
+        dynamic = [u for u in units if not u.static]
+        needed = {n for u in dynamic for n in u.inputs if n} | outputs
+        self._static_outputs = {
+            slot(n) for u in units if u.static for n in u.outputs if n in outputs
+        }
+        self._full = _program(units, slot, outputs, needed)
+        self._fast = _program(dynamic, slot, outputs, set())
+        self._output_slots = tuple(slot(n) for n in self._outputs)
+        self._size = len(slots) + 2
+
+    # -- running -------------------------------------------------------------------------------
+    def current(self, owner) -> bool:
+        """Whether the modules and constants the plan was built on are still the model's."""
+        for registry, key, child in self._edges:
+            if registry.get(key) is not child:
+                return False
+        for attribute, tensor, version, data in self._watched:
+            now = getattr(owner, attribute, None)
+            if now is not tensor or tensor._version.value != version or tensor._data is not data:
+                return False
+        return True
+
+    def usable(self, owner, inputs: tuple) -> bool:
+        """Whether the plan's result is the exact walk's for these inputs: the model in eval
+        mode (``model.train()`` reaches every layer), and so each module the plan folds away,
+        with no hooks; not tracing; no input needing a gradient, nor a constant the folded
+        values were computed from. A frozen backbone under a trainable head runs planned: a
+        fused unit whose inputs need a gradient runs the nodes it stands for (``conv_bn``
+        checks the same for its layers), and the modules the plan calls run as in the walk,
+        whatever their mode and hooks."""
+        if is_tracing() or owner.training:
+            return False
+        for module in self._skipped_modules:
+            if module.training or module._forward_hooks or module._forward_pre_hooks:
+                return False
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                return False
+        if is_grad_enabled():
+            if any(x.requires_grad for x in inputs) or self.folds_trainable():
+                return False
+        return True
+
+    def folds_trainable(self) -> bool:
+        """Whether a constant that folded values were computed from requires a gradient."""
+        return any(tensor.requires_grad for _, tensor, _, _ in self._watched)
+
+    def run(self, owner, inputs: tuple) -> tuple:
+        key = tuple((x._data.shape, x._data.dtype) for x in inputs)
+        folded = self._cache.get(key)
+        slots = [None] * self._size
+        for index, attribute in self._constants:
+            slots[index] = getattr(owner, attribute)
+        for index, x in zip(self._inputs, inputs):
+            slots[index] = x
+        if folded is None:
+            folded = []
+            _execute(self._full, slots, owner.source, folded)
+            if len(self._cache) >= _CACHED_SIGNATURES:
+                self._cache.pop(next(iter(self._cache)), None)  # the oldest
+            self._cache[key] = folded
+        else:
+            for index, value in folded:
+                slots[index] = value
+            _execute(self._fast, slots, owner.source, None)
+        results = []
+        for index in self._output_slots:
+            value = slots[index]
+            if index in self._static_outputs and isinstance(value, Tensor):
+                value = Tensor._from_array(np.array(value._data))  # the cached copy stays ours
+            results.append(value)
+        return tuple(results)
+
+
+def _program(units: list[_Unit], slot, outputs: set, record: set) -> tuple:
+    """``units`` as ``(run, input slots, output slots, slots to free after, slots to record,
+    unit)`` tuples: a value's slot is emptied after its last reader (graph outputs are kept);
+    a static unit's outputs named in ``record`` are kept for the input signature."""
+    last: dict[str, int] = {}
+    for index, unit in enumerate(units):
+        for name in unit.inputs:
+            if name:
+                last[name] = index
+    frees: dict[int, list[int]] = {}
+    for name, index in last.items():
+        if name not in outputs:
+            frees.setdefault(index, []).append(slot(name))
+    program = []
+    for index, unit in enumerate(units):
+        ins = tuple(slot(n) for n in unit.inputs)
+        outs = tuple(slot(n) if n else _DISCARD for n in unit.outputs)
+        kept = tuple(slot(n) for n in unit.outputs if unit.static and n in record)
+        program.append((unit.run, ins, outs, tuple(frees.get(index, ())), kept, unit))
+    return tuple(program)
+
+
+def _execute(program: tuple, slots: list, source: str, record: list | None) -> None:
+    """Run ``program`` on ``slots``; with ``record``, append the static values to keep."""
+    index = 0
+    try:
+        for index, (run, ins, outs, free, kept, _) in enumerate(program):  # noqa: B007
+            out = run(*[slots[i] for i in ins])
+            if type(out) is tuple:
+                for i, value in zip(outs, out):
+                    slots[i] = value
+            else:
+                slots[outs[0]] = out
+            if kept and record is not None:
+                record.extend((i, slots[i]) for i in kept)
+            for i in free:
+                slots[i] = None
+    except NODE_ERRORS as error:
+        if isinstance(error, OnnxImportError):
+            raise
+        _, ins, _, _, _, unit = program[index]
+        raise node_failed(source, unit.step, [slots[i] for i in ins], error) from error
+
+
+# the errors a node's run may raise on bad input: reported as an OnnxImportError naming the node
+NODE_ERRORS = (FinetuneError, ValueError, IndexError, TypeError, AttributeError, MemoryError)
+
+
+def node_failed(source: str, step, args: list, error: Exception) -> OnnxImportError:
+    """The error for a node that failed on its inputs: the node, its inputs and their shapes."""
+    shapes = [_describe(a) for a in args]
+    return OnnxImportError(
+        f"{source}: node {step.node!r} ({step.op_type}) failed on inputs {list(step.inputs)} "
+        f"of shapes {shapes}: {error}"
+    )
+
+
+def _describe(value):
+    """A value's shape for an error message: a list of shapes for a sequence, None if empty."""
+    if isinstance(value, Tensor):
+        return list(value.shape)
+    if isinstance(value, list):
+        return [_describe(v) for v in value]
+    return value
+
+
+class _NoPlan(Exception):
+    """The graph gets no plan (the exact walk runs, and reports what is wrong)."""
+
+
+def _conv_batch_norm(bn: _Unit, produced: dict, only_reader):
+    """A Conv2d module whose output only this BatchNorm2d reads: one unit, the convolution's
+    call (its padding included) with the BatchNorm folded in."""
+    conv = produced.get(bn.inputs[0])
+    if (
+        conv is None
+        or conv.op_type != "Conv"
+        or type(conv.module) is not Conv2d
+        or len(conv.inputs) != 1
+        or only_reader(conv.outputs[0]) is not bn
+    ):
+        return None
+    run = functools.partial(_conv_then_batch_norm, conv.step.run, conv.module, bn.module)
+    fused = _Unit(run, conv.inputs, bn.outputs, conv.step, "Conv+BatchNormalization", bn.module)
+    fused.folded_modules = (conv.module, bn.module)
+    return [conv, bn], fused
+
+
+def _gelu(erf: _Unit, produced: dict, only_reader, scalar):
+    """``0.5 * (x * (1 + erf(x / sqrt(2))))`` in the legacy exporter's node order, either
+    operand order at each binary node."""
+    div = produced.get(erf.inputs[0])
+    if div is None or div.op_type != "Div" or div.module is not None or len(div.inputs) != 2:
+        return None
+    x = div.inputs[0]
+    if not scalar(div.inputs[1], math.sqrt(2.0), 1e-6) or only_reader(div.outputs[0]) is not erf:
+        return None
+    add = only_reader(erf.outputs[0])
+    if add is None or add.op_type != "Add" or add.module is not None:
+        return None
+    other = _other(add.inputs, erf.outputs[0])
+    if other is None or not scalar(other, 1.0):
+        return None
+    mul = only_reader(add.outputs[0])
+    if mul is None or mul.op_type != "Mul" or mul.module is not None:
+        return None
+    if _other(mul.inputs, add.outputs[0]) != x:
+        return None
+    half = only_reader(mul.outputs[0])
+    if half is None or half.op_type != "Mul" or half.module is not None:
+        return None
+    other = _other(half.inputs, mul.outputs[0])
+    if other is None or not scalar(other, 0.5):
+        return None
+    chain = [div, erf, add, mul, half]
+    return chain, _fused_unit(chain, F.gelu, x, "Gelu(fused)")
+
+
+def _gated(gate: _Unit, only_reader):
+    """``x * sigmoid(x)`` (SiLU) or ``x * hardsigmoid(x)`` with PyTorch's 1/6 and 1/2
+    (HardSwish); the gate must be read by that one Mul only."""
+    if len(gate.inputs) != 1 or not gate.inputs[0]:
+        return None
+    x = gate.inputs[0]
+    if gate.op_type == "HardSigmoid":
+        keywords = getattr(gate.run, "keywords", {})
+        alpha, beta = keywords.get("alpha", 0.2), keywords.get("beta", 0.5)
+        if abs(alpha - 1.0 / 6.0) > 1e-7 or beta != 0.5:
+            return None
+    mul = only_reader(gate.outputs[0])
+    if mul is None or mul.op_type != "Mul" or mul.module is not None or len(mul.inputs) != 2:
+        return None
+    if _other(mul.inputs, gate.outputs[0]) != x:
+        return None
+    if gate.op_type == "Sigmoid":
+        return [gate, mul], _fused_unit([gate, mul], F.silu, x, "Silu(fused)")
+    return [gate, mul], _fused_unit([gate, mul], F.hardswish, x, "HardSwish(fused)")
+
+
+def _fused_unit(chain: list[_Unit], fast: Callable, x: str, op_type: str) -> _Unit:
+    """One unit computing ``fast(x)`` in place of ``chain`` (elementwise nodes of ``x`` and
+    constants); where any of its inputs needs a gradient, the chain's own nodes run instead, so
+    gradients are the exact walk's."""
+    made = {name for unit in chain for name in unit.outputs}
+    reads = [name for unit in chain for name in unit.inputs if name and name not in made]
+    names = tuple(dict.fromkeys([x, *reads]))
+    result = chain[-1].outputs[0]
+
+    def run(*values):
+        if is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in values):
+            known = dict(zip(names, values))
+            for unit in chain:
+                known[unit.outputs[0]] = unit.run(*[known[n] for n in unit.inputs])
+            return known[result]
+        return fast(values[0])
+
+    return _Unit(run, names, chain[-1].outputs, chain[-1].step, op_type)
+
+
+def _other(pair: tuple[str, ...], name: str) -> str | None:
+    """The input of a binary node that is not ``name`` (None unless exactly one is)."""
+    if len(pair) != 2:
+        return None
+    if pair[0] == name and pair[1] != name:
+        return pair[1]
+    if pair[1] == name and pair[0] != name:
+        return pair[0]
+    return None

@@ -1,0 +1,598 @@
+"""The inference plan of an imported graph (``finetune/onnx/plan.py``): frozen eval inference
+through it gives the exact walk's results (and onnxruntime's), and anything that needs the
+exact walk (training mode, a gradient, export's trace, a new head) gets it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from architectures import example_input, load_proto
+from onnx import TensorProto, helper, numpy_helper
+
+import finetune as ft
+from finetune import nn
+from finetune.autograd import gradcheck
+
+FLOAT = TensorProto.FLOAT
+SQRT2 = math.sqrt(2.0)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _tensor(name, shape):
+    """A float value of ``shape``; an int is a rank, every dimension free."""
+    if isinstance(shape, int):
+        shape = [f"{name}_{i}" for i in range(shape)]
+    return helper.make_tensor_value_info(name, FLOAT, shape)
+
+
+def _constant(name, array) -> onnx.NodeProto:
+    value = numpy_helper.from_array(np.asarray(array), name)
+    return helper.make_node("Constant", [], [name], value=value)
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _onnxruntime(proto, *xs):
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, dict(zip(names, xs)))
+
+
+def _exact(model, *xs):
+    """The node-by-node walk, bypassing the plan."""
+    out = model._walk(model._bind_inputs(tuple(ft.from_numpy(x) for x in xs)))
+    return out[0] if len(out) == 1 else out
+
+
+def _planned_ops(model) -> list[str]:
+    """The op types the plan runs on a later call of the last input signature."""
+    plan = model._plan.plan
+    assert plan is not None, "the forward did not go through the plan"
+    return [unit[-1].op_type for unit in plan._fast]
+
+
+def _close(got, want):
+    want = np.asarray(want)
+    scale = max(float(np.abs(want).max(initial=0.0)), 1e-3)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * scale)
+
+
+def _conv_bn_model(rng, conv_bias_through_identity=False) -> onnx.ModelProto:
+    """x -> Conv (bias maybe through Identity) -> BatchNormalization -> Relu -> y."""
+    c, o = 3, 4
+    inits = [
+        _init("w", rng.standard_normal((o, c, 3, 3)).astype(np.float32)),
+        _init("b", rng.standard_normal(o).astype(np.float32)),
+        _init("scale", rng.uniform(0.5, 1.5, o).astype(np.float32)),
+        _init("shift", rng.standard_normal(o).astype(np.float32)),
+        _init("mean", rng.standard_normal(o).astype(np.float32)),
+        _init("var", rng.uniform(0.5, 1.5, o).astype(np.float32)),
+    ]
+    nodes = []
+    bias = "b"
+    if conv_bias_through_identity:
+        nodes.append(helper.make_node("Identity", ["b"], ["b_id"]))
+        bias = "b_id"
+    nodes += [
+        helper.make_node("Conv", ["x", "w", bias], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"], epsilon=1e-5
+        ),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    return _model(nodes, [_tensor("x", ["n", c, 6, 6])], [_tensor("y", 4)], inits)
+
+
+# -- import: Identity of a constant folds ------------------------------------------------------
+
+
+def test_a_conv_bias_read_through_identity_becomes_a_conv_module():
+    rng = np.random.default_rng(0)
+    proto = _conv_bn_model(rng, conv_bias_through_identity=True)
+    model = ft.onnx.load(proto)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].bias is not None
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with ft.no_grad():
+        _close(model(ft.from_numpy(x)).numpy(), _onnxruntime(proto, x)[0])
+
+
+def test_layers_sharing_a_bias_through_identity_get_their_own_copies():
+    """PyTorch's legacy exporter deduplicates equal biases and feeds each layer an Identity of
+    the shared one: training one layer's bias must not move another's."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Identity", ["b"], ["b1"]),
+        helper.make_node("Identity", ["b"], ["b2"]),
+        helper.make_node("Conv", ["x", "w", "b1"], ["h"]),
+        helper.make_node("Conv", ["h", "w", "b2"], ["y"]),
+    ]
+    inits = [_init("w", w), _init("b", np.zeros(3, np.float32))]
+    model = ft.onnx.load(_model(nodes, [_tensor("x", [1, 3, 4, 4])], [_tensor("y", 4)], inits))
+    first, second = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert not np.shares_memory(first.bias.numpy(), second.bias.numpy())
+    with ft.no_grad():
+        first.bias.add_(1.0)
+    np.testing.assert_array_equal(second.bias.numpy(), np.zeros(3, np.float32))
+
+
+def test_a_graph_output_that_is_identity_of_a_constant():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("Identity", ["k"], ["z"]),
+    ]
+    k = np.arange(4, dtype=np.float32)
+    proto = _model(
+        nodes, [_tensor("x", [2, 4])], [_tensor("y", 2), _tensor("z", 1)], [_init("k", k)]
+    )
+    model = ft.onnx.load(proto)
+    x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    for _ in range(2):  # the first call builds the plan, the second runs it
+        with ft.no_grad():
+            y, z = model(ft.from_numpy(x))
+        want_y, want_z = _onnxruntime(proto, x)
+        _close(y.numpy(), want_y)
+        np.testing.assert_array_equal(z.numpy(), want_z)
+
+
+# -- folded shape arithmetic --------------------------------------------------------------------
+
+
+def _shape_chain_model() -> onnx.ModelProto:
+    """PyTorch's flatten as the exporters write it: ``Shape -> Gather -> Unsqueeze -> Concat ->
+    Reshape``, then per-sample arithmetic on a size read the same way (``x * H``)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        _constant("zero", np.array(0, np.int64)),
+        _constant("two", np.array(2, np.int64)),
+        _constant("axes", np.array([0], np.int64)),
+        _constant("minus_one", np.array([-1], np.int64)),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Reshape", ["r", "target"], ["flat"]),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0),
+        helper.make_node("Cast", ["h"], ["hf"], to=FLOAT),
+        helper.make_node("Mul", ["flat", "hf"], ["y"]),
+    ]
+    return _model(nodes, [_tensor("x", ["n", 2, "h", "w"])], [_tensor("y", 2)])
+
+
+def test_shape_arithmetic_is_folded_per_input_shape():
+    proto = _shape_chain_model()
+    model = ft.onnx.load(proto)
+    rng = np.random.default_rng(3)
+    shapes = [(2, 2, 3, 3), (3, 2, 3, 3), (2, 2, 5, 4), (2, 2, 3, 3), (1, 2, 5, 4)]
+    for shape in shapes:  # batch and spatial sizes change, and come back
+        x = rng.standard_normal(shape).astype(np.float32)
+        for _ in range(2):
+            with ft.no_grad():
+                got = model(ft.from_numpy(x)).numpy()
+            assert got.shape == (shape[0], int(np.prod(shape[1:])))
+            _close(got, _onnxruntime(proto, x)[0])
+            _close(got, _exact(model, x).numpy())
+    assert sorted(_planned_ops(model)) == ["Mul", "Relu", "Reshape"]
+
+
+def test_a_constant_the_folded_values_read_is_watched():
+    """A float initializer feeding shape-only arithmetic: changing it in place changes the
+    result, as in the walk."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=FLOAT),
+        helper.make_node("Mul", ["sf", "k"], ["scaled"]),
+        helper.make_node("ReduceSum", ["scaled"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["x", "total"], ["y"]),
+    ]
+    k = np.ones(2, np.float32)
+    proto = _model(nodes, [_tensor("x", ["n", 3])], [_tensor("y", 2)], [_init("k", k)], opset=13)
+    model = ft.onnx.load(proto)
+    x = np.ones((2, 3), np.float32)
+    with ft.no_grad():
+        np.testing.assert_allclose(model(ft.from_numpy(x)).numpy(), np.full((2, 3), 5.0))
+        np.testing.assert_allclose(model(ft.from_numpy(x)).numpy(), np.full((2, 3), 5.0))
+        next(p for p in model.parameters() if p.shape == (2,)).mul_(2.0)
+        np.testing.assert_allclose(model(ft.from_numpy(x)).numpy(), np.full((2, 3), 10.0))
+
+
+# -- BatchNorm folded into the convolution ------------------------------------------------------
+
+
+def test_batchnorm_after_conv_is_folded_for_frozen_inference():
+    rng = np.random.default_rng(4)
+    proto = _conv_bn_model(rng)
+    model = ft.onnx.load(proto)
+    for batch in (2, 3):
+        x = rng.standard_normal((batch, 3, 6, 6)).astype(np.float32)
+        with ft.no_grad():
+            got = model(ft.from_numpy(x)).numpy()
+            again = model(ft.from_numpy(x)).numpy()
+        _close(got, _onnxruntime(proto, x)[0])
+        _close(again, _exact(model, x).numpy())
+    assert "Conv+BatchNormalization" in _planned_ops(model)
+    assert "BatchNormalization" not in _planned_ops(model)
+
+
+def test_train_mode_normalises_with_batch_statistics_after_the_plan_ran():
+    rng = np.random.default_rng(5)
+    model = ft.onnx.load(_conv_bn_model(rng))
+    x = ft.from_numpy(rng.standard_normal((4, 3, 6, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+        model(x)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    before = bn.running_mean.numpy().copy()
+    model.train()
+    with ft.no_grad():
+        c = conv(x).numpy().astype(np.float64)
+        out = model(x).numpy()
+    mean, var = c.mean(axis=(0, 2, 3)), c.var(axis=(0, 2, 3))
+    shape = (1, -1, 1, 1)
+    normalised = (c - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5)
+    want = normalised * bn.weight.numpy().reshape(shape) + bn.bias.numpy().reshape(shape)
+    _close(out, np.maximum(want, 0))
+    # ONNX's momentum 0.9 is PyTorch's 0.1
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.9 * before + 0.1 * mean, rtol=1e-5)
+
+
+def test_an_unfrozen_conv_gets_correct_gradients_after_the_plan_ran():
+    rng = np.random.default_rng(6)
+    model = ft.onnx.load(_conv_bn_model(rng))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        model(ft.from_numpy(x))
+    model.double()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.requires_grad_()
+    x64 = ft.from_numpy(x.astype(np.float64))
+    out = model(x64)
+    assert out.dtype == ft.float64
+    out.sum().backward()
+    assert conv.weight.grad is not None and np.abs(conv.weight.grad.numpy()).sum() > 0
+    assert gradcheck(lambda w: model(x64), (conv.weight,), fast_mode=True)
+    x64.requires_grad_()
+    assert gradcheck(lambda x: model(x), (x64,), fast_mode=True)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_dynamo", "swin_dynamo", "vit_legacy"])
+def test_architecture_files_give_the_same_results_through_the_plan(name):
+    proto = load_proto(name)
+    model = ft.onnx.load(proto)
+    x = example_input(proto)
+    want = _onnxruntime(proto, x)[0]
+    with ft.no_grad():
+        first = model(ft.from_numpy(x)).numpy()
+        planned = model(ft.from_numpy(x)).numpy()
+    scale = float(np.abs(want).max())
+    for got in (first, planned):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(planned, _exact(model, x).numpy(), rtol=1e-4, atol=1e-5 * scale)
+
+
+# -- fused activations ----------------------------------------------------------------------------
+
+
+def _gelu_nodes(x, y, swap=False, sqrt2=SQRT2, prefix="g"):
+    """The legacy exporter's exact GELU; ``swap`` puts each constant first instead."""
+
+    def pair(a, b):
+        return [b, a] if swap else [a, b]
+
+    p = prefix
+    return [
+        _constant(f"{p}_sqrt2", np.array(sqrt2, np.float32)),
+        _constant(f"{p}_one", np.array(1.0, np.float32)),
+        _constant(f"{p}_half", np.array(0.5, np.float32)),
+        helper.make_node("Div", [x, f"{p}_sqrt2"], [f"{p}_d"]),
+        helper.make_node("Erf", [f"{p}_d"], [f"{p}_e"]),
+        helper.make_node("Add", pair(f"{p}_e", f"{p}_one"), [f"{p}_a"]),
+        helper.make_node("Mul", pair(x, f"{p}_a"), [f"{p}_m"]),
+        helper.make_node("Mul", pair(f"{p}_m", f"{p}_half"), [y]),
+    ]
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_gelu_chain_runs_fused(swap):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), *_gelu_nodes("h", "y", swap)]
+    w = np.random.default_rng(7).standard_normal((5, 6)).astype(np.float32)
+    proto = _model(nodes, [_tensor("x", ["n", 5])], [_tensor("y", 2)], [_init("w", w)])
+    model = ft.onnx.load(proto)
+    x = np.random.default_rng(8).standard_normal((3, 5)).astype(np.float32) * 3
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x)).numpy()
+    _close(got, _onnxruntime(proto, x)[0])
+    _close(got, _exact(model, x).numpy())
+    assert "Gelu(fused)" in _planned_ops(model) and "Erf" not in _planned_ops(model)
+
+
+def test_a_chain_that_only_looks_like_gelu_is_left_alone():
+    nodes = _gelu_nodes("x", "y", sqrt2=1.5)
+    proto = _model(nodes, [_tensor("x", ["n", 4])], [_tensor("y", 2)])
+    model = ft.onnx.load(proto)
+    x = np.random.default_rng(9).standard_normal((2, 4)).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x)).numpy()
+    _close(got, _onnxruntime(proto, x)[0])
+    assert "Erf" in _planned_ops(model)
+
+
+@pytest.mark.parametrize("gate", ["Sigmoid", "HardSigmoid"])
+def test_silu_and_hardswish_chains_run_fused(gate):
+    attributes = {"alpha": 1.0 / 6.0, "beta": 0.5} if gate == "HardSigmoid" else {}
+    nodes = [
+        helper.make_node(gate, ["x"], ["s"], **attributes),
+        helper.make_node("Mul", ["s", "x"], ["act"]),  # the gate first: either order matches
+        # a squeeze-and-excitation gate multiplies another tensor: not fused
+        helper.make_node(gate, ["act"], ["g"], **attributes),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
+    proto = _model(nodes, [_tensor("x", ["n", 3, 4])], [_tensor("y", 3)])
+    model = ft.onnx.load(proto)
+    x = np.random.default_rng(10).standard_normal((2, 3, 4)).astype(np.float32) * 4
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x)).numpy()
+    _close(got, _onnxruntime(proto, x)[0])
+    _close(got, _exact(model, x).numpy())
+    fused = "Silu(fused)" if gate == "Sigmoid" else "HardSwish(fused)"
+    assert sorted(_planned_ops(model)) == sorted([fused, gate, "Mul"])
+
+
+def test_fused_activations_keep_float64():
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    model = ft.onnx.load(_model(nodes, [_tensor("x", ["n", 3])], [_tensor("y", 2)]))
+    x = np.random.default_rng(11).standard_normal((2, 3))
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x))
+    assert got.dtype == ft.float64
+    np.testing.assert_allclose(got.numpy(), x / (1 + np.exp(-x)), rtol=1e-12)
+
+
+# -- when the exact walk runs -------------------------------------------------------------------
+
+
+@pytest.fixture
+def batchnorm_calls(monkeypatch):
+    """How many times a BatchNorm2d layer ran its own forward (the plan folds it away)."""
+    calls = []
+    forward = nn.BatchNorm2d.forward
+
+    def counting(self, x):
+        calls.append(1)
+        return forward(self, x)
+
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", counting)
+    return calls
+
+
+def test_the_exact_walk_runs_whenever_a_gradient_or_training_needs_it(batchnorm_calls):
+    rng = np.random.default_rng(12)
+    model = ft.onnx.load(_conv_bn_model(rng))
+    x = ft.from_numpy(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+
+    def calls(run) -> int:
+        batchnorm_calls.clear()
+        run()
+        return len(batchnorm_calls)
+
+    with ft.no_grad():
+        model(x)
+        assert calls(lambda: model(x)) == 0  # folded
+    assert calls(lambda: model(x)) == 0  # grad enabled, but nothing requires one
+    assert calls(lambda: model(ft.from_numpy(x.numpy()).requires_grad_())) == 1
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.requires_grad_()
+    assert calls(lambda: model(x)) == 1
+    with ft.no_grad():
+        assert calls(lambda: model(x)) == 0  # no gradient can be needed
+    conv.weight.requires_grad_(False)
+    model.train()
+    with ft.no_grad():
+        assert calls(lambda: model(x)) == 1
+    model.eval()
+    with ft.no_grad():
+        assert calls(lambda: model(x)) == 0
+
+
+def test_export_after_a_planned_forward_has_a_symbolic_batch(tmp_path):
+    proto = _shape_chain_model()
+    model = ft.onnx.load(proto)
+    rng = np.random.default_rng(13)
+    x2 = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x2))
+        model(ft.from_numpy(x2))
+    path = tmp_path / "out.onnx"
+    ft.onnx.export(model, ft.from_numpy(x2), path)
+    written = onnx.load(path)
+    first = written.graph.input[0].type.tensor_type.shape.dim[0]
+    assert first.HasField("dim_param") and not first.HasField("dim_value")
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, 2, 3, 3)).astype(np.float32)
+        _close(_onnxruntime(written, x)[0], _onnxruntime(proto, x)[0])
+
+
+def test_export_of_a_conv_bn_model_still_writes_the_batchnorm(tmp_path):
+    rng = np.random.default_rng(14)
+    proto = _conv_bn_model(rng)
+    model = ft.onnx.load(proto)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        model(ft.from_numpy(x))
+    written = ft.onnx.export(model, ft.from_numpy(x), tmp_path / "out.onnx")
+    assert "BatchNormalization" in {n.op_type for n in written.graph.node}
+    for batch in (1, 4):
+        x = rng.standard_normal((batch, 3, 6, 6)).astype(np.float32)
+        _close(_onnxruntime(written, x)[0], _onnxruntime(proto, x)[0])
+
+
+# -- a changed walk rebuilds the plan ---------------------------------------------------------
+
+
+def _classifier_model(rng) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Gemm", ["r", "w", "b"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    inits = [
+        _init("w", rng.standard_normal((4, 6)).astype(np.float32)),
+        _init("b", rng.standard_normal(4).astype(np.float32)),
+    ]
+    return _model(nodes, [_tensor("x", ["n", 6])], [_tensor("y", 2)], inits)
+
+
+def test_replacing_the_head_after_a_planned_forward_uses_the_new_head():
+    rng = np.random.default_rng(15)
+    model = ft.onnx.load(_classifier_model(rng))
+    x = ft.from_numpy(rng.standard_normal((3, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+        assert model(x).shape == (3, 4)
+    head = model.replace_head(7)
+    model.eval()
+    with ft.no_grad():
+        got = model(x)
+        again = model(x)
+    want = np.maximum(x.numpy(), 0) @ head.weight.detach().numpy().T + head.bias.detach().numpy()
+    for out in (got, again):
+        assert out.shape == (3, 7)
+        _close(out.numpy(), want)
+    assert model._plan.plan is not None
+
+
+def test_assigning_a_layer_after_a_planned_forward_uses_it():
+    rng = np.random.default_rng(16)
+    model = ft.onnx.load(_classifier_model(rng))
+    x = ft.from_numpy(rng.standard_normal((3, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+        model(x)
+    name, old = model.find_head()
+    parent, _, attribute = name.rpartition(".")
+    new = nn.Linear(6, 4).eval()
+    setattr(model.get_submodule(parent), attribute, new)
+    with ft.no_grad():
+        got = model(x).numpy()
+    logits = np.maximum(x.numpy(), 0) @ new.weight.detach().numpy().T + new.bias.detach().numpy()
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    _close(got, want / want.sum(1, keepdims=True))
+
+
+def test_a_hook_on_a_layer_the_plan_calls_still_runs():
+    rng = np.random.default_rng(17)
+    model = ft.onnx.load(_classifier_model(rng))
+    seen = []
+    _, head = model.find_head()
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    x = ft.from_numpy(rng.standard_normal((3, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+        model(x)
+    assert seen == [(3, 6), (3, 6)]
+
+
+def test_a_hook_on_a_folded_batchnorm_makes_the_plan_step_aside():
+    rng = np.random.default_rng(18)
+    model = ft.onnx.load(_conv_bn_model(rng))
+    x = ft.from_numpy(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    bn.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with ft.no_grad():
+        model(x)
+    assert seen == [(2, 4, 6, 6)]
+
+
+# -- a frozen backbone under a trainable head -----------------------------------------------------
+
+
+def test_a_frozen_backbone_under_a_trainable_head_runs_planned(batchnorm_calls):
+    """The fine-tuning step of the recipe: eval mode, backbone frozen, new head trainable. The
+    backbone runs through the plan (its BatchNorm folded) and the head's gradients are the
+    exact walk's."""
+    rng = np.random.default_rng(17)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
+    inits = [
+        _init("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+        _init("scale", rng.uniform(0.5, 1.5, 4).astype(np.float32)),
+        _init("shift", rng.standard_normal(4).astype(np.float32)),
+        _init("mean", rng.standard_normal(4).astype(np.float32)),
+        _init("var", rng.uniform(0.5, 1.5, 4).astype(np.float32)),
+        _init("fc_w", rng.standard_normal((5, 4)).astype(np.float32)),
+        _init("fc_b", rng.standard_normal(5).astype(np.float32)),
+    ]
+    model = ft.onnx.load(_model(nodes, [_tensor("x", ["n", 3, 6, 6])], [_tensor("y", 2)], inits))
+    head = model.replace_head(2)
+    model.eval()
+    x = ft.from_numpy(rng.standard_normal((3, 3, 6, 6)).astype(np.float32))
+
+    def head_grads(run):
+        head.zero_grad()
+        batchnorm_calls.clear()
+        run().sum().backward()
+        return head.weight.grad.numpy().copy(), len(batchnorm_calls)
+
+    planned, calls = head_grads(lambda: model(x))
+    assert calls == 0 and model._plan.plan is not None  # folded into the convolution
+    exact, calls = head_grads(lambda: _exact(model, x.numpy()))
+    assert calls == 1
+    _close(planned, exact)
+
+
+def test_a_fused_gelu_whose_input_needs_a_gradient_runs_its_nodes(monkeypatch):
+    """An unfrozen layer before a fused GELU: the chain's own nodes run (not ``F.gelu``), and
+    the layer's gradient is the analytic one."""
+    from finetune.onnx import plan as plan_module
+
+    fused_calls = []
+    gelu = plan_module.F.gelu
+    monkeypatch.setattr(plan_module.F, "gelu", lambda x: fused_calls.append(1) or gelu(x))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), *_gelu_nodes("h", "y")]
+    w = np.random.default_rng(18).standard_normal((4, 3)).astype(np.float32)
+    proto = _model(nodes, [_tensor("x", ["n", 4])], [_tensor("y", 2)], [_init("w", w)])
+    model = ft.onnx.load(proto).double()
+    x = np.random.default_rng(19).standard_normal((2, 4))
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        model(ft.from_numpy(x))
+    assert fused_calls and "Gelu(fused)" in _planned_ops(model)
+    layer = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    layer.weight.requires_grad_()
+    fused_calls.clear()
+    model(ft.from_numpy(x)).sum().backward()
+    assert not fused_calls
+    h = x @ layer.weight.detach().numpy().T
+    s = float(np.float32(SQRT2))  # the file's constant, in float32
+    erf = np.vectorize(math.erf)(h / s)
+    slope = 0.5 * (1 + erf) + h * np.exp(-((h / s) ** 2)) / (s * math.sqrt(math.pi))
+    np.testing.assert_allclose(layer.weight.grad.numpy(), slope.T @ x, rtol=1e-10)
