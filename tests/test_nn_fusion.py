@@ -100,3 +100,17 @@ def test_resnet18_frozen_inference_matches_the_unfolded_network(tmp_path):
     ft.onnx.export(model, ft.zeros(1, 3, 64, 64), path)  # the exporter sees the real layers
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("BatchNormalization") == 20 and ops.count("Conv") == 20
+
+
+def test_folded_weights_follow_a_conversion_to_float64():
+    """``.double()`` swaps every array without an in-place write: the fold must see it."""
+    conv, bn = _pair(bias=True)
+    x = _x()
+    with ft.no_grad():
+        conv_bn(conv, bn, x)  # caches the float32 fold
+        conv.double(), bn.double()
+        x64 = ft.from_numpy(x.numpy().astype(np.float64))
+        got = conv_bn(conv, bn, x64)
+        expected = bn(conv(x64))
+    assert got.dtype == ft.float64
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)

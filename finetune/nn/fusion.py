@@ -39,7 +39,12 @@ def _foldable(conv, bn, x: Tensor) -> bool:
 
 
 def _stamp(*tensors) -> tuple:
-    return tuple((id(t), t._version.value) if t is not None else None for t in tensors)
+    """What identifies each tensor's current values: the tensor, its in-place version, and its
+    array (``module.double()`` swaps the array without an in-place write)."""
+    return tuple(
+        (id(t), t._version.value, id(t._data), t._data.dtype) if t is not None else None
+        for t in tensors
+    )
 
 
 def folded_weights(conv: Conv2d, bn: BatchNorm2d) -> tuple[Tensor, Tensor]:
