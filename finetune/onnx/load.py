@@ -180,10 +180,14 @@ def convert(model: onnx.ModelProto, label: str = "<model>") -> OnnxModule:
     with _utf8_strings(label):
         _refuse_undecodable_names(model, label)
         opset = _default_opset(model, label)
-        _check(model, label)
+        # the checker and shape inference read structure, not weights: a copy without the
+        # float weights spares serialising them (0.5 s for Swin-T); read_tensor checks those
+        light = _without_float_weights(model)
+        _check(light, label)
         _refuse_unsupported(model.graph, opset, label)
         metadata = decode_metadata((p.key, p.value) for p in model.metadata_props)
-        return _Importer(model.graph, opset, label, _ranks(model), metadata=metadata).run()
+        ranks = _ranks(model, light)
+        return _Importer(model.graph, opset, label, ranks, metadata=metadata).run()
 
 
 class _Importer:
@@ -461,13 +465,13 @@ _NUMPY_DTYPES = {
 }
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+def _ranks(model: onnx.ModelProto, light: onnx.ModelProto) -> dict[str, int]:
     """Known ranks of the graph's values, from shape inference when a builder needs them and it
-    succeeds. Inference runs on a copy whose float weights are declared as inputs, not copied:
-    ranks need no values."""
+    succeeds. Inference runs on ``light``, the model's copy whose float weights are declared as
+    inputs, not copied: ranks need no values."""
     inferred = None
     if any(node.op_type in _NEED_RANKS for node in all_nodes(model.graph)):
-        inferred = _infer_shapes_isolated(_without_float_weights(model))
+        inferred = _infer_shapes_isolated(light)
     ranks: dict[str, int] = {}
     _collect_ranks(inferred or model.graph, ranks)
     _collect_ranks(model.graph, ranks, values=False)

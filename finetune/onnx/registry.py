@@ -38,13 +38,19 @@ class Converter:
     def attribute_names(self) -> set[str]:
         return {
             name
-            for name, p in inspect.signature(self.run).parameters.items()
+            for name, p in _parameters(self.run).items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.startswith("_")
         }
 
     def wants_output_count(self) -> bool:
         """Whether ``run`` takes ``_outputs``: how many outputs the node asks for (Split)."""
-        return "_outputs" in inspect.signature(self.run).parameters
+        return "_outputs" in _parameters(self.run)
+
+
+@functools.cache
+def _parameters(run: Callable):
+    """``run``'s parameters, read once per converter (an import asks for every node)."""
+    return inspect.signature(run).parameters
 
 
 _REGISTRY: dict[Key, Converter] = {}
