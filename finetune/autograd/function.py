@@ -194,32 +194,39 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from ..tensor import Tensor
-
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        record = engine.is_grad_enabled() and any(needs)
+        # the hot path of every op: one pass over the arguments, no per-call import
+        tensor = _Tensor or _tensor_class()
+        arrays, needs, record = [], [], False
+        for a in args:
+            if isinstance(a, tensor):
+                arrays.append(a._data)
+                needs.append(a._requires_grad)
+                record = record or a._requires_grad
+            else:
+                arrays.append(a)
+                needs.append(False)
+        record = record and engine._mode.enabled
         if record:
             ctx = cls._node_class()
-            ctx.needs_input_grad = needs
+            ctx.needs_input_grad = tuple(needs)
         else:
             ctx = _InertContext(len(args))
-        arrays = [a._data if isinstance(a, Tensor) else a for a in args]
         with np.errstate(all="ignore"):  # 1/0 is inf and 0/0 nan, silently, as in PyTorch
             out = cls.forward(ctx, *arrays, **kwargs)
-        multi = isinstance(out, tuple)
+        multi = type(out) is tuple
         # numpy turns 0-d results into scalars (np.float64); a tensor always holds an ndarray
         outs = tuple(
             o if isinstance(o, np.ndarray) else np.asarray(o) for o in (out if multi else (out,))
         )
-        results = tuple(Tensor._from_array(o) for o in outs)
+        results = tuple(tensor._from_array(o) for o in outs)
         if _tracer is not None:
             _tracer.record(cls, args, kwargs, results)
         if record:
             ctx.next_functions = tuple(
-                edge_of(a) if isinstance(a, Tensor) else (None, 0) for a in args
+                edge_of(a) if isinstance(a, tensor) else (None, 0) for a in args
             )
             ctx._input_meta = tuple(
-                (a._data.shape, a._data.dtype) if isinstance(a, Tensor) else None for a in args
+                (a._data.shape, a._data.dtype) if isinstance(a, tensor) else None for a in args
             )
             ctx._output_meta = tuple((o.shape, o.dtype) for o in outs)
             if ctx._saved:
@@ -231,6 +238,17 @@ class Function:
                         r._requires_grad = True
                         r._output_nr = nr
         return results if multi else results[0]
+
+
+_Tensor = None  # finetune.tensor.Tensor, bound on first use (tensor.py imports this module)
+
+
+def _tensor_class() -> type:
+    global _Tensor
+    from ..tensor import Tensor
+
+    _Tensor = Tensor
+    return Tensor
 
 
 def _saved_versions(saved, args, arrays, results, outs) -> tuple:
