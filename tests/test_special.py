@@ -38,5 +38,8 @@ def test_erf_special_values_and_dtypes():
 
 
 @pytest.mark.parametrize("value", [-3.0, -0.7, 0.0, 0.2, 1.3, 2.6, 4.0])
-def test_erf_float32_is_the_rounded_float64(value):
-    assert erf(np.float32([value]))[0] == np.float32(math.erf(np.float32(value)))
+def test_erf_float32_is_within_a_few_ulps_of_the_rounded_float64(value):
+    """float32 takes the fast rational (tests/test_fast_elementwise.py checks a dense grid)."""
+    want = np.float32(math.erf(np.float32(value)))
+    got = erf(np.float32([value]))[0]
+    assert abs(float(got) - float(want)) <= 8 * float(np.spacing(np.abs(want)))

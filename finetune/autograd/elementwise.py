@@ -19,6 +19,7 @@ from .broadcast import (
     result_dtype,
 )
 from .function import Function
+from .special import blockwise, empty_like_dense
 
 # -- elementwise binary ----------------------------------------------------------------------
 
@@ -181,47 +182,77 @@ class Relu(Function):
 
 
 class Sigmoid(Function):
+    """``1 / (1 + exp(-x))``, PyTorch's formula, over cache-sized blocks in ``x``'s layout.
+    ``exp(-x)`` overflows to ``inf`` below ``x = -88.7`` (float32) and the result is then 0
+    where the true value is below 3e-39: no NaN, and full relative precision everywhere else.
+    Not ``where(x >= 0, r, e r)`` with ``e = exp(-|x|)``: numpy's masked select costs five
+    times the whole formula (measured: 48 against 8.5 ms at EfficientNet-B0's first layer)."""
+
     @staticmethod
     def forward(ctx, x):
         x = _floating(x)
-        out = np.empty_like(x)
-        pos = x >= 0
-        out[pos] = 1 / (1 + np.exp(-x[pos]))
-        e = np.exp(x[~pos])
-        out[~pos] = e / (1 + e)
+        out = empty_like_dense(x)
+        blockwise(sigmoid_into, out, x)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad * out * (1 - out)
+        gx = empty_like_dense(grad)
+        blockwise(_sigmoid_backward, gx, grad, out, temps=1)
+        return gx
+
+
+def sigmoid_into(out: np.ndarray, x: np.ndarray) -> None:
+    """``out = 1 / (1 + exp(-x))``; ``out`` may be ``x``."""
+    np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += 1
+    np.divide(1, out, out=out)
+
+
+def _sigmoid_backward(gx, grad, y, t):
+    """``gx = grad * y * (1 - y)``."""
+    np.subtract(1, y, out=t)
+    t *= y
+    np.multiply(grad, t, out=gx)
 
 
 class Clamp(Function):
+    """``x`` clipped to constant bounds in one pass, in ``x``'s layout; the gradient passes where
+    ``min <= x <= max`` (PyTorch's ``clamp``)."""
+
     name = "ClampBackward1"
 
     @staticmethod
     def forward(ctx, x, min=None, max=None):  # noqa: A002
-        ctx.save_for_backward(x)
-        ctx.bounds = (min, max)
-        out = x
-        if min is not None:
-            out = np.maximum(out, np.asarray(min, dtype=x.dtype))
-        if max is not None:
-            out = np.minimum(out, np.asarray(max, dtype=x.dtype))
-        return out if out is not x else x.copy()
+        lo = None if min is None else np.asarray(min, dtype=x.dtype)
+        hi = None if max is None else np.asarray(max, dtype=x.dtype)
+        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
+        ctx.bounds = (lo, hi)
+        out = empty_like_dense(x)
+        if lo is None and hi is None:
+            np.copyto(out, x)
+        else:
+            blockwise(lambda o, a: np.clip(a, lo, hi, out=o), out, x)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         lo, hi = ctx.bounds
-        mask = np.ones(x.shape, dtype=bool)
-        if lo is not None:
-            mask &= x >= lo
-        if hi is not None:
-            mask &= x <= hi
-        return grad * mask
+        if lo is None and hi is None:
+            return grad
+        gx = empty_like_dense(grad)
+        blockwise(lambda g_, g, a: _clamp_backward(g_, g, a, lo, hi), gx, grad, x)
+        return gx
+
+
+def _clamp_backward(gx, grad, x, lo, hi) -> None:
+    inside = x >= lo if hi is None else (x <= hi if lo is None else (x >= lo) & (x <= hi))
+    np.multiply(grad, inside, out=gx)
 
 
 class Cast(Function):

@@ -7,6 +7,7 @@ import builtins
 import numpy as np
 
 from ..errors import ShapeError
+from ..parallel import split
 from .elementwise import _floating
 from .function import Function
 
@@ -285,11 +286,20 @@ class LogSumExp(Function):
 
 
 class Softmax(Function):
+    """``exp(x - max) / sum`` along ``dim`` into one output array (the composition made four);
+    along the last axis of a contiguous input (attention scores) blocks of rows are shared out
+    among the threads."""
+
     @staticmethod
     def forward(ctx, x, dim):
         x = _floating(x)
-        e = np.exp(x - np.max(x, axis=dim, keepdims=True))
-        out = e / np.sum(e, axis=dim, keepdims=True)
+        out = np.empty_like(x)
+        last = x.ndim >= 2 and x.size and dim % x.ndim == x.ndim - 1
+        if last and x.flags.c_contiguous:
+            rows, flat = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
+            split(lambda lo, hi: _softmax_into(flat[lo:hi], rows[lo:hi], 1), len(rows), 3 * x.size)
+        else:
+            _softmax_into(out, x, dim)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -297,8 +307,16 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        gy = grad * out
-        return gy - out * np.sum(gy, axis=ctx.dim, keepdims=True)
+        gx = np.multiply(grad, out)
+        total = np.sum(gx, axis=ctx.dim, keepdims=True)
+        gx -= out * total
+        return gx
+
+
+def _softmax_into(out: np.ndarray, x: np.ndarray, dim: int) -> None:
+    np.subtract(x, np.max(x, axis=dim, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=dim, keepdims=True)
 
 
 class LogSoftmax(Function):

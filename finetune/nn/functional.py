@@ -175,9 +175,15 @@ def layer_norm(
             f"layer_norm: normalized_shape {list(shape)} does not match the trailing dims of "
             f"input of shape {_shape(input)}"
         )
+    fused = input._data.dtype in (np.float32, np.float64) and all(
+        p is None or (tuple(p.shape) == shape and p._data.dtype == input._data.dtype)
+        for p in (weight, bias)
+    )
+    if fused and input.numel() > 0:
+        return nn_ops.LayerNorm.apply(input, weight, bias, dims=len(shape), eps=eps)
     dims = tuple(range(input.ndim - len(shape), input.ndim))
     centered = input - functions.mean(input, dim=dims, keepdim=True)
-    var = functions.mean(centered * centered, dim=dims, keepdim=True)  # ops ONNX export knows
+    var = functions.mean(centered * centered, dim=dims, keepdim=True)
     out = centered / functions.sqrt(var + eps)
     if weight is not None:
         out = out * weight
@@ -745,14 +751,14 @@ def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
 
 
 def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
-    """``clamp(x / 6 + 1/2, 0, 1)``."""
-    out = functions.clamp(input / 6 + 0.5, 0.0, 1.0)
+    """``clamp(x / 6 + 1/2, 0, 1)``, one node (MobileNetV3's squeeze-and-excitation gate)."""
+    out = nn_ops.HardSigmoid.apply(input)
     return input._inplace(out) if inplace else out
 
 
 def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
-    """``x * clamp(x / 6 + 1/2, 0, 1)`` (MobileNetV3)."""
-    out = input * hardsigmoid(input)
+    """``x * clamp(x / 6 + 1/2, 0, 1)`` (MobileNetV3), one node."""
+    out = nn_ops.HardSwish.apply(input)
     return input._inplace(out) if inplace else out
 
 
@@ -785,8 +791,8 @@ def sigmoid(input: Tensor) -> Tensor:
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
-    """``x * sigmoid(x)`` (swish)."""
-    out = input * ops.Sigmoid.apply(input)
+    """``x * sigmoid(x)`` (swish), one node."""
+    out = nn_ops.Silu.apply(input)
     return input._inplace(out) if inplace else out
 
 

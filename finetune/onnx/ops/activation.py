@@ -2,9 +2,11 @@
 HardSigmoid, HardSwish, Swish, Tanh, Softplus, Softsign, Mish, Gelu, Shrink, Softmax, LogSoftmax,
 Hardmax.
 
-Each is a composition of the library's tensor functions, so its gradient comes with them, and
-its export wherever the exporter knows every piece (comparisons, as in Shrink and
-ThresholdedRelu, it cannot trace). Opset 1 versions take the ``consumed_inputs`` attribute of
+Most are compositions of the library's tensor functions, so their gradients come with them,
+and their export wherever the exporter knows every piece (comparisons, as in Shrink and
+ThresholdedRelu, it cannot trace). Swish (SiLU), HardSigmoid, HardSwish and Gelu are single
+Functions, one pass chain each (measured: the compositions made four to six arrays), and their
+emitters are here. Opset 1 versions take the ``consumed_inputs`` attribute of
 old exporters and ignore it (it was an in-place hint).
 """
 
@@ -17,11 +19,13 @@ import numpy as np
 
 from ... import functions as fn
 from ...autograd import ops
+from ...autograd.nn_ops import HardSigmoid, HardSwish, Silu
 from ...errors import ShapeError
 from ...nn import functional as F
 from ...nn.layers.activation import PReLU
 from ...nn.parameter import Parameter
 from ...tensor import Tensor
+from ..export_ops import emits
 from ..registry import Built, NodeView, register
 from ._common import axis_of, is_float, wrap
 
@@ -88,7 +92,11 @@ def clip_6(x: Tensor, *, min=-_FLOAT_MAX, max=_FLOAT_MAX) -> Tensor:
 @register("Clip", 11, 12, 13)
 def clip(x: Tensor, min: Tensor | None = None, max: Tensor | None = None) -> Tensor:
     """From opset 11 the bounds are optional inputs (either may be omitted); gradients reach
-    them too, since an imported bound may be a trainable weight."""
+    them too, since an imported bound may be a trainable weight. Constant one-value bounds
+    (ReLU6's 0 and 6) make one ``Clamp`` pass."""
+    if all(b is None or (b.numel() == 1 and not b.requires_grad) for b in (min, max)):
+        lo, hi = (None if b is None else b._data.reshape(()).item() for b in (min, max))
+        return ops.Clamp.apply(x, min=lo, max=hi)
     if min is not None:
         x = fn.maximum(x, min)
     if max is not None:
@@ -143,7 +151,9 @@ def mish(x: Tensor) -> Tensor:
 @register("Swish", 24)
 def swish(x: Tensor, *, alpha=1.0) -> Tensor:
     """``x * sigmoid(alpha * x)``."""
-    return x * fn.sigmoid(x * alpha if alpha != 1 else x)
+    if alpha == 1:
+        return F.silu(x)
+    return x * fn.sigmoid(x * alpha)
 
 
 # -- piecewise linear -----------------------------------------------------------------------------
@@ -156,13 +166,41 @@ def hard_sigmoid_1(x: Tensor, *, alpha=0.2, beta=0.5, consumed_inputs=None) -> T
 
 @register("HardSigmoid", 6, 22)
 def hard_sigmoid(x: Tensor, *, alpha=0.2, beta=0.5) -> Tensor:
-    """``clamp(alpha * x + beta, 0, 1)``."""
-    return fn.clamp(x * alpha + beta, 0.0, 1.0)
+    """``clamp(alpha * x + beta, 0, 1)``, one node."""
+    return HardSigmoid.apply(x, alpha=alpha, beta=beta)
 
 
 @register("HardSwish", 14, 22)
 def hard_swish(x: Tensor) -> Tensor:
     return F.hardswish(x)
+
+
+@emits(Silu)
+def _emit_silu(b, call, outs):
+    """Swish from opset 24, else Sigmoid and Mul (what PyTorch's exporter writes)."""
+    x = b.operand(call.args[0], call.results[0]._data.dtype)
+    if b.opset >= 24:
+        b.node("Swish", [x], outs)
+        return
+    b.node("Mul", [x, b.node("Sigmoid", [x])[0]], outs)
+
+
+@emits(HardSigmoid)
+def _emit_hard_sigmoid(b, call, outs):
+    x = b.operand(call.args[0], call.results[0]._data.dtype)
+    alpha, beta = call.kwargs.get("alpha", 1 / 6), call.kwargs.get("beta", 0.5)
+    b.node("HardSigmoid", [x], outs, alpha=float(alpha), beta=float(beta))
+
+
+@emits(HardSwish)
+def _emit_hard_swish(b, call, outs):
+    """HardSwish from opset 14, else ``x * HardSigmoid(x)`` with PyTorch's 1/6 and 1/2."""
+    x = b.operand(call.args[0], call.results[0]._data.dtype)
+    if b.opset >= 14:
+        b.node("HardSwish", [x], outs)
+        return
+    gate = b.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5)[0]
+    b.node("Mul", [x, gate], outs)
 
 
 @register("ThresholdedRelu", 10, 22)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ... import functions as fn
 from ... import random
-from ...autograd import ops
+from ...autograd import nn_ops, ops
 from ...errors import OnnxImportError, ShapeError
 from ...nn.layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ...nn.layers.dropout import Dropout
@@ -29,6 +29,7 @@ from ...nn.layers.normalization import (
     RMSNorm,
 )
 from ...tensor import Tensor
+from ..export_ops import emits
 from ..registry import Built, NodeView, register
 from ._common import axis_of, holding, keep_dtype, scalar, wrap
 
@@ -323,11 +324,51 @@ def layer_normalization(
     dtype = x._data.dtype
     compute = _compute_dtype(dtype, stash_type)
     dims = _trailing_axes("LayerNormalization", axis, x.ndim)
+    shape = tuple(x.shape[dims[0] :])
+    if _outputs == 1 and compute == dtype and x.numel() > 0:
+        weights = (scale, b)
+        if all(w is None or (tuple(w.shape) == shape and w._data.dtype == dtype) for w in weights):
+            return nn_ops.LayerNorm.apply(x, scale, b, dims=len(dims), eps=epsilon)
     normalized, mean, inv_std = _standardize(x, dims, epsilon, compute)
     y = fn.mul(normalized, _widen(scale, compute))
     if b is not None:
         y = fn.add(y, _widen(b, compute))
     return (keep_dtype(y, dtype), mean, inv_std)[:_outputs]
+
+
+@emits(nn_ops.LayerNorm)
+def _emit_layer_norm(b, call, outs):
+    """LayerNormalization from opset 17; before, its formula in standard nodes."""
+    x, weight, bias = call.args
+    dtype, dims = _dtype_of(call), call.kwargs["dims"]
+    axes = list(range(-dims, 0))
+    shape = tuple(x.shape[len(x.shape) - dims :])
+    eps = float(call.kwargs["eps"])
+    name = b.name_of(x)
+    if b.opset >= 17:
+        scale = b.name_of(weight) if weight is not None else b.constant(np.ones(shape, dtype))
+        inputs = [name, scale] + ([b.name_of(bias)] if bias is not None else [])
+        b.node("LayerNormalization", inputs, outs, axis=-dims, epsilon=eps)
+        return
+    ndim = len(x.shape)
+    positive = [a % ndim for a in axes]
+    mean = b.reduce("ReduceMean", name, positive, True, None)[0]
+    centred = b.node("Sub", [name, mean])[0]
+    square = b.node("Mul", [centred, centred])[0]
+    var = b.reduce("ReduceMean", square, positive, True, None)[0]
+    shifted = b.node("Add", [var, b.constant(np.asarray(eps, dtype))])[0]
+    normalized = b.node("Div", [centred, b.node("Sqrt", [shifted])[0]])[0]
+    steps = [("Mul", weight), ("Add", bias)]
+    steps = [(op, p) for op, p in steps if p is not None]
+    if not steps:
+        b.node("Identity", [normalized], outs)
+    for k, (op, p) in enumerate(steps):
+        last = k == len(steps) - 1
+        normalized = b.node(op, [normalized, b.name_of(p)], outs if last else None)[0]
+
+
+def _dtype_of(call) -> np.dtype:
+    return call.results[0]._data.dtype
 
 
 def _rms_norm_module(view: NodeView) -> Built | None:
