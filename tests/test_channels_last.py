@@ -54,8 +54,10 @@ def test_conv_output_layout_and_values(name, layout, im2col):
     )
     expected = conv_loop(x, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"])
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
-    # ungrouped 2-d convolutions answer channels last, whatever their input's layout
-    assert is_channels_last(got.numpy()) == (opts["groups"] == 1 and got.shape[1] > 1)
+    # ungrouped and depthwise 2-d convolutions answer channels last, whatever their input's
+    # layout
+    answers_last = opts["groups"] in (1, x.shape[1]) and got.shape[1] > 1
+    assert is_channels_last(got.numpy()) == answers_last
 
 
 @pytest.mark.parametrize(

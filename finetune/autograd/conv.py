@@ -5,9 +5,11 @@ Convolution copies the windows of the padded input once into a column matrix (im
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
 matmul, and the input gradient adds the column gradients back over the kernel offsets only.
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
-backward (``winograd.py``; ``_ConvPlan`` decides). Ungrouped 2-d convolutions answer channels
-last (``layout.py``): their product is laid out pixels by channels, so it is the output with no
-copy, and a channels-last input is gathered a whole channel vector at a time.
+backward (``winograd.py``; ``_ConvPlan`` decides), and 2-d depthwise convolutions (one group per
+input channel) no im2col at all: one contraction of each block of rows' strided windows with
+the per-channel weights (``depthwise.py``). Ungrouped and depthwise 2-d convolutions answer
+channels last (``layout.py``): an ungrouped product is laid out pixels by channels, so it is the
+output with no copy, and a channels-last input is gathered a whole channel vector at a time.
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
 pads need no special case; callers normalise their arguments into these tuples.
@@ -23,7 +25,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..parallel import split
 from ..tensor import Tensor
-from . import pool, winograd
+from . import depthwise, pool, winograd
 from .function import Function
 from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last, pixels_by_channel
 from .scratch import scratch
@@ -146,11 +148,20 @@ class _ConvPlan:
             for s, p, k, st, d in zip(spatial, padding, self.kernel, stride, dilation)
         )
         self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
+        self.pointwise = all(k == 1 for k in self.kernel) and not any(map(any, padding))
+        # 2-d depthwise convolutions run on their own kernels, forward and backward, and need
+        # none of the im2col layouts below (worked out per call: ~25 us of a small layer's 60)
+        self.depthwise = depthwise.plan(
+            self.x_shape, self.w_shape, stride, padding, dilation, groups, self.outs
+        )
+        if self.depthwise:
+            self.winograd = self.winograd_grad = None
+            self.shifted = self.per_sample = self.channels_last = False
+            return
         self.winograd, self.winograd_grad = _winograd_tiles(
             self.x_shape, self.w_shape, stride, padding, dilation, groups
         )
         self.taps = list(itertools.product(*(range(k) for k in self.kernel)))
-        self.pointwise = all(k == 1 for k in self.kernel) and not any(map(any, padding))
         extended = self.outs[0] * math.prod(self.padded[1:])
         self.shifted = (
             not self.pointwise
@@ -243,6 +254,8 @@ class _ConvPlan:
         no copy (the bias is one pass in place). A channels-last input is gathered as
         ``(n l) (k... c)`` against the weights with their taps first."""
         o, g = self.w_shape[0], self.groups
+        if self.depthwise:
+            return self.depthwise.forward(x, weight, bias)
         if not self.channels_last:
             w = weight.reshape(g, o // g, -1)
             cols = self.columns(x)
@@ -516,6 +529,8 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np
     """The input gradient: for a stride-1 3x3 convolution, the Winograd convolution of the
     output gradient with the rotated kernel (padded by ``2 - pad``); else the columns'
     gradient added back over the taps (col2im), channels last for a channels-last plan."""
+    if plan.depthwise:
+        return plan.depthwise.input_gradient(weight, grad.astype(weight.dtype, copy=False))
     m = plan.winograd_grad
     if m:
         rotated = _transformed_weights(weight, m, rotated=True)
@@ -536,6 +551,8 @@ def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, kept) -> np.ndarray:
     ``kept`` (Winograd's transformed tiles, per-sample columns) or the columns of ``x``."""
     if plan.winograd:
         return winograd.weight_gradient(kept, grad, plan.winograd)
+    if plan.depthwise:
+        return plan.depthwise.weight_gradient(x, grad.astype(x.dtype, copy=False))
     if plan.per_sample:
         return plan.weight_grad_per_sample(x, grad, kept)
     if plan.channels_last and is_channels_last(x):
@@ -721,14 +738,25 @@ def conv_transpose(
     )
 
 
-# pooling lives in pooling.py; its kernels stay importable from here, their old home
-from .pooling import (  # noqa: E402, F401
-    AvgPool,
-    AvgPool1D,
-    AvgPool3D,
-    MaxPool,
-    MaxPool1D,
-    MaxPool3D,
-    avg_pool,
-    max_pool,
+# pooling lives in pooling.py; its kernels stay importable from here, their old home (looked
+# up on use: pooling.py imports this module's window helpers, so either may load first)
+_POOLING = frozenset(
+    {
+        "AvgPool",
+        "AvgPool1D",
+        "AvgPool3D",
+        "MaxPool",
+        "MaxPool1D",
+        "MaxPool3D",
+        "avg_pool",
+        "max_pool",
+    }
 )
+
+
+def __getattr__(name: str):
+    if name in _POOLING:
+        from . import pooling
+
+        return getattr(pooling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
