@@ -20,9 +20,11 @@ example: $(STAMP)
 walkthrough: $(STAMP)
 	$(PY) examples/seed_walkthrough.py
 
+# make bench MODELS="mobilenet_v2 efficientnet_b0" (default: ResNet-18 and every model of
+# benchmarks/models.py); BENCH_ARGS passes more options, e.g. BENCH_ARGS="--rounds 1 --no-docs"
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/compare.py $(if $(MODELS),--models $(MODELS)) $(BENCH_ARGS)
 
 fuzz: $(STAMP)
 	FINETUNE_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz_onnx.py -q

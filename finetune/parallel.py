@@ -9,14 +9,22 @@ GIL inside copies and ufuncs), when ``work`` elements are enough to pay for the 
 
 OpenBLAS keeps its worker threads spinning for a while after every matrix product (2^28 cycles
 by default), which takes the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT``
-setting, read once when numpy loads OpenBLAS, shortens the spin; ``import finetune`` sets it to
-14 (2^14 cycles, a few microseconds: long enough to carry a worker across the back-to-back
-products of a batched ``matmul``, short against any copy) when numpy is not loaded yet and the
-user has not chosen a value. Imported after numpy, the threads still work but gain nothing
-(measured in docs/performance.md).
+setting shortens the spin; ``import finetune`` chooses 14 (2^14 cycles, a few microseconds: long
+enough to carry a worker across the back-to-back products of a batched ``matmul``, short against
+any copy) unless the user has chosen a value. OpenBLAS reads the setting when it starts its
+workers, and no public call changes it afterwards (threadpoolctl controls the thread count only),
+so the order of imports decides how: before numpy, the environment variable is set and numpy's
+OpenBLAS reads it when it loads; after numpy, ``import finetune`` sets it, makes OpenBLAS read
+its environment again (``openblas_read_env``) and stops its workers (``blas_thread_shutdown_``,
+what OpenBLAS itself does in a forked child), which the next product starts again with the
+short spin. Both are exported by every OpenBLAS built with pthreads, numpy's included; where they
+are missing (another BLAS, OpenMP threads) nothing changes. Stopping the workers must not race a
+product on another thread, so it happens once, at import.
 
-The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``; by default it is
-``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) when set, else the cores this process may use.
+The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``: one number for this
+library's threads and BLAS's, applied to BLAS at run time with threadpoolctl. By default it is
+``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) when set, else the cores this process may use,
+and BLAS keeps its own default until ``set_num_threads`` is called.
 This module does not import numpy: it must run before numpy is loaded.
 """
 
@@ -29,13 +37,42 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-if "numpy" not in sys.modules:
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "14")
+# log2 of the cycles an idle OpenBLAS worker spins before it sleeps
+BLAS_THREAD_TIMEOUT = "14"
 
 # below this many elements a kernel runs on the calling thread: the hand-over costs more
 MIN_WORK_PER_THREAD = 1 << 16
 # chunks per thread: enough for a thread slowed by the machine to hand work to the others
 CHUNKS_PER_THREAD = 4
+
+
+def _openblas_libraries() -> list:
+    """The OpenBLAS libraries loaded in this process, as ctypes handles (via threadpoolctl)."""
+    import threadpoolctl
+
+    controller = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
+    return [lib.dynlib for lib in controller.lib_controllers]
+
+
+def _shorten_blas_spin() -> bool:
+    """Give OpenBLAS the short spin of ``BLAS_THREAD_TIMEOUT`` unless the user chose one. Before
+    numpy loads, the environment is enough; after, OpenBLAS rereads it and restarts its workers.
+    True when OpenBLAS runs (or will run) with this library's value."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return os.environ["OPENBLAS_THREAD_TIMEOUT"] == BLAS_THREAD_TIMEOUT
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = BLAS_THREAD_TIMEOUT
+    if "numpy" not in sys.modules:
+        return True
+    done = False
+    for lib in _openblas_libraries():
+        if hasattr(lib, "openblas_read_env") and hasattr(lib, "blas_thread_shutdown_"):
+            lib.openblas_read_env()
+            lib.blas_thread_shutdown_()  # the next product starts the workers again
+            done = True
+    return done
+
+
+blas_spin_shortened = _shorten_blas_spin()
 
 
 def _default_threads() -> int:
@@ -72,11 +109,14 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for the library's own kernels (BLAS keeps its own setting, chosen by
-    ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` before numpy loads)."""
+    """Use ``n`` threads for the library's own kernels and for BLAS's matrix products (every
+    BLAS threadpoolctl finds in the process), as PyTorch's ``set_num_threads`` does."""
     global _threads, _pool
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads expects a positive integer, got {n!r}")
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(limits=n, user_api="blas")
     with _pool_lock:
         _threads = n
         if _pool is not None:

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import finetune as torch
 from finetune import parallel
@@ -19,16 +20,39 @@ from finetune.autograd import conv as kernels
 
 
 @pytest.fixture
-def threads(monkeypatch):
-    """Run with ``n`` threads and every kernel split, however small; restore afterwards."""
+def restore_threads():
+    """Put the library's and BLAS's thread counts back as they were after the test."""
     before = parallel.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None, user_api="blas"):
+        yield
+        parallel.set_num_threads(before)
+
+
+@pytest.fixture
+def threads(monkeypatch, restore_threads):
+    """Run the library's kernels on ``n`` threads, every kernel split however small. BLAS keeps
+    its thread count: these tests compare the library's kernels, and BLAS rounds the last bits
+    differently with another count."""
     monkeypatch.setattr(parallel, "MIN_WORK_PER_THREAD", 1)
+    blas = {
+        i["prefix"]: i["num_threads"]
+        for i in threadpoolctl.threadpool_info()
+        if i["user_api"] == "blas"
+    }
 
     def use(n: int) -> None:
         parallel.set_num_threads(n)
+        threadpoolctl.threadpool_limits(limits=blas)
 
-    yield use
-    parallel.set_num_threads(before)
+    return use
+
+
+def _blas_threads() -> set[int]:
+    """The thread counts threadpoolctl reports for the BLAS libraries loaded here."""
+    found = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    if not found:
+        pytest.skip("threadpoolctl finds no BLAS in this numpy")
+    return found
 
 
 def _covers_once(chunks, size):
@@ -131,27 +155,83 @@ def test_nested_split_inside_a_worker_runs_serially(threads):
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_set_num_threads_refuses_what_is_not_a_positive_integer(bad):
+    before = _blas_threads(), torch.get_num_threads()
     with pytest.raises(ValueError, match="positive integer"):
         torch.set_num_threads(bad)
+    assert (_blas_threads(), torch.get_num_threads()) == before  # nothing changed
 
 
-def test_thread_count_and_blas_timeout_follow_the_environment():
+def test_set_num_threads_sets_blas_threads_as_pytorch_does(restore_threads):
+    torch.set_num_threads(1)
+    assert _blas_threads() == {1} and torch.get_num_threads() == 1
+    a = np.random.default_rng(0).standard_normal((200, 200))
+    one = a @ a
+    torch.set_num_threads(2)
+    assert _blas_threads() == {2} and torch.get_num_threads() == 2
+    np.testing.assert_allclose(a @ a, one, rtol=1e-12)
+
+
+# what OpenBLAS will use for its workers' spin (log2 cycles), as it read it from the environment
+_OPENBLAS_SPIN = """
+import threadpoolctl
+libs = threadpoolctl.ThreadpoolController().select(internal_api="openblas").lib_controllers
+spins = [lib.dynlib.openblas_thread_timeout() for lib in libs
+         if hasattr(lib.dynlib, "openblas_thread_timeout")]
+"""
+
+
+def _run(code: str, **env) -> list[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    environ.update(env)
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_thread_count_follows_the_environment():
+    code = "import finetune; print(finetune.get_num_threads())"
+    assert _run(code, OMP_NUM_THREADS="3") == ["3"]
+
+
+@pytest.mark.parametrize("first", ["finetune", "numpy"])
+def test_blas_spins_briefly_whichever_is_imported_first(first):
+    """Both orders leave OpenBLAS with the short spin, and numpy still multiplies correctly
+    after its workers were restarted."""
     code = (
-        "import os, finetune, numpy;"
-        "print(finetune.get_num_threads(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+        f"import {first}\n"
+        "import numpy as np\n"
+        "a = np.random.default_rng(0).standard_normal((300, 300)); want = a @ a\n"
+        "import finetune\n" + _OPENBLAS_SPIN + "np.testing.assert_allclose(a @ a, want)\n"
+        "print(finetune.parallel.blas_spin_shortened, *spins or ['none'])\n"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="3")
-    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["3", "14"], out.stderr
-    # a value the user chose is kept, and numpy loaded first leaves the environment alone
-    env["OPENBLAS_THREAD_TIMEOUT"] = "10"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["3", "10"], out.stderr
-    env.pop("OPENBLAS_THREAD_TIMEOUT")
-    first = "import numpy, os, finetune; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
-    out = subprocess.run([sys.executable, "-c", first], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["None"], out.stderr
+    shortened, *spins = _run(code)
+    if spins == ["none"]:
+        pytest.skip("numpy's BLAS is not an OpenBLAS that reports its spin")
+    assert shortened == "True"
+    assert spins == [parallel.BLAS_THREAD_TIMEOUT] * len(spins)
+
+
+@pytest.mark.parametrize("first", ["finetune", "numpy"])
+def test_a_spin_the_user_chose_is_kept(first):
+    code = (
+        f"import {first}, os\nimport finetune\n" + _OPENBLAS_SPIN + "print(finetune.parallel."
+        "blas_spin_shortened, os.environ['OPENBLAS_THREAD_TIMEOUT'], *spins or ['none'])\n"
+    )
+    shortened, value, *spins = _run(code, OPENBLAS_THREAD_TIMEOUT="10")
+    assert (shortened, value) == ("False", "10")
+    assert spins in (["none"], ["10"] * len(spins))
+
+
+def test_set_num_threads_sets_blas_threads_when_numpy_came_first():
+    code = (
+        "import numpy as np, threadpoolctl\nimport finetune\n"
+        "finetune.set_num_threads(1)\n"
+        "info = threadpoolctl.threadpool_info()\n"
+        "print(finetune.get_num_threads(), *[i['num_threads'] for i in info "
+        "if i['user_api'] == 'blas'])\n"
+    )
+    out = _run(code, OMP_NUM_THREADS="2")
+    assert out[0] == "1" and len(out) > 1 and set(out[1:]) == {"1"}
 
 
 # -- the threaded kernels give the single-thread results exactly ------------------------------
