@@ -114,6 +114,7 @@ def test_head_weights_equal_a_single_process_fit(images, home, monkeypatch):
     assert [r["val_acc"] for r in remote_history] == [r["val_acc"] for r in local_history]
 
     lines.clear()  # the Ray run filled the on-disk cache: a second run skips extraction
+    monkeypatch.setenv("FINETUNE_HOME", str(home))
     again, _ = train(images, "local", lines)
     assert not any("Ray actors" in line for line in lines)
     assert any("from cache" in line for line in lines)
