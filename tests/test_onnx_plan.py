@@ -596,3 +596,20 @@ def test_a_fused_gelu_whose_input_needs_a_gradient_runs_its_nodes(monkeypatch):
     erf = np.vectorize(math.erf)(h / s)
     slope = 0.5 * (1 + erf) + h * np.exp(-((h / s) ** 2)) / (s * math.sqrt(math.pi))
     np.testing.assert_allclose(layer.weight.grad.numpy(), slope.T @ x, rtol=1e-10)
+
+
+def test_a_copy_of_a_planned_model_starts_without_its_plan():
+    import copy
+
+    rng = np.random.default_rng(20)
+    model = ft.onnx.load(_conv_bn_model(rng))
+    x = ft.from_numpy(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+        want = model(x).numpy()
+    assert model._plan.plan is not None
+    clone = copy.deepcopy(model)
+    assert clone._plan.plan is None
+    with ft.no_grad():
+        np.testing.assert_array_equal(clone(x).numpy(), want)
+    assert clone._plan.plan is not None and clone._plan.plan is not model._plan.plan

@@ -324,19 +324,17 @@ def _batch_of(inputs: tuple) -> int | None:
 
 
 class _PlanSlot:
-    """Where an ``OnnxModule`` keeps its inference plan; a copy of the module starts without
-    one (the plan holds the original's modules)."""
+    """Where an ``OnnxModule`` keeps its inference plan. A copy of the module starts without
+    one: the plan holds the original's modules, and is rebuilt on the first call that can use
+    it."""
 
     __slots__ = ("plan",)
 
     def __init__(self) -> None:
         self.plan: Plan | None = None
 
-    def __copy__(self) -> _PlanSlot:
-        return _PlanSlot()
-
-    def __deepcopy__(self, memo: dict) -> _PlanSlot:
-        return _PlanSlot()
+    def __reduce__(self):
+        return _PlanSlot, ()
 
 
 def _bind_value(spec: GraphInput, value, source: str):
