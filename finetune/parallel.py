@@ -176,8 +176,10 @@ def elementwise(fn: Callable[..., None], out, *inputs) -> None:
     ``split`` when all are laid out alike with no gaps (C-contiguous, or channels last, or any
     one order of the axes), else one call on the whole arrays."""
     arrays = (out, *inputs)
-    if any(a.shape != out.shape or a.strides != out.strides for a in arrays):
-        fn(out, *inputs)
+    if out.size * len(arrays) < 2 * MIN_WORK_PER_THREAD or any(
+        a.shape != out.shape or a.strides != out.strides for a in arrays
+    ):
+        fn(out, *inputs)  # too small to share out (split would run it whole), or gaps
         return
     # the axes in memory order: the arrays are then C-contiguous, or have gaps
     order = sorted(range(out.ndim), key=lambda axis: -out.strides[axis])

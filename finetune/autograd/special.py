@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..parallel import split
+from ..parallel import MIN_WORK_PER_THREAD, split
 from .scratch import scratch
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -78,6 +78,13 @@ def blockwise(kernel: Callable, out: np.ndarray, *inputs: np.ndarray, temps: int
     gaps takes one call over the whole arrays, with fresh temporaries. The kernel writes only
     through ``out=`` and in place, so every block's result lands where the whole array's
     would."""
+    if out.size * (1 + len(inputs) + temps) < 2 * MIN_WORK_PER_THREAD and all(
+        a.shape == out.shape for a in inputs
+    ):
+        # one block on one thread: the whole arrays, as they are laid out (a batch-1 graph's
+        # small activations would spend more on the layout checks than on the chain)
+        kernel(out, *inputs, *(np.empty_like(out) for _ in range(temps)))
+        return
     flat = _flat_in_memory_order((out, *inputs))
     if flat is None and _flat_in_memory_order((out,)) is not None:
         # inputs in another layout (a channels-last activation, a row-major gradient): one
