@@ -37,7 +37,7 @@ class MatMul(Function):
         ctx.vectors = (a.ndim == 1, b.ndim == 1)
         ctx.rows = _rows_times_matrix(a, b)
         if ctx.rows:
-            product = _as_rows(a) @ b.reshape(b.shape[-2:])
+            product = as_rows(a) @ b.reshape(b.shape[-2:])
             return product.reshape(a.shape[:-1] + b.shape[-1:])
         return np.matmul(a, b)
 
@@ -46,12 +46,12 @@ class MatMul(Function):
         a, b = ctx.saved_tensors
         a_vec, b_vec = ctx.vectors
         if ctx.rows:
-            g = _as_rows(grad)
+            g = as_rows(grad)
             ga = gb = None
             if ctx.needs_input_grad[0]:
                 ga = (g @ b.reshape(b.shape[-2:]).T).reshape(grad.shape[:-1] + (b.shape[-2],))
             if ctx.needs_input_grad[1]:
-                gb = (_as_rows(a).T @ g).reshape(b.shape)
+                gb = (as_rows(a).T @ g).reshape(b.shape)
             return ga, gb
         if a_vec and b_vec:
             return (
@@ -96,8 +96,9 @@ def _rows_times_matrix(a: np.ndarray, b: np.ndarray) -> bool:
     return all(d == 1 for d in b.shape[:-2])
 
 
-def _as_rows(a: np.ndarray) -> np.ndarray:
-    """``(..., k) -> (rows, k)``: a view when the layout allows, else one copy."""
+def as_rows(a: np.ndarray) -> np.ndarray:
+    """Collapse every leading dimension, ``(..., k) -> (rows, k)``: a view when the layout
+    allows, else one copy (also Linear's, in ``nn_ops``)."""
     return a.reshape(-1, a.shape[-1])
 
 

@@ -24,14 +24,9 @@ from .layout import (
     pixel_rows,
     sum_rows,
 )
+from .matmul import as_rows
 from .scratch import scratch
 from .special import blockwise, empty_like_dense
-
-
-def _rows(x: np.ndarray) -> np.ndarray:
-    """Collapse every leading dimension: ``(..., f) -> (rows, f)``."""
-    return x.reshape(-1, x.shape[-1])
-
 
 # -- linear ----------------------------------------------------------------------------------------
 
@@ -50,7 +45,7 @@ class Linear(Function):
         ctx.save_for_backward(
             x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None
         )
-        out = (_rows(x) @ weight.T).reshape(x.shape[:-1] + weight.shape[:1])
+        out = (as_rows(x) @ weight.T).reshape(x.shape[:-1] + weight.shape[:1])
         if bias is not None:
             out += bias
         return out
@@ -59,11 +54,10 @@ class Linear(Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        gx = (
-            (_rows(grad) @ weight).reshape(grad.shape[:-1] + weight.shape[1:]) if needs[0] else None
-        )
-        gw = np.matmul(_rows(grad).T, _rows(x)) if needs[1] else None
-        gb = _rows(grad).sum(axis=0) if len(needs) > 2 and needs[2] else None
+        g = as_rows(grad)
+        gx = (g @ weight).reshape(grad.shape[:-1] + weight.shape[1:]) if needs[0] else None
+        gw = np.matmul(g.T, as_rows(x)) if needs[1] else None
+        gb = g.sum(axis=0) if len(needs) > 2 and needs[2] else None
         return gx, gw, gb
 
 
@@ -474,15 +468,8 @@ class HardSigmoid(Function):
     @staticmethod
     def forward(ctx, x, *, alpha=1 / 6, beta=0.5):
         x = x if x.dtype.kind == "f" else x.astype(np.float32)
-        t = x.dtype.type
         out = empty_like_dense(x)
-
-        def kernel(o, a):
-            np.multiply(a, t(alpha), out=o)
-            o += t(beta)
-            np.clip(o, t(0), t(1), out=o)
-
-        blockwise(kernel, out, x)
+        blockwise(lambda o, a: _hardsigmoid_into(o, a, alpha, beta), out, x)
         ctx.save_for_backward(out if ctx.needs_input_grad[0] else None)
         ctx.alpha = alpha
         return out
@@ -521,11 +508,16 @@ class HardSwish(Function):
         return gx
 
 
-def _hardswish_kernel(out, x) -> None:
+def _hardsigmoid_into(out, x, alpha: float, beta: float) -> None:
+    """``out = clamp(alpha x + beta, 0, 1)`` in ``out``'s dtype."""
     t = out.dtype.type
-    np.multiply(x, t(1 / 6), out=out)
-    out += t(0.5)
+    np.multiply(x, t(alpha), out=out)
+    out += t(beta)
     np.clip(out, t(0), t(1), out=out)
+
+
+def _hardswish_kernel(out, x) -> None:
+    _hardsigmoid_into(out, x, 1 / 6, 0.5)
     out *= x
 
 

@@ -78,15 +78,13 @@ def blockwise(kernel: Callable, out: np.ndarray, *inputs: np.ndarray, temps: int
     gaps takes one call over the whole arrays, with fresh temporaries. The kernel writes only
     through ``out=`` and in place, so every block's result lands where the whole array's
     would."""
-    if out.size * (1 + len(inputs) + temps) < 2 * MIN_WORK_PER_THREAD and all(
+    # arrays too small to share out run whole, as they are laid out (a batch-1 graph's small
+    # activations would spend more on the layout checks than on the chain)
+    small = out.size * (1 + len(inputs) + temps) < 2 * MIN_WORK_PER_THREAD and all(
         a.shape == out.shape for a in inputs
-    ):
-        # one block on one thread: the whole arrays, as they are laid out (a batch-1 graph's
-        # small activations would spend more on the layout checks than on the chain)
-        kernel(out, *inputs, *(np.empty_like(out) for _ in range(temps)))
-        return
-    flat = _flat_in_memory_order((out, *inputs))
-    if flat is None and _flat_in_memory_order((out,)) is not None:
+    )
+    flat = None if small else _flat_in_memory_order((out, *inputs))
+    if flat is None and not small and _flat_in_memory_order((out,)) is not None:
         # inputs in another layout (a channels-last activation, a row-major gradient): one
         # transposing copy each, where every pass of the chain would read across the layout
         inputs = tuple(_in_layout_of(out, a) for a in inputs)
