@@ -28,7 +28,7 @@ from ..nn.layers.linear import Linear
 from ..nn.module import Module
 from ..tensor import Tensor
 from . import heads
-from .plan import NODE_ERRORS, Plan, node_failed
+from .plan import NODE_ERRORS, Plan, last_uses, node_failed
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class OnnxModule(Module):
         self._steps = tuple(steps)
         self._constants = dict(constants)
         self._outer = tuple(outer)
-        self._last_use = _last_uses(self._steps, self._graph_outputs)
+        self._last_use = last_uses(self._steps, self._graph_outputs)
         self._plan = _PlanSlot()  # built on the first call that can use it
 
     @property
@@ -380,20 +380,6 @@ def _check_input(spec: GraphInput, value: Tensor, source: str) -> None:
         raise OnnxImportError(
             f"{source}: input {spec.name!r} expects {spec.dtype} elements, got {value._data.dtype}"
         )
-
-
-def _last_uses(steps: tuple[Step, ...], keep: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
-    """For each step, the values no later step reads (freed as the walk goes)."""
-    last: dict[str, int] = {}
-    for index, step in enumerate(steps):
-        for name in step.inputs:
-            if name:
-                last[name] = index
-    by_step: dict[int, list[str]] = {}
-    for name, index in last.items():
-        if name not in keep:
-            by_step.setdefault(index, []).append(name)
-    return {index: tuple(names) for index, names in by_step.items()}
 
 
 def find_head(model: Module, node: str | None = None) -> tuple[str, Module]:

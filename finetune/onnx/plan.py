@@ -250,7 +250,7 @@ class Plan:
             chain = None
             if unit.op_type == "BatchNormalization" and type(unit.module) is BatchNorm2d:
                 chain = _conv_batch_norm(unit, produced, only_reader)
-            elif unit.op_type == "Erf" and unit.module is None:
+            elif _functional(unit, "Erf"):
                 chain = _gelu(unit, produced, only_reader, scalar)
             elif unit.op_type in ("Sigmoid", "HardSigmoid") and unit.module is None:
                 chain = _gated(unit, only_reader)
@@ -385,19 +385,28 @@ class Plan:
         return tuple(results)
 
 
+def last_uses(steps, keep) -> dict[int, tuple[str, ...]]:
+    """For each of ``steps`` (anything with ``inputs``, names; "" for none), the values no
+    later step reads, except those in ``keep``: what a walk can free after that step."""
+    last: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        for name in step.inputs:
+            if name:
+                last[name] = index
+    by_step: dict[int, list[str]] = {}
+    for name, index in last.items():
+        if name not in keep:
+            by_step.setdefault(index, []).append(name)
+    return {index: tuple(names) for index, names in by_step.items()}
+
+
 def _program(units: list[_Unit], slot, outputs: set, record: set) -> tuple:
     """``units`` as ``(run, input slots, output slots, slots to free after, slots to record,
     unit)`` tuples: a value's slot is emptied after its last reader (graph outputs are kept);
     a static unit's outputs named in ``record`` are kept for the input signature."""
-    last: dict[str, int] = {}
-    for index, unit in enumerate(units):
-        for name in unit.inputs:
-            if name:
-                last[name] = index
-    frees: dict[int, list[int]] = {}
-    for name, index in last.items():
-        if name not in outputs:
-            frees.setdefault(index, []).append(slot(name))
+    frees = {
+        index: [slot(name) for name in names] for index, names in last_uses(units, outputs).items()
+    }
     program = []
     for index, unit in enumerate(units):
         ins = tuple(slot(n) for n in unit.inputs)
@@ -477,24 +486,24 @@ def _gelu(erf: _Unit, produced: dict, only_reader, scalar):
     """``0.5 * (x * (1 + erf(x / sqrt(2))))`` in the legacy exporter's node order, either
     operand order at each binary node."""
     div = produced.get(erf.inputs[0])
-    if div is None or div.op_type != "Div" or div.module is not None or len(div.inputs) != 2:
+    if not _functional(div, "Div") or len(div.inputs) != 2:
         return None
     x = div.inputs[0]
     if not scalar(div.inputs[1], math.sqrt(2.0), 1e-6) or only_reader(div.outputs[0]) is not erf:
         return None
     add = only_reader(erf.outputs[0])
-    if add is None or add.op_type != "Add" or add.module is not None:
+    if not _functional(add, "Add"):
         return None
     other = _other(add.inputs, erf.outputs[0])
     if other is None or not scalar(other, 1.0):
         return None
     mul = only_reader(add.outputs[0])
-    if mul is None or mul.op_type != "Mul" or mul.module is not None:
+    if not _functional(mul, "Mul"):
         return None
     if _other(mul.inputs, add.outputs[0]) != x:
         return None
     half = only_reader(mul.outputs[0])
-    if half is None or half.op_type != "Mul" or half.module is not None:
+    if not _functional(half, "Mul"):
         return None
     other = _other(half.inputs, mul.outputs[0])
     if other is None or not scalar(other, 0.5):
@@ -515,7 +524,7 @@ def _gated(gate: _Unit, only_reader):
         if abs(alpha - 1.0 / 6.0) > 1e-7 or beta != 0.5:
             return None
     mul = only_reader(gate.outputs[0])
-    if mul is None or mul.op_type != "Mul" or mul.module is not None or len(mul.inputs) != 2:
+    if not _functional(mul, "Mul") or len(mul.inputs) != 2:
         return None
     if _other(mul.inputs, gate.outputs[0]) != x:
         return None
@@ -542,6 +551,12 @@ def _fused_unit(chain: list[_Unit], fast: Callable, x: str, op_type: str) -> _Un
         return fast(values[0])
 
     return _Unit(run, names, chain[-1].outputs, chain[-1].step, op_type)
+
+
+def _functional(unit: _Unit | None, op_type: str) -> bool:
+    """Whether ``unit`` is a node of ``op_type`` without a module (a plain function of its
+    inputs)."""
+    return unit is not None and unit.op_type == op_type and unit.module is None
 
 
 def _other(pair: tuple[str, ...], name: str) -> str | None:
