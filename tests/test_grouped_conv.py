@@ -12,7 +12,7 @@ import pytest
 
 import finetune as torch
 from finetune.autograd import conv as kernels
-from finetune.autograd import depthwise, gradcheck
+from finetune.autograd import depthwise, gradcheck, jit
 from finetune.autograd.layout import is_channels_last
 from finetune.parallel import get_num_threads, set_num_threads
 
@@ -70,6 +70,17 @@ def case_inputs(name, dtype=np.float64, seed=0):
     w = r.standard_normal((c * m, 1, *kernel)).astype(dtype)
     b = r.standard_normal(c * m).astype(dtype) if has_bias else None
     return x, w, b, dict(stride=stride, padding=pads, dilation=dilation, groups=c)
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Every test twice: with the forward compiled by numba (``jit``) and with numpy's."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(jit, "ENABLED", True)
+    else:
+        monkeypatch.setattr(jit, "ENABLED", False)
+    return request.param
 
 
 @pytest.fixture(params=["default-blocks", "one-row-blocks"])

@@ -19,6 +19,10 @@ zeros (as a zero-stuffed gradient would) nor adds tap by tap (a multiply and an 
 whole arrays, twice the time). Outputs and input gradients are channels last, whatever the
 input's layout; 1-d, 3-d and grouped convolutions with more than one channel per group keep the
 im2col path of ``conv.py``.
+
+With numba installed the forward runs compiled instead (``_correlate_compiled``, see ``jit``):
+the same sum over taps as plain loops reading the unpadded channels-last input, 2-4x faster
+and without the padded copy; the gradients keep the numpy kernels.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ import math
 import numpy as np
 
 from ..parallel import MIN_WORK_PER_THREAD, split
+from . import jit
 from .layout import as_nchw, pad_last
 from .scratch import scratch
 
 # below this many channels a strided convolution pairs up input columns (see ``_correlate``)
 _SUPER_PIXEL_CHANNELS = 128
+# a compiled multiply-add costs about an eighth of an element of a numpy pass: below this much
+# work per thread (in ``split``'s unit) the hand-over to a second thread costs more than it saves
+_COMPILED_WORK_RATIO = 8
 # output elements per block of rows: enough blocks for the threads to share, few enough that a
 # block's Python overhead (~10 us) stays small against its work
 _BLOCK_ELEMENTS = 1 << 15
@@ -123,6 +131,80 @@ def _correlate(xp, weights, out, stride, dilation, bias=None) -> None:
     split(run, n * blocks, work)
 
 
+def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, multiplier):
+    """Output rows ``r0:r1`` of one sample, compiled by ``jit``: ``out[y, x, o] = sum_ij
+    x[y sh + i dh - top, x sw + j dw - left, o // multiplier] w[i, j, o] (+ bias[o])``, taps
+    outside the input skipped (no padded copy). ``x`` ``h w c`` and ``out`` ``oh ow o``,
+    C-contiguous; ``bias`` has ``o`` values or none. ``weights`` is ``kh kw (ow o)`` (each
+    tap's ``o`` weights repeated along a row) for a unit horizontal stride and multiplier,
+    where a tap is one multiply-add over a contiguous run of the row, ``ow o`` long (per
+    pixel, 32 channels were 3.4 GMAC/s); else ``kh kw o``, one pixel at a time."""
+    kh, kw = weights.shape[:2]
+    h, w = x.shape[0], x.shape[1]
+    ow, o = out.shape[1], out.shape[2]
+    flat_in, flat_out = x.reshape(h, -1), out.reshape(out.shape[0], -1)
+    for y in range(r0, r1):
+        target = flat_out[y]
+        if bias.shape[0]:
+            for col in range(ow):
+                target[col * o : (col + 1) * o] = bias
+        else:
+            target[:] = 0
+        for i in range(kh):
+            row = y * sh + i * dh - top
+            if row < 0 or row >= h:
+                continue
+            source = flat_in[row]
+            for j in range(kw):
+                # the output columns whose tap j falls inside the input
+                first = max(0, -((j * dw - left) // sw))
+                last = min(ow, (w - 1 - j * dw + left) // sw + 1)
+                if first >= last:
+                    continue
+                # slices, so that every index below is a loop counter from 0: numba then
+                # drops its negative-index checks and the loops vectorise
+                if sw == 1 and multiplier == 1:
+                    shift = (j * dw - left) * o
+                    into = target[first * o : last * o]
+                    src = source[first * o + shift : last * o + shift]
+                    tap = weights[i, j, first * o : last * o]
+                    for t in range(into.shape[0]):
+                        into[t] += src[t] * tap[t]
+                    continue
+                tap = weights[i, j]
+                for col in range(first, last):
+                    at = (col * sw + j * dw - left) * (o // multiplier)
+                    into = target[col * o : (col + 1) * o]
+                    src = source[at : at + o // multiplier]
+                    if multiplier == 1:
+                        for k in range(o):
+                            into[k] += src[k] * tap[k]
+                    else:
+                        for k in range(o):
+                            into[k] += src[k // multiplier] * tap[k]
+
+
+def _correlate_compiled(kernel, x, weights, bias, out, stride, dilation, padding, multiplier):
+    """``_correlate_rows`` over blocks of rows of every sample, shared out over threads."""
+    n, oh, ow, o = out.shape
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
+    bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+    if stride[1] == 1 and multiplier == 1:
+        weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
+    work = out.size * math.prod(weights.shape[:2])
+    step = _rows_per_block(oh, ow * o, n, work // _COMPILED_WORK_RATIO)
+    blocks = -(-oh // step)
+    args = (*stride, *dilation, padding[0][0], padding[1][0], multiplier)
+
+    def run(lo: int, hi: int) -> None:
+        for unit in range(lo, hi):
+            sample, block = divmod(unit, blocks)
+            r0, r1 = block * step, min(oh, (block + 1) * step)
+            kernel(x[sample], weights, bias, out[sample], r0, r1, *args)
+
+    split(run, n * blocks, work // _COMPILED_WORK_RATIO)
+
+
 def _phases(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple:
     """Along one axis of the input gradient: for each stride phase ``p`` (input pixels ``p + s
     Y``), the taps that read it, latest first, the padded output-gradient index of their window
@@ -175,7 +257,14 @@ class DepthwisePlan:
         n, o = self.x_shape[0], self.w_shape[0]
         out = np.empty((n, *self.outs, o), dtype=x.dtype)
         weights = self._tap_weights(weight)
-        _correlate(self._padded(x), weights, out, self.stride, self.dilation, bias)
+        kernel = jit.compiled(_correlate_rows)
+        if kernel is not None:
+            _correlate_compiled(
+                kernel, x, weights, bias, out, self.stride, self.dilation, self.padding,
+                self.multiplier,
+            )  # fmt: skip
+        else:
+            _correlate(self._padded(x), weights, out, self.stride, self.dilation, bias)
         return as_nchw(out)
 
     def input_gradient(self, weight: np.ndarray, grad: np.ndarray) -> np.ndarray:
