@@ -223,8 +223,8 @@ def test_batchnorm_after_conv_is_folded_for_frozen_inference():
             again = model(ft.from_numpy(x)).numpy()
         _close(got, _onnxruntime(proto, x)[0])
         _close(again, _exact(model, x).numpy())
-    assert "Conv+BatchNormalization" in _planned_ops(model)
-    assert "BatchNormalization" not in _planned_ops(model)
+    # the BatchNorm folded into the convolution, the ReLU in its output pass
+    assert _planned_ops(model) == ["Conv+BatchNormalization+Relu"]
 
 
 def test_train_mode_normalises_with_batch_statistics_after_the_plan_ran():
@@ -613,3 +613,176 @@ def test_a_copy_of_a_planned_model_starts_without_its_plan():
     with ft.no_grad():
         np.testing.assert_array_equal(clone(x).numpy(), want)
     assert clone._plan.plan is not None and clone._plan.plan is not model._plan.plan
+
+
+# -- an activation in its convolution's output pass ----------------------------------------------
+
+# the activation's nodes reading "c" and writing "y", and the opset they need
+ACTIVATIONS = {
+    "Relu": (lambda: [helper.make_node("Relu", ["c"], ["y"])], 17),
+    "Clip": (
+        lambda: [
+            _constant("lo", np.float32(0)),
+            _constant("hi", np.float32(6)),
+            helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+        ],
+        17,
+    ),
+    "Clip-min-only": (
+        lambda: [_constant("lo", np.float32(-0.5)), helper.make_node("Clip", ["c", "lo"], ["y"])],
+        17,
+    ),
+    "Clip-opset6": (lambda: [helper.make_node("Clip", ["c"], ["y"], min=-1.0, max=1.5)], 6),
+    "HardSwish": (lambda: [helper.make_node("HardSwish", ["c"], ["y"])], 17),
+    "Silu(fused)": (
+        lambda: [
+            helper.make_node("Sigmoid", ["c"], ["s"]),
+            helper.make_node("Mul", ["c", "s"], ["y"]),
+        ],
+        17,
+    ),
+    "HardSwish(fused)": (
+        lambda: [
+            helper.make_node("HardSigmoid", ["c"], ["s"], alpha=1.0 / 6.0, beta=0.5),
+            helper.make_node("Mul", ["s", "c"], ["y"]),
+        ],
+        17,
+    ),
+}
+# name: (input channels, weight shape, Conv attributes, with a BatchNormalization after it)
+CONVOLUTIONS = {
+    "3x3": (3, (5, 3, 3, 3), dict(pads=[1, 1, 1, 1]), False),
+    "1x1": (4, (6, 4, 1, 1), {}, False),
+    "depthwise-stride2": (4, (4, 1, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2], group=4), False),
+    "grouped": (4, (6, 2, 3, 3), dict(pads=[0, 1, 1, 0], group=2), False),
+    "3x3+BatchNormalization": (3, (5, 3, 3, 3), dict(pads=[1, 1, 1, 1]), True),
+    "winograd": (64, (64, 64, 3, 3), dict(pads=[1, 1, 1, 1]), False),
+    "7x7-stride2-per-sample": (3, (4, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2]), False),
+}
+
+
+def _conv_activation_model(conv: str, act: str, rng, size=(7, 6)) -> tuple:
+    """x -> Conv (-> BatchNormalization) -> activation -> y; and the fused unit's op type."""
+    c, shape, attributes, with_bn = CONVOLUTIONS[conv]
+    nodes_of, opset = ACTIVATIONS[act]
+    o = shape[0]
+    fan_in = math.prod(shape[1:])  # values of a few units before the activation
+    inits = [_init("w", (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32))]
+    inits.append(_init("b", rng.standard_normal(o).astype(np.float32)))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c0" if with_bn else "c"], **attributes)]
+    if with_bn:
+        inits += [
+            _init("scale", rng.uniform(0.5, 1.5, o).astype(np.float32)),
+            _init("shift", rng.standard_normal(o).astype(np.float32)),
+            _init("mean", rng.standard_normal(o).astype(np.float32)),
+            _init("var", rng.uniform(0.5, 1.5, o).astype(np.float32)),
+        ]
+        bn_inputs = ["c0", "scale", "shift", "mean", "var"]
+        nodes.append(helper.make_node("BatchNormalization", bn_inputs, ["c"], epsilon=1e-5))
+    nodes += nodes_of()
+    proto = _model(
+        nodes, [_tensor("x", ["n", c, *size])], [_tensor("y", 4)], inits, opset=max(opset, 9)
+    )
+    base = "Conv+BatchNormalization" if with_bn else "Conv"
+    op = {"Clip-min-only": "Clip", "Clip-opset6": "Clip"}.get(act, act)
+    return proto, f"{base}+{op}"
+
+
+@pytest.mark.parametrize(
+    "conv, jit",
+    # the depthwise forward also without its compiled kernel (autograd/jit.py)
+    [(conv, "default") for conv in CONVOLUTIONS] + [("depthwise-stride2", "numpy")],
+)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_an_activation_runs_in_its_convolutions_output_pass(conv, jit, act, monkeypatch):
+    from finetune.autograd import conv as kernels
+    from finetune.autograd import jit as compiled
+
+    if jit == "numpy":
+        monkeypatch.setattr(compiled, "ENABLED", False)
+    rng = np.random.default_rng(30)
+    size = (40, 36) if "per-sample" in conv else (7, 6)
+    proto, fused = _conv_activation_model(conv, act, rng, size)
+    model = ft.onnx.load(proto)
+    x = (rng.standard_normal((2, CONVOLUTIONS[conv][0], *size)) * 3).astype(np.float32)
+    plan = kernels._ConvPlan(x.shape, CONVOLUTIONS[conv][1], (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    assert bool(plan.winograd) == (conv == "winograd")
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x)).numpy()
+    assert _planned_ops(model) == [fused]
+    _close(got, _onnxruntime(proto, x)[0])
+    _close(got, _exact(model, x).numpy())
+
+
+def test_a_convolution_read_twice_keeps_its_activation_apart():
+    rng = np.random.default_rng(31)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Add", ["r", "c"], ["y"]),  # the convolution's output read again
+        helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]),  # a graph output
+        helper.make_node("Relu", ["z"], ["zr"]),
+    ]
+    proto = _model(
+        nodes,
+        [_tensor("x", ["n", 3, 5, 5])],
+        [_tensor("y", 4), _tensor("z", 4), _tensor("zr", 4)],
+        [_init("w", w)],
+    )
+    model = ft.onnx.load(proto)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = [t.numpy() for t in model(ft.from_numpy(x))]
+    assert sorted(_planned_ops(model)) == sorted(["Conv", "Relu", "Add", "Conv", "Relu"])
+    for g, want in zip(got, _onnxruntime(proto, x)):
+        _close(g, want)
+
+
+def test_a_hook_on_a_convolution_with_an_activation_sees_its_own_output():
+    rng = np.random.default_rng(32)
+    proto, _ = _conv_activation_model("3x3", "Relu", rng)
+    model = ft.onnx.load(proto)
+    x = ft.from_numpy(rng.standard_normal((2, 3, 7, 6)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.numpy().min()))
+    with ft.no_grad():
+        got = model(x).numpy()
+    assert seen and seen[0] < 0  # before the ReLU
+    assert got.min() >= 0
+
+
+def test_an_unfrozen_convolution_before_an_activation_gets_the_walks_gradients():
+    rng = np.random.default_rng(33)
+    proto, fused = _conv_activation_model("3x3+BatchNormalization", "Silu(fused)", rng)
+    model = ft.onnx.load(proto).double()
+    x = rng.standard_normal((2, 3, 7, 6))
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        model(ft.from_numpy(x))
+    assert _planned_ops(model) == [fused]
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.requires_grad_()
+
+    def weight_grad(run):
+        conv.weight.grad = None
+        run().sum().backward()
+        return conv.weight.grad.numpy().copy()
+
+    planned = weight_grad(lambda: model(ft.from_numpy(x)))
+    assert model._plan.plan is not None
+    _close(planned, weight_grad(lambda: _exact(model, x)))
+
+
+def test_a_convolution_refuses_an_epilogue_when_a_gradient_is_needed():
+    from finetune.autograd import conv as kernels
+
+    x = ft.randn(1, 2, 4, 4, requires_grad=True)
+    w = ft.randn(3, 2, 3, 3)
+    with kernels.epilogue(lambda block: None), pytest.raises(RuntimeError, match="inference"):
+        kernels.conv(x, w, None, padding=((1, 1), (1, 1)))

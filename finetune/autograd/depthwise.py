@@ -89,9 +89,20 @@ def _super_pixels(xp, weights, stride, dilation) -> tuple:
     return xp.reshape(n, hp, wp // s, s * o), parts.reshape(*parts.shape[:2], s * o)
 
 
-def _correlate(xp, weights, out, stride, dilation, bias=None) -> None:
+def _rows_of(out: np.ndarray, lo: int, hi: int, blocks: int, step: int) -> np.ndarray:
+    """The output rows of units ``lo:hi`` (unit = sample, block of ``step`` rows), one
+    contiguous ``rows ow o`` view of the ``n oh ow o`` output."""
+    n, oh = out.shape[:2]
+    rows = out.reshape(n * oh, *out.shape[2:])
+    first = (lo // blocks) * oh + (lo % blocks) * step
+    last = ((hi - 1) // blocks) * oh + min(oh, ((hi - 1) % blocks + 1) * step)
+    return rows[first:last]
+
+
+def _correlate(xp, weights, out, stride, dilation, bias=None, epilogue=None) -> None:
     """``out[n, y, x, o] = sum_ij xp[n, y s + i d, x s + j d, o] w[i, j, o] (+ bias[o])``:
-    ``xp`` padded ``n H W o``, ``weights`` ``kh kw o``, ``out`` ``n oh ow o`` (C-contiguous)."""
+    ``xp`` padded ``n H W o``, ``weights`` ``kh kw o``, ``out`` ``n oh ow o`` (C-contiguous);
+    ``epilogue(rows)`` then changes each thread turn's rows in place while they are in cache."""
     n, oh, ow, o = out.shape
     work = out.size * math.prod(weights.shape[:2])
     parts = 1
@@ -127,6 +138,8 @@ def _correlate(xp, weights, out, stride, dilation, bias=None) -> None:
                 np.einsum(spec, view, weights, out=target)
             if bias is not None:
                 np.add(target.reshape(-1, o), bias, out=target.reshape(-1, o))
+        if epilogue is not None:
+            epilogue(_rows_of(out, lo, hi, blocks, step))
 
     split(run, n * blocks, work)
 
@@ -184,8 +197,11 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
                             into[k] += src[k // multiplier] * tap[k]
 
 
-def _correlate_compiled(kernel, x, weights, bias, out, stride, dilation, padding, multiplier):
-    """``_correlate_rows`` over blocks of rows of every sample, shared out over threads."""
+def _correlate_compiled(
+    kernel, x, weights, bias, out, stride, dilation, padding, multiplier, epilogue=None
+):
+    """``_correlate_rows`` over blocks of rows of every sample, shared out over threads; then
+    ``epilogue(rows)`` on each thread turn's rows in place, while they are in cache."""
     n, oh, ow, o = out.shape
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
     bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
@@ -201,6 +217,8 @@ def _correlate_compiled(kernel, x, weights, bias, out, stride, dilation, padding
             sample, block = divmod(unit, blocks)
             r0, r1 = block * step, min(oh, (block + 1) * step)
             kernel(x[sample], weights, bias, out[sample], r0, r1, *args)
+        if epilogue is not None:
+            epilogue(_rows_of(out, lo, hi, blocks, step))
 
     split(run, n * blocks, work // _COMPILED_WORK_RATIO)
 
@@ -252,8 +270,10 @@ class DepthwisePlan:
         """``o 1 kh kw -> kh kw o``."""
         return np.ascontiguousarray(weight.reshape(self.w_shape[0], -1).T).reshape(*self.kernel, -1)
 
-    def forward(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """``n c h w -> n o oh ow``, stored channels last."""
+    def forward(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, epilogue=None
+    ) -> np.ndarray:
+        """``n c h w -> n o oh ow``, stored channels last; ``epilogue``: see ``conv.epilogue``."""
         n, o = self.x_shape[0], self.w_shape[0]
         out = np.empty((n, *self.outs, o), dtype=x.dtype)
         weights = self._tap_weights(weight)
@@ -261,10 +281,10 @@ class DepthwisePlan:
         if kernel is not None:
             _correlate_compiled(
                 kernel, x, weights, bias, out, self.stride, self.dilation, self.padding,
-                self.multiplier,
+                self.multiplier, epilogue,
             )  # fmt: skip
         else:
-            _correlate(self._padded(x), weights, out, self.stride, self.dilation, bias)
+            _correlate(self._padded(x), weights, out, self.stride, self.dilation, bias, epilogue)
         return as_nchw(out)
 
     def input_gradient(self, weight: np.ndarray, grad: np.ndarray) -> np.ndarray:

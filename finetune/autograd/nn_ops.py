@@ -433,7 +433,7 @@ class Silu(Function):
     def forward(ctx, x):
         x = x if x.dtype.kind == "f" else x.astype(np.float32)
         out = empty_like_dense(x)
-        blockwise(_silu_kernel, out, x)
+        blockwise(silu_kernel, out, x)
         ctx.save_for_backward(x)
         return out
 
@@ -445,7 +445,7 @@ class Silu(Function):
         return gx
 
 
-def _silu_kernel(out, x) -> None:
+def silu_kernel(out, x) -> None:
     sigmoid_into(out, x)
     out *= x
 
@@ -496,7 +496,7 @@ class HardSwish(Function):
     def forward(ctx, x):
         x = x if x.dtype.kind == "f" else x.astype(np.float32)
         out = empty_like_dense(x)
-        blockwise(_hardswish_kernel, out, x)
+        blockwise(hardswish_kernel, out, x)
         ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
         return out
 
@@ -516,7 +516,7 @@ def _hardsigmoid_into(out, x, alpha: float, beta: float) -> None:
     np.clip(out, t(0), t(1), out=out)
 
 
-def _hardswish_kernel(out, x) -> None:
+def hardswish_kernel(out, x) -> None:
     _hardsigmoid_into(out, x, 1 / 6, 0.5)
     out *= x
 

@@ -24,7 +24,8 @@ def _plain(module) -> bool:
     return not (module.training or module._forward_hooks or module._forward_pre_hooks)
 
 
-def _foldable(conv, bn, x: Tensor) -> bool:
+def foldable(conv, bn, x: Tensor) -> bool:
+    """Whether ``conv_bn`` folds: both layers plain and in eval mode, nothing needing a gradient."""
     if type(conv) is not Conv2d or type(bn) is not BatchNorm2d or is_tracing():
         return False
     if not (_plain(conv) and _plain(bn)) or bn.running_mean is None:
@@ -72,7 +73,7 @@ def folded_weights(conv: Conv2d, bn: BatchNorm2d) -> tuple[Tensor, Tensor]:
 
 def conv_bn(conv, bn, x: Tensor) -> Tensor:
     """``bn(conv(x))``, with the BatchNorm folded into the convolution when that is exact."""
-    if not _foldable(conv, bn, x):
+    if not foldable(conv, bn, x):
         return bn(conv(x))
     conv._check_input(x)
     weight, bias = folded_weights(conv, bn)

@@ -17,6 +17,9 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
 - The legacy exporter's GELU (``Div sqrt2 -> Erf -> Add 1 -> Mul x -> Mul 0.5``) runs as one
   ``F.gelu``, ``Sigmoid(x) * x`` as ``F.silu``, ``HardSigmoid(x) * x`` as ``F.hardswish``:
   matched by structure and constant values.
+- A ReLU, a Clip with constant bounds, a HardSwish or a SiLU that alone reads a 2-d
+  convolution's output (BatchNorm folded in or not) runs inside the convolution's last pass over
+  its output (``autograd.conv.epilogue``), block by block while each is in cache.
 - Modules are looked up once; values live in a list indexed by position, not a dict by name.
 
 The plan keeps the modules it found: every call checks that each still sits where it was found
@@ -28,17 +31,20 @@ away (a Dropout, a fused BatchNorm) with a hook makes the plan step aside.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..autograd import nn_ops
+from ..autograd.conv import epilogue
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..errors import FinetuneError, OnnxImportError
 from ..nn import functional as F
-from ..nn.fusion import conv_bn
+from ..nn.fusion import conv_bn, foldable
 from ..nn.layers.batchnorm import BatchNorm2d
 from ..nn.layers.conv import Conv2d
 from ..nn.layers.dropout import Dropout
@@ -98,6 +104,7 @@ NOT_FOLDED = frozenset(
 )
 # the units fusion makes (shape from shapes, as the chains they replace)
 _FUSED = frozenset({"Conv+BatchNormalization", "Gelu(fused)", "Silu(fused)", "HardSwish(fused)"})
+_CONVOLUTIONS = ("Conv", "Conv+BatchNormalization")  # what an activation can ride in
 _CACHED_SIGNATURES = 8  # input signatures whose folded values are kept (the oldest leaves)
 _EMPTY, _DISCARD = 0, 1  # slots: an omitted input (always None), an output nobody reads
 
@@ -158,6 +165,7 @@ class Plan:
         except _NoPlan:
             return None
         units = plan._fuse(owner, units)
+        units = plan._fuse_epilogues(owner, units)
         plan._mark_static(owner, units)
         plan._compile(owner, units)
         plan._edges = list(plan._edges.values())
@@ -262,6 +270,34 @@ class Plan:
             self._skipped_modules.extend(fused.folded_modules)
         return [tails.get(id(u), u) for u in units if id(u) in tails or id(u) not in removed]
 
+    def _fuse_epilogues(self, owner, units: list[_Unit]) -> list[_Unit]:
+        """Each activation that alone reads a convolution's output joins it (``_with_epilogue``)."""
+        produced = {n: u for u in units for n in u.outputs if n}
+        read_by: dict[str, list[_Unit]] = {}
+        for unit in units:
+            for name in unit.inputs:
+                if name:
+                    read_by.setdefault(name, []).append(unit)
+        outputs = set(self._outputs)
+        joined: dict[int, _Unit] = {}  # the activation's id: the unit in its place
+        for act in units:
+            tail = _activation_tail(act, lambda name: self._constant(owner, produced, name))
+            conv = produced.get(act.inputs[0]) if tail is not None else None
+            if (
+                conv is None
+                or conv.op_type not in _CONVOLUTIONS
+                or len(conv.inputs) != 1
+                or [id(u) for u in read_by.get(conv.outputs[0], ())] != [id(act)]
+                or conv.outputs[0] in outputs
+                or not isinstance(conv.module, (Conv2d, BatchNorm2d))
+            ):
+                continue
+            fused = _with_epilogue(conv, act, tail)
+            joined[id(act)] = fused
+            self._skipped_modules.extend(fused.folded_modules)
+        gone = {id(produced[u.inputs[0]]) for u in units if id(u) in joined}
+        return [joined.get(id(u), u) for u in units if id(u) not in gone]
+
     def _mark_static(self, owner, units: list[_Unit]) -> None:
         """Which units compute values from constants and input shapes only."""
         values = set(owner._constants)
@@ -277,7 +313,7 @@ class Plan:
                     values.update(n for n in unit.outputs if n)
                     shapes.update(n for n in unit.outputs if n)
                     continue
-            if op in SHAPE_FROM_SHAPES or op in _FUSED:
+            if op in SHAPE_FROM_SHAPES or op in _FUSED or op.startswith(_CONVOLUTIONS):
                 follows = all(n in shapes for n in names)
             elif op in SHAPE_FROM_VALUES:
                 by_value = SHAPE_FROM_VALUES[op]
@@ -531,6 +567,76 @@ def _gated(gate: _Unit, only_reader):
     if gate.op_type == "Sigmoid":
         return [gate, mul], _fused_unit([gate, mul], F.silu, x, "Silu(fused)")
     return [gate, mul], _fused_unit([gate, mul], F.hardswish, x, "HardSwish(fused)")
+
+
+def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
+    """``act`` as an in-place function of a block of its input (what ``conv.epilogue`` takes),
+    computing what its node computes; None for any other unit."""
+    if act.module is not None or not act.inputs or not act.inputs[0] or len(act.outputs) != 1:
+        return None
+    op = act.op_type
+    if op == "Relu":
+        return _relu_tail
+    if op in ("HardSwish", "HardSwish(fused)"):
+        return functools.partial(_kernel_tail, nn_ops.hardswish_kernel)
+    if op == "Silu(fused)":
+        return functools.partial(_kernel_tail, nn_ops.silu_kernel)
+    if op != "Clip":
+        return None
+    if len(act.inputs) == 1:  # before opset 11 the bounds are attributes, with defaults
+        if not isinstance(act.run, functools.partial):
+            return None
+        defaults = inspect.signature(act.run.func).parameters
+        lo, hi = (act.run.keywords.get(k, defaults[k].default) for k in ("min", "max"))
+    else:
+        bounds = []
+        for name in (*act.inputs[1:3], "")[:2]:
+            value = constant(name) if name else None
+            if name and (value is None or value.size != 1 or value.dtype.kind != "f"):
+                return None  # a bound computed at run time, or one per element
+            bounds.append(None if value is None else value.item())
+        lo, hi = bounds
+    return functools.partial(_clip_tail, lo, hi)
+
+
+def _relu_tail(block: np.ndarray) -> None:
+    np.maximum(block, 0, out=block)  # as ``Relu``
+
+
+def _clip_tail(lo, hi, block: np.ndarray) -> None:
+    if lo is not None or hi is not None:  # as ``Clamp``
+        bounds = (None if b is None else np.asarray(b, dtype=block.dtype) for b in (lo, hi))
+        np.clip(block, *bounds, out=block)
+
+
+def _kernel_tail(kernel: Callable, block: np.ndarray) -> None:
+    """``kernel(out, x)`` (an activation's kernel) in place, through a block-sized temporary."""
+    out = np.empty_like(block)
+    kernel(out, block)
+    np.copyto(block, out)
+
+
+def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
+    """One unit for ``act(conv(x))``: the activation as the convolution's epilogue when nothing
+    needs a gradient and the convolution is the call's last (a BatchNorm that does not fold runs
+    after it); otherwise the two units in turn."""
+    bn = conv.module if isinstance(conv.module, BatchNorm2d) else None
+    layer = conv.folded_modules[0] if bn is not None else conv.module
+    params = [p for m in (layer, bn) if m is not None for p in m.parameters()]
+
+    def run(x, *others):
+        fits = bn is None or foldable(layer, bn, x)
+        if fits and is_grad_enabled():
+            fits = not x.requires_grad and not any(p.requires_grad for p in params)
+        if not fits:
+            return act.run(conv.run(x), *others)
+        with epilogue(tail):
+            return conv.run(x)
+
+    names = (*conv.inputs, *act.inputs[1:])
+    fused = _Unit(run, names, act.outputs, conv.step, f"{conv.op_type}+{act.op_type}", conv.module)
+    fused.folded_modules = (layer, *((bn,) if bn is not None else ()))
+    return fused
 
 
 def _fused_unit(chain: list[_Unit], fast: Callable, x: str, op_type: str) -> _Unit:
