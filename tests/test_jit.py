@@ -61,3 +61,40 @@ def test_depthwise_forward_runs_numpy_when_disabled(monkeypatch):
     monkeypatch.setattr(jit, "ENABLED", False)
     monkeypatch.setattr(depthwise, "_correlate_compiled", _fail)
     assert _depthwise_forward().shape == (2, 3, 6, 5)
+
+
+def _gelu_inputs():
+    r = np.random.default_rng(1)
+    x = (r.standard_normal((3, 17, 5, 7)) * 4).astype(np.float32)
+    x.flat[:10] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-40, -1e-40, 40.0, -40.0, 3.5]
+    return x
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")  # inf * 0 in the chain, as intended
+def test_gelu_compiled_matches_its_numpy_chain(monkeypatch):
+    pytest.importorskip("numba")
+    from finetune.autograd import nn_ops
+
+    x = _gelu_inputs()
+    for layout in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        monkeypatch.setattr(jit, "ENABLED", False)
+        want = nn_ops.gelu_float32(layout)
+        monkeypatch.setattr(jit, "ENABLED", True)
+        monkeypatch.setattr(nn_ops, "_gelu_kernel", _fail)  # the compiled loop must run
+        got = nn_ops.gelu_float32(layout)
+        monkeypatch.undo()
+        # the same float32 operations in the same order: equal to the last ulp or two
+        np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-45)
+        assert got.strides == want.strides  # the input's layout kept
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")
+def test_gelu_of_a_strided_view_takes_the_numpy_chain(monkeypatch):
+    pytest.importorskip("numba")
+    from finetune.autograd import nn_ops
+
+    monkeypatch.setattr(jit, "ENABLED", True)
+    x = _gelu_inputs()[:, ::2]  # gaps in memory: no flat view for the loop
+    got = nn_ops.gelu_float32(x)
+    monkeypatch.setattr(jit, "ENABLED", False)
+    np.testing.assert_array_equal(got, nn_ops.gelu_float32(np.ascontiguousarray(x)))

@@ -38,7 +38,7 @@ from .scratch import scratch
 BLOCK_BYTES = 1 << 18
 
 
-def _flat_in_memory_order(arrays: tuple) -> list | None:
+def flat_in_memory_order(arrays: tuple) -> list | None:
     """1-d views of arrays of one shape and one memory layout without gaps (C order, channels
     last, any order of the axes; the strides of size-1 axes do not count), each element at the
     same index in all; None otherwise."""
@@ -58,7 +58,7 @@ def _flat_in_memory_order(arrays: tuple) -> list | None:
 
 def _in_layout_of(out: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``a`` itself when laid out as ``out``, else a copy of it in ``out``'s layout."""
-    if a.shape == out.shape and _flat_in_memory_order((out, a)) is not None:
+    if a.shape == out.shape and flat_in_memory_order((out, a)) is not None:
         return a
     copy = np.empty_like(out, dtype=a.dtype)
     np.copyto(copy, a)
@@ -83,12 +83,12 @@ def blockwise(kernel: Callable, out: np.ndarray, *inputs: np.ndarray, temps: int
     small = out.size * (1 + len(inputs) + temps) < 2 * MIN_WORK_PER_THREAD and all(
         a.shape == out.shape for a in inputs
     )
-    flat = None if small else _flat_in_memory_order((out, *inputs))
-    if flat is None and not small and _flat_in_memory_order((out,)) is not None:
+    flat = None if small else flat_in_memory_order((out, *inputs))
+    if flat is None and not small and flat_in_memory_order((out,)) is not None:
         # inputs in another layout (a channels-last activation, a row-major gradient): one
         # transposing copy each, where every pass of the chain would read across the layout
         inputs = tuple(_in_layout_of(out, a) for a in inputs)
-        flat = _flat_in_memory_order((out, *inputs))
+        flat = flat_in_memory_order((out, *inputs))
     if flat is None:
         kernel(out, *inputs, *(np.empty(out.shape, out.dtype) for _ in range(temps)))
         return
