@@ -801,3 +801,21 @@ def test_an_imported_op_exports_and_runs_the_same_in_onnxruntime(case):
     expected = run_onnxruntime(model, x)[0]
     np.testing.assert_allclose(run_onnxruntime(written, x)[0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(module(ft.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_of_one_index_is_a_view_with_the_right_values_and_gradient(axis):
+    """A 0-d index selects without copying (the attention blocks' ``qkv[0]``), from any
+    layout; values as numpy's take, gradients by gradcheck."""
+    from finetune.autograd import gradcheck
+    from finetune.autograd.indexing import TakeAxis
+
+    base = np.random.default_rng(3).standard_normal((3, 4, 5))
+    x = base.transpose(2, 0, 1)  # not contiguous
+    index = np.array(2, dtype=np.int64)
+    t = ft.from_numpy(x)
+    got = TakeAxis.apply(t, index, axis=axis % 3).numpy()
+    np.testing.assert_array_equal(got, np.take(x, 2, axis=axis))
+    assert np.shares_memory(got, x)
+    xt = ft.tensor(np.ascontiguousarray(x), requires_grad=True)
+    assert gradcheck(lambda a: TakeAxis.apply(a, index, axis=axis % 3), (xt,))

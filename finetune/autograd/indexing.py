@@ -52,13 +52,17 @@ def scatter_add(shape: tuple, positions: np.ndarray, values: np.ndarray) -> np.n
 
 class TakeAxis(Function):
     """``np.take(x, index, axis)``: ONNX Gather, Compress and Unique's values. ``index`` is
-    already in range and non-negative."""
+    already in range and non-negative. One index (a 0-d ``index``) answers a view, as
+    PyTorch's ``select`` does: the attention blocks' ``qkv[0]``, ``qkv[1]``, ``qkv[2]`` copied
+    a third of the activations each (Swin-T batch 8: 92 of 707 ms)."""
 
     name = "IndexSelectBackward0"
 
     @staticmethod
     def forward(ctx, x, index, axis):
         ctx.shape, ctx.index, ctx.axis = x.shape, index, axis
+        if index.ndim == 0:
+            return x[(slice(None),) * axis + (int(index),)]
         return np.take(x, index, axis=axis)
 
     @staticmethod
