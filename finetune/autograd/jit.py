@@ -4,12 +4,13 @@ A few kernels have no fast numpy formulation. A depthwise convolution is a handf
 multiply-adds per output with nothing for BLAS to do: numpy's ``einsum`` runs it at 2-6 GMAC/s
 and the padded copy it needs costs as much again, where the same loops compiled run at 8-12
 GMAC/s per thread straight from the unpadded input. GELU's float32 erf is a rational function:
-28 numpy passes over each block, one compiled pass (5x). Such a kernel is written as a plain Python
-loop beside its numpy sibling; ``compiled(fn)`` returns it compiled by numba on first use (cached
-on disk, so later processes load it in milliseconds), with the GIL released so that
-``parallel.split`` shares its blocks over threads. Without numba, or with ``FINETUNE_JIT=0`` in
-the environment, ``compiled`` returns None and the caller keeps its numpy path; the tests run
-both.
+28 numpy passes over each block, or one compiled pass (5x faster).
+
+Such a kernel is written as a plain Python loop beside its numpy sibling; ``compiled(fn)`` returns
+it compiled by numba on first use (cached on disk, so later processes load it in milliseconds),
+with the GIL released so that ``parallel.split`` shares its blocks over threads. Without numba, or
+with ``FINETUNE_JIT=0`` in the environment, ``compiled`` returns None and the caller keeps its
+numpy path; the tests run both.
 """
 
 from __future__ import annotations

@@ -229,17 +229,7 @@ class Plan:
 
     def _fuse(self, owner, units: list[_Unit]) -> list[_Unit]:
         """Conv + BatchNorm, GELU, SiLU and HardSwish chains, each become one unit."""
-        produced = {n: u for u in units for n in u.outputs if n}
-        readers: dict[str, list[_Unit]] = {}
-        for unit in units:
-            for name in unit.inputs:
-                if name:
-                    readers.setdefault(name, []).append(unit)
-        outputs = set(self._outputs)
-
-        def only_reader(name: str) -> _Unit | None:
-            found = readers.get(name, ())
-            return found[0] if len(found) == 1 and name not in outputs else None
+        produced, only_reader = _links(units, self._outputs)
 
         def scalar(name: str, want: float, tolerance: float = 0.0) -> bool:
             value = self._constant(owner, produced, name)
@@ -272,13 +262,7 @@ class Plan:
 
     def _fuse_epilogues(self, owner, units: list[_Unit]) -> list[_Unit]:
         """Each activation that alone reads a convolution's output joins it (``_with_epilogue``)."""
-        produced = {n: u for u in units for n in u.outputs if n}
-        read_by: dict[str, list[_Unit]] = {}
-        for unit in units:
-            for name in unit.inputs:
-                if name:
-                    read_by.setdefault(name, []).append(unit)
-        outputs = set(self._outputs)
+        produced, only_reader = _links(units, self._outputs)
         joined: dict[int, _Unit] = {}  # the activation's id: the unit in its place
         for act in units:
             tail = _activation_tail(act, lambda name: self._constant(owner, produced, name))
@@ -287,8 +271,7 @@ class Plan:
                 conv is None
                 or conv.op_type not in _CONVOLUTIONS
                 or len(conv.inputs) != 1
-                or [id(u) for u in read_by.get(conv.outputs[0], ())] != [id(act)]
-                or conv.outputs[0] in outputs
+                or only_reader(conv.outputs[0]) is not act
                 or not isinstance(conv.module, (Conv2d, BatchNorm2d))
             ):
                 continue
@@ -496,6 +479,24 @@ def _describe(value):
     return value
 
 
+def _links(units: list[_Unit], outputs) -> tuple[dict, Callable]:
+    """The unit producing each value, and ``only_reader(name)``: the one unit reading a value
+    that is not a graph output (None if several, or none, read it)."""
+    produced = {n: u for u in units for n in u.outputs if n}
+    readers: dict[str, list[_Unit]] = {}
+    for unit in units:
+        for name in unit.inputs:
+            if name:
+                readers.setdefault(name, []).append(unit)
+    outputs = set(outputs)
+
+    def only_reader(name: str) -> _Unit | None:
+        found = readers.get(name, ())
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    return produced, only_reader
+
+
 class _NoPlan(Exception):
     """The graph gets no plan (the exact walk runs, and reports what is wrong)."""
 
@@ -622,12 +623,14 @@ def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
     after it); otherwise the two units in turn."""
     bn = conv.module if isinstance(conv.module, BatchNorm2d) else None
     layer = conv.folded_modules[0] if bn is not None else conv.module
-    params = [p for m in (layer, bn) if m is not None for p in m.parameters()]
+    modules = (layer,) if bn is None else (layer, bn)
 
     def run(x, *others):
         fits = bn is None or foldable(layer, bn, x)
-        if fits and is_grad_enabled():
-            fits = not x.requires_grad and not any(p.requires_grad for p in params)
+        if fits and is_grad_enabled():  # the parameters as they are now (a user may swap one)
+            fits = not x.requires_grad and not any(
+                p.requires_grad for m in modules for p in m.parameters()
+            )
         if not fits:
             return act.run(conv.run(x), *others)
         with epilogue(tail):
