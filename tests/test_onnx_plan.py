@@ -757,9 +757,10 @@ def test_a_hook_on_a_convolution_with_an_activation_sees_its_own_output():
     assert got.min() >= 0
 
 
-def test_an_unfrozen_convolution_before_an_activation_gets_the_walks_gradients():
+@pytest.mark.parametrize("conv", ["3x3", "3x3+BatchNormalization"])
+def test_an_unfrozen_convolution_before_an_activation_gets_the_walks_gradients(conv):
     rng = np.random.default_rng(33)
-    proto, fused = _conv_activation_model("3x3+BatchNormalization", "Silu(fused)", rng)
+    proto, fused = _conv_activation_model(conv, "Silu(fused)", rng)
     model = ft.onnx.load(proto).double()
     x = rng.standard_normal((2, 3, 7, 6))
     with ft.no_grad():
@@ -776,6 +777,11 @@ def test_an_unfrozen_convolution_before_an_activation_gets_the_walks_gradients()
 
     planned = weight_grad(lambda: model(ft.from_numpy(x)))
     assert model._plan.plan is not None
+    _close(planned, weight_grad(lambda: _exact(model, x)))
+    # a trainable weight swapped in for a frozen one after the plan was built is seen too
+    conv.weight.requires_grad_(False)
+    conv.weight = nn.Parameter(conv.weight.detach() * 2)
+    planned = weight_grad(lambda: model(ft.from_numpy(x)))
     _close(planned, weight_grad(lambda: _exact(model, x)))
 
 
