@@ -22,7 +22,9 @@ im2col path of ``conv.py``.
 
 With numba installed the forward runs compiled instead (``_correlate_compiled``, see ``jit``):
 the same sum over taps as plain loops reading the unpadded channels-last input, 2-4x faster
-and without the padded copy; the gradients keep the numpy kernels.
+and without the padded copy; so does a unit stride's input gradient (the same correlation
+with the kernel turned around). Strided input gradients and the weight gradient keep the numpy
+kernels.
 """
 
 from __future__ import annotations
@@ -296,6 +298,9 @@ class DepthwisePlan:
         kernel), written straight into the phase's pixels of the input gradient."""
         n, c, h, w = self.x_shape
         o, (sh, sw) = self.w_shape[0], self.stride
+        kernel = jit.compiled(_correlate_rows)
+        if kernel is not None and self.stride == (1, 1) and self.multiplier == 1:
+            return self._input_gradient_compiled(kernel, weight, grad)
         axes = [
             _phases(size, k, s, d, lo, out)
             for size, k, s, d, (lo, _), out in zip(
@@ -351,6 +356,20 @@ class DepthwisePlan:
         split(run, n * len(jobs) * blocks, work)
         if self.multiplier > 1:
             gx = gx.reshape(n, h, w, c, self.multiplier).sum(axis=4)
+        return as_nchw(gx)
+
+    def _input_gradient_compiled(self, kernel, weight: np.ndarray, grad: np.ndarray):
+        """A unit stride's input gradient is the output gradient correlated with the kernel
+        turned around, padded by ``(k - 1) d - pad`` on each side: the forward's compiled
+        kernel on ``grad`` (a negative pad just skips more taps)."""
+        n, c, h, w = self.x_shape
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        turned = self._tap_weights(weight)[::-1, ::-1]
+        gx = np.empty((n, h, w, c), dtype=grad.dtype)
+        padding = tuple(
+            ((k - 1) * d - lo, 0) for k, d, (lo, _) in zip((kh, kw), (dh, dw), self.padding)
+        )
+        _correlate_compiled(kernel, grad, turned, None, gx, (1, 1), self.dilation, padding, 1)
         return as_nchw(gx)
 
     def weight_gradient(self, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
