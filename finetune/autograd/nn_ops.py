@@ -416,7 +416,7 @@ def _gelu_loop(x, out, constants) -> None:
     q4, q5, q6 = constants[12], constants[13], constants[14]
     for i in range(x.shape[0]):
         t = x[i] * sqrt_half
-        t = t if t > -saturates else -saturates  # NaN stays NaN, as in np.clip
+        t = t if t > -saturates else -saturates  # (a NaN x gives NaN: the last product)
         t = t if t < saturates else saturates
         s = t * t
         ratio = t / ((((((s * q0 + q1) * s + q2) * s + q3) * s + q4) * s + q5) * s + q6)
