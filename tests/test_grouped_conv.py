@@ -74,7 +74,8 @@ def case_inputs(name, dtype=np.float64, seed=0):
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def kernel(request, monkeypatch):
-    """Every test twice: with the forward compiled by numba (``jit``) and with numpy's."""
+    """Every test twice: with the compiled kernels (``jit``: the forward, a unit stride's input
+    gradient) and with numpy's."""
     if request.param == "compiled":
         pytest.importorskip("numba")
         monkeypatch.setattr(jit, "ENABLED", True)
