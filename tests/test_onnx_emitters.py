@@ -21,6 +21,7 @@ TRAINING_ONLY = {
 }
 NOT_EXPORTED = {
     "_UnaryMath": "the abstract base of the unary math table; each row has its emitter",
+    "_SelfGated": "the abstract base of Silu and HardSwish; each has its emitter",
     "IndexPut": "an in-place assignment through an arbitrary index (ScatterND needs its indices)",
     "Sample": "fractional-point sampling (GridSample, RoiAlign, DeformConv) has no emitter yet",
 }

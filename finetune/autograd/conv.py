@@ -62,11 +62,6 @@ def _take_epilogue() -> Callable | None:
     return fn
 
 
-def apply_in_chunks(out: np.ndarray, fn: Callable[[np.ndarray], None]) -> None:
-    """``fn`` over ``out`` in chunks shared over threads (any layout)."""
-    elementwise(fn, out)
-
-
 def _add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | None) -> None:
     """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows, one chunk of rows
     per thread turn (both on a chunk before the next: the chunk is still in cache). Smaller
@@ -321,7 +316,7 @@ class _ConvPlan:
             np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
             out = self.output(product, bias)
             if epilogue is not None:
-                apply_in_chunks(out, epilogue)
+                elementwise(epilogue, out)  # a pass of its own
             return out
         out = np.empty((x.shape[0], *self.outs, o), dtype=x.dtype)
         rows = out.reshape(-1, o)
@@ -562,9 +557,10 @@ class Convolution(Function):
         elif plan.per_sample:
             out = plan.forward_per_sample(x, weight, bias, kept)
         else:
-            out, fn = plan.forward(x, weight, bias, fn), None
+            out = plan.forward(x, weight, bias, fn)
+            fn = None  # applied in the plan's own output pass
         if fn is not None:
-            apply_in_chunks(out, fn)
+            elementwise(fn, out)
         ctx.plan = plan
         ctx.save_for_backward(
             x if wants_weight and kept is None else None,

@@ -209,8 +209,8 @@ def _correlate_compiled(
     bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
     if stride[1] == 1 and multiplier == 1:
         weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
-    work = out.size * math.prod(weights.shape[:2])
-    step = _rows_per_block(oh, ow * o, n, work // _COMPILED_WORK_RATIO)
+    work = out.size * math.prod(weights.shape[:2]) // _COMPILED_WORK_RATIO
+    step = _rows_per_block(oh, ow * o, n, work)
     blocks = -(-oh // step)
     args = (*stride, *dilation, padding[0][0], padding[1][0], multiplier)
 
@@ -222,7 +222,7 @@ def _correlate_compiled(
         if epilogue is not None:
             epilogue(_rows_of(out, lo, hi, blocks, step))
 
-    split(run, n * blocks, work // _COMPILED_WORK_RATIO)
+    split(run, n * blocks, work)
 
 
 def _phases(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple:

@@ -28,6 +28,12 @@ from .matmul import as_rows
 from .scratch import scratch
 from .special import blockwise, empty_like_dense
 
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """``x`` itself when floating, else as float32 (an activation of integers)."""
+    return x if x.dtype.kind == "f" else x.astype(np.float32)
+
+
 # -- linear ----------------------------------------------------------------------------------------
 
 
@@ -362,7 +368,7 @@ class Gelu(Function):
 
     @staticmethod
     def forward(ctx, x, approximate):
-        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        x = _as_float(x)
         ctx.save_for_backward(x)
         ctx.approximate = approximate
         if approximate == "tanh":
@@ -467,23 +473,28 @@ _INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
 _GELU_CUBIC = 0.044715
 
 
-class Silu(Function):
-    """``x * sigmoid(x)`` (swish) in one pass chain; backward recomputes the sigmoid from the
-    saved input (as PyTorch does) instead of keeping a second activation-sized array."""
+class _SelfGated(Function):
+    """``x * gate(x)`` as one Function: ``kernel(out, x)`` forward and ``backward_kernel(gx,
+    grad, x, temporary)`` backward, each one pass chain over cache-sized blocks; the backward
+    recomputes the gate from the saved input (as PyTorch does) instead of keeping a second
+    activation-sized array."""
 
-    @staticmethod
-    def forward(ctx, x):
-        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+    kernel: staticmethod
+    backward_kernel: staticmethod
+
+    @classmethod
+    def forward(cls, ctx, x):
+        x = _as_float(x)
         out = empty_like_dense(x)
-        blockwise(silu_kernel, out, x)
-        ctx.save_for_backward(x)
+        blockwise(cls.kernel, out, x)
+        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
         return out
 
-    @staticmethod
-    def backward(ctx, grad):
+    @classmethod
+    def backward(cls, ctx, grad):
         (x,) = ctx.saved_tensors
         gx = empty_like_dense(grad, dtype=np.result_type(grad, x))
-        blockwise(_silu_backward_kernel, gx, grad, x, temps=1)
+        blockwise(cls.backward_kernel, gx, grad, x, temps=1)
         return gx
 
 
@@ -502,6 +513,13 @@ def _silu_backward_kernel(gx, grad, x, s) -> None:
     gx *= grad
 
 
+class Silu(_SelfGated):
+    """``x * sigmoid(x)`` (swish)."""
+
+    kernel = staticmethod(silu_kernel)
+    backward_kernel = staticmethod(_silu_backward_kernel)
+
+
 class HardSigmoid(Function):
     """``clamp(alpha x + beta, 0, 1)``: PyTorch's ``hardsigmoid`` with ``alpha = 1/6``,
     ``beta = 1/2``, ONNX's HardSigmoid with any. The gradient, ``alpha`` where the output is
@@ -509,7 +527,7 @@ class HardSigmoid(Function):
 
     @staticmethod
     def forward(ctx, x, *, alpha=1 / 6, beta=0.5):
-        x = x if x.dtype.kind == "f" else x.astype(np.float32)
+        x = _as_float(x)
         out = empty_like_dense(x)
         blockwise(lambda o, a: _hardsigmoid_into(o, a, alpha, beta), out, x)
         ctx.save_for_backward(out if ctx.needs_input_grad[0] else None)
@@ -527,26 +545,6 @@ class HardSigmoid(Function):
             g_ *= alpha
 
         blockwise(kernel, gx, grad, y)
-        return gx
-
-
-class HardSwish(Function):
-    """``x * clamp(x / 6 + 1/2, 0, 1)`` (MobileNetV3) in four passes; the gradient is 0 below
-    -3, ``x / 3 + 1/2`` up to 3 (inclusive at both ends, as PyTorch) and 1 above."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = x if x.dtype.kind == "f" else x.astype(np.float32)
-        out = empty_like_dense(x)
-        blockwise(hardswish_kernel, out, x)
-        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        gx = empty_like_dense(grad, dtype=np.result_type(grad, x))
-        blockwise(_hardswish_backward_kernel, gx, grad, x, temps=1)
         return gx
 
 
@@ -571,6 +569,14 @@ def _hardswish_backward_kernel(gx, grad, x, s) -> None:
     gx *= s <= 3
     gx += x > 3
     gx *= grad
+
+
+class HardSwish(_SelfGated):
+    """``x * clamp(x / 6 + 1/2, 0, 1)`` (MobileNetV3) in four passes; the gradient is 0 below
+    -3, ``x / 3 + 1/2`` up to 3 (inclusive at both ends, as PyTorch) and 1 above."""
+
+    kernel = staticmethod(hardswish_kernel)
+    backward_kernel = staticmethod(_hardswish_backward_kernel)
 
 
 # -- layer norm ------------------------------------------------------------------------------------

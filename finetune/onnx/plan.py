@@ -528,22 +528,20 @@ def _gelu(erf: _Unit, produced: dict, only_reader, scalar):
     x = div.inputs[0]
     if not scalar(div.inputs[1], math.sqrt(2.0), 1e-6) or only_reader(div.outputs[0]) is not erf:
         return None
-    add = only_reader(erf.outputs[0])
-    if not _functional(add, "Add"):
-        return None
-    other = _other(add.inputs, erf.outputs[0])
-    if other is None or not scalar(other, 1.0):
-        return None
-    mul = only_reader(add.outputs[0])
-    if not _functional(mul, "Mul"):
-        return None
-    if _other(mul.inputs, add.outputs[0]) != x:
-        return None
-    half = only_reader(mul.outputs[0])
-    if not _functional(half, "Mul"):
-        return None
-    other = _other(half.inputs, mul.outputs[0])
-    if other is None or not scalar(other, 0.5):
+
+    def then(unit: _Unit | None, op: str, other_is: Callable[[str | None], bool]):
+        """The one ``op`` node reading ``unit``'s output, if its other input passes."""
+        if unit is None:
+            return None
+        reader = only_reader(unit.outputs[0])
+        if not _functional(reader, op):
+            return None
+        return reader if other_is(_other(reader.inputs, unit.outputs[0])) else None
+
+    add = then(erf, "Add", lambda other: other is not None and scalar(other, 1.0))
+    mul = then(add, "Mul", lambda other: other == x)
+    half = then(mul, "Mul", lambda other: other is not None and scalar(other, 0.5))
+    if half is None:
         return None
     chain = [div, erf, add, mul, half]
     return chain, _fused_unit(chain, F.gelu, x, "Gelu(fused)")

@@ -175,14 +175,19 @@ def hard_swish(x: Tensor) -> Tensor:
     return F.hardswish(x)
 
 
+def _emit_self_gated(b, call, outs, op: str, since: int, gate: str, **gate_attributes):
+    """``op(x)`` from opset ``since``, else ``x * gate(x)`` (what PyTorch's exporter writes)."""
+    x = b.operand(call.args[0], call.results[0]._data.dtype)
+    if b.opset >= since:
+        b.node(op, [x], outs)
+        return
+    b.node("Mul", [x, b.node(gate, [x], **gate_attributes)[0]], outs)
+
+
 @emits(Silu)
 def _emit_silu(b, call, outs):
-    """Swish from opset 24, else Sigmoid and Mul (what PyTorch's exporter writes)."""
-    x = b.operand(call.args[0], call.results[0]._data.dtype)
-    if b.opset >= 24:
-        b.node("Swish", [x], outs)
-        return
-    b.node("Mul", [x, b.node("Sigmoid", [x])[0]], outs)
+    """Swish from opset 24, else Sigmoid and Mul."""
+    _emit_self_gated(b, call, outs, "Swish", 24, "Sigmoid")
 
 
 @emits(HardSigmoid)
@@ -195,12 +200,7 @@ def _emit_hard_sigmoid(b, call, outs):
 @emits(HardSwish)
 def _emit_hard_swish(b, call, outs):
     """HardSwish from opset 14, else ``x * HardSigmoid(x)`` with PyTorch's 1/6 and 1/2."""
-    x = b.operand(call.args[0], call.results[0]._data.dtype)
-    if b.opset >= 14:
-        b.node("HardSwish", [x], outs)
-        return
-    gate = b.node("HardSigmoid", [x], alpha=1 / 6, beta=0.5)[0]
-    b.node("Mul", [x, gate], outs)
+    _emit_self_gated(b, call, outs, "HardSwish", 14, "HardSigmoid", alpha=1 / 6, beta=0.5)
 
 
 @register("ThresholdedRelu", 10, 22)
