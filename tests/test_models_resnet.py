@@ -40,6 +40,33 @@ def test_parameter_count_matches_torchvision(model):
     assert sum(p.numel() for p in resnet18(num_classes=10).parameters()) == 11_181_642
 
 
+def _resnet18_parameters(width: int, classes: int) -> int:
+    """Counted from the layout: a 7x7 stem, two 3x3 convolutions per block, a 1x1 projection
+    where a stage starts with stride 2, a BatchNorm (weight, bias) after each, a linear head."""
+    count = 3 * width * 49 + 2 * width
+    inplanes = width
+    for planes in (width, 2 * width, 4 * width, 8 * width):
+        for block in range(2):
+            count += 9 * inplanes * planes + 9 * planes * planes + 4 * planes
+            if block == 0 and planes != inplanes:
+                count += inplanes * planes + 2 * planes
+            inplanes = planes
+    return count + (inplanes + 1) * classes
+
+
+@pytest.mark.parametrize("width", [16, 24])
+def test_narrow_resnet18_scales_every_stage(width):
+    assert _resnet18_parameters(64, 1000) == 11_689_512  # the count itself checked
+    net = ft.models.ResNet(BasicBlock, [2, 2, 2, 2], num_classes=12, width=width)
+    assert net.conv1.out_channels == net.bn1.num_features == width
+    widths = [getattr(net, f"layer{i}")[1].conv2.out_channels for i in range(1, 5)]
+    assert widths == [width, 2 * width, 4 * width, 8 * width]
+    assert net.fc.in_features == 8 * width and net.fc.out_features == 12
+    assert sum(p.numel() for p in net.parameters()) == _resnet18_parameters(width, 12)
+    with ft.no_grad():
+        assert net.eval()(ft.zeros(2, 3, 64, 64)).shape == (2, 12)
+
+
 def test_blocks_and_downsample_where_torchvision_has_them(model):
     for stage, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
         layer = getattr(model, f"layer{stage}")
