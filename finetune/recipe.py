@@ -93,7 +93,10 @@ def load_backbone(model: str, progress: bool = True, log: Callable | None = prin
         if "finetune.onnx.load" not in str(err):
             raise
     if log:
-        log(f"{path.name} is not a ResNet-18; importing it as a generic ONNX graph")
+        log(
+            f"{path.name} is not torchvision's ResNet-18 layout; importing it as a generic "
+            "ONNX graph"
+        )
     net = convert(proto, label)
     for param in net.parameters():
         param.requires_grad = False
