@@ -11,10 +11,11 @@ images, 1500 steps of 32 images with AdamW and a one-cycle schedule. The full-wi
 learns too slowly from scratch to be useful in minutes (in PyTorch too: ~0.45 val_acc after 600
 steps). At these sizes one process with two threads is no faster than with one (119 and 112 ms
 for a step of 32 images here), while two one-thread processes take 50 ms for 16 images each at
-the same time; so each step is data-parallel over processes, one thread each: every process draws and trains its slice of
-the batch, the first averages the gradients and takes the optimizer step, and the others load
-the new weights from shared memory (BatchNorm normalises each slice with its own statistics and
-keeps the first process's running statistics, like PyTorch's DistributedDataParallel).
+the same time; so each step is data-parallel over processes, one thread each: every process
+draws and trains its slice of the batch, the first averages the gradients and takes the
+optimizer step, and the others load the new weights from shared memory (BatchNorm normalises
+each slice with its own statistics and keeps the first process's running statistics, like
+PyTorch's DistributedDataParallel).
 
 The file is cached in ``models/`` under a name that records how it was made; a second run
 reuses it.
@@ -43,6 +44,16 @@ class PretextConfig:
     textured: float = 0.0  # chance of a striped, checked or graded fill (slower to learn)
     seed: int = 0
     processes: int = 2  # each takes 1/processes of every batch, on one thread
+
+    def __post_init__(self) -> None:
+        for name in ("width", "image_size", "steps", "batch_size", "processes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretext {name} must be at least 1, got {getattr(self, name)}")
+        if self.processes > self.batch_size:
+            raise ValueError(
+                f"{self.processes} pretext processes need batches of at least as many images, "
+                f"not {self.batch_size}"
+            )
 
     def file_name(self) -> str:
         return (

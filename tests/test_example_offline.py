@@ -67,6 +67,15 @@ def test_pretext_set_refuses_bad_sizes():
 TINY = dict(width=4, image_size=32, steps=2, batch_size=6, seed=0)
 
 
+def test_pretext_config_refuses_what_cannot_train():
+    backbone = _example("pretext_backbone")
+    with pytest.raises(ValueError, match="pretext steps must be at least 1, got 0"):
+        backbone.PretextConfig(steps=0)
+    with pytest.raises(ValueError, match="3 pretext processes need batches of at least"):
+        backbone.PretextConfig(batch_size=2, processes=3)
+    assert backbone._slices(backbone.PretextConfig(batch_size=7, processes=2)) == [(0, 4), (4, 7)]
+
+
 def test_data_parallel_step_is_the_average_of_the_slices_steps():
     """Two processes, two steps: the weights and BatchNorm statistics are those of one process
     running each slice in turn, averaging the gradients and stepping AdamW on the schedule."""
