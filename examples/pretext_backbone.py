@@ -100,13 +100,11 @@ class _Replica:
 
     def gradients(self, step: int) -> tuple[float, int]:
         """Fill every parameter's ``.grad`` for ``step``'s slice; its mean loss and hits."""
-        import finetune as ft
+        from finetune.data import default_collate
 
         lo, hi = self.part
         first = step * self.config.batch_size
-        samples = [self.images[first + i] for i in range(lo, hi)]
-        x = ft.stack([image for image, _ in samples])
-        y = ft.tensor([label for _, label in samples])
+        x, y = default_collate([self.images[first + i] for i in range(lo, hi)])
         for p in self.params:
             p.grad = None
         logits = self.net(x)
@@ -209,12 +207,12 @@ def train_pretext(config: PretextConfig, log=print):
         )
         window_loss = window_hits = late_hits = late_seen = 0
         every, late = max(1, config.steps // 10), config.steps - max(1, config.steps // 10)
+        count = np.float32(first[1] - first[0])
         t0 = time.perf_counter()
         for step in range(config.steps):
             for helper in helpers:
                 helper.start(step)
             loss, hits = replica.gradients(step)
-            count = np.float32(first[1] - first[0])
             loss *= float(count)
             for p in params:  # the batch's mean: each slice's mean weighted by its size
                 p.grad.numpy()[...] *= count

@@ -33,8 +33,13 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
             pts.append((rad * math.cos(a), rad * math.sin(a)))
     else:
         raise ValueError(f"unknown shape {kind!r}")
+    return place(pts, cx, cy, r, angle)
+
+
+def place(points, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Unit-radius ``points`` turned by ``angle``, scaled by ``r`` and centred on ``(cx, cy)``."""
     c, s = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
 
 
 def _class_colour(hue: float, rng: np.random.Generator) -> np.ndarray:
@@ -76,9 +81,17 @@ def draw_shape(
 MIN_SIZE = 8
 
 
-def _check_count(name: str, value) -> None:
+def check_count(name: str, value) -> None:
+    """A positive whole number, or a ``DataError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise DataError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_size(size) -> None:
+    """An image side large enough for a shape to be told apart, or a ``DataError``."""
+    check_count("size", size)
+    if size < MIN_SIZE:
+        raise DataError(f"size must be at least {MIN_SIZE} pixels for a visible shape, got {size}")
 
 
 def make_shapes(
@@ -96,12 +109,10 @@ def make_shapes(
     gives each class its own hue on grey backgrounds: an easy variant that small networks learn
     in seconds, for quick end-to-end checks.
     """
-    _check_count("n_per_class", n_per_class)
-    _check_count("size", size)
-    if size < MIN_SIZE:
-        raise DataError(f"size must be at least {MIN_SIZE} pixels for a visible shape, got {size}")
+    check_count("n_per_class", n_per_class)
+    check_size(size)
     if val_per_class is not None:
-        _check_count("val_per_class", val_per_class)
+        check_count("val_per_class", val_per_class)
     if len(set(classes)) < 2 or len(set(classes)) != len(classes):
         raise DataError(
             f"classes must be at least two different shapes, got {', '.join(classes) or 'none'}"

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import DataError
-from .demo import MIN_SIZE, SHAPES
+from .demo import SHAPES, check_count, check_size, place
 from .loader import Dataset
 
 PRETEXT_SHAPES = (
@@ -77,11 +77,6 @@ def _outline(kind: str) -> list[tuple[float, float]]:
     raise DataError(f"unknown pretext shape {kind!r}; the pretext shapes are {PRETEXT_SHAPES}")
 
 
-def _place(points, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
-
-
 def _mask(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
     """The shape as a white-on-black mask, at a random place, size and angle."""
     mask = Image.new("L", (size, size), 0)
@@ -100,7 +95,7 @@ def _mask(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
         box = (cx + ox - inner, cy + oy - inner, cx + ox + inner, cy + oy + inner)
         draw.ellipse(box, fill=0)
     else:
-        draw.polygon(_place(_outline(kind), cx, cy, r, angle), fill=255)
+        draw.polygon(place(_outline(kind), cx, cy, r, angle), fill=255)
     return mask
 
 
@@ -158,10 +153,8 @@ class PretextShapes(Dataset):
         transform=None,
         textured: float = 0.0,
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise DataError(f"n must be a positive integer, got {n!r}")
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-            raise DataError(f"size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
+        check_count("n", n)
+        check_size(size)
         if not 0 <= textured <= 1:
             raise DataError(f"textured must be a probability in [0, 1], got {textured!r}")
         self.n, self.size, self.seed, self.transform = int(n), int(size), int(seed), transform
