@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..parallel import elementwise, split
 from ..tensor import Tensor
-from . import depthwise, pool, winograd
+from . import depthwise, piecewise, pool, winograd
 from .function import Function
 from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last, pixels_by_channel
 from .scratch import scratch
@@ -63,15 +63,18 @@ def _take_epilogue() -> Callable | None:
 
 
 def _add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | None) -> None:
-    """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows, one chunk of rows
-    per thread turn (both on a chunk before the next: the chunk is still in cache). Smaller
-    blocks were slower: numpy's ~2-5 us a call outweighed what the cache saved."""
+    """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows: one compiled pass
+    for a piecewise-linear ``fn`` (``piecewise``), else one chunk of rows per thread turn (both
+    on a chunk before the next: the chunk is still in cache). Smaller blocks were slower:
+    numpy's ~2-5 us a call outweighed what the cache saved."""
     if bias is None and fn is None:
         return
+    if (fn is None or isinstance(fn, piecewise.Activation)) and piecewise.bias_rows(rows, bias, fn):
+        return  # one compiled pass
 
     def chunk(lo: int, hi: int) -> None:
         block = rows[lo:hi]
-        if bias is not None:
+        if bias is not None and not piecewise.bias_rows(block, bias, None):
             np.add(block, bias, out=block)
         if fn is not None:
             fn(block)

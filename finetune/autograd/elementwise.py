@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import memory_format as memory_formats
-from ..parallel import elementwise
-from . import special
+from . import piecewise, special
 from .broadcast import (
     _as_array,
     _binary_operands,
@@ -169,7 +168,7 @@ class Relu(Function):
     @staticmethod
     def forward(ctx, x):
         out = np.empty_like(x)  # in x's layout (channels last stays channels last)
-        elementwise(lambda o, a: np.maximum(a, 0, out=o), out, x)
+        piecewise.relu().into(out, x)
         ctx.save_for_backward(out)
         return out
 
@@ -177,7 +176,7 @@ class Relu(Function):
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         gx = np.empty_like(grad)
-        elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
+        piecewise.relu_backward(gx, grad, out)
         return gx
 
 
@@ -235,6 +234,8 @@ class Clamp(Function):
         out = empty_like_dense(x)
         if lo is None and hi is None:
             np.copyto(out, x)
+        elif (lo is None or lo.ndim == 0) and (hi is None or hi.ndim == 0):
+            piecewise.clip(*(None if b is None else b.item() for b in (lo, hi))).into(out, x)
         else:
             blockwise(lambda o, a: np.clip(a, lo, hi, out=o), out, x)
         return out

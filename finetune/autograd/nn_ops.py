@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..parallel import split
-from . import jit, special
+from . import jit, piecewise, special
 from .elementwise import sigmoid_into
 from .function import Function
 from .indexing import index_add
@@ -481,12 +481,16 @@ class _SelfGated(Function):
 
     kernel: staticmethod
     backward_kernel: staticmethod
+    activation: piecewise.Activation | None = None  # computes ``kernel``'s values in one pass
 
     @classmethod
     def forward(cls, ctx, x):
         x = _as_float(x)
         out = empty_like_dense(x)
-        blockwise(cls.kernel, out, x)
+        if cls.activation is not None:
+            cls.activation.into(out, x)
+        else:
+            blockwise(cls.kernel, out, x)
         ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
         return out
 
@@ -577,6 +581,7 @@ class HardSwish(_SelfGated):
 
     kernel = staticmethod(hardswish_kernel)
     backward_kernel = staticmethod(_hardswish_backward_kernel)
+    activation = piecewise.hardswish()
 
 
 # -- layer norm ------------------------------------------------------------------------------------

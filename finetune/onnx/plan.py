@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..autograd import nn_ops
+from ..autograd import nn_ops, piecewise
 from ..autograd.conv import epilogue
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
@@ -575,9 +575,9 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
         return None
     op = act.op_type
     if op == "Relu":
-        return _relu_tail
+        return piecewise.relu()
     if op in ("HardSwish", "HardSwish(fused)"):
-        return functools.partial(_kernel_tail, nn_ops.hardswish_kernel)
+        return piecewise.hardswish()
     if op == "Silu(fused)":
         return functools.partial(_kernel_tail, nn_ops.silu_kernel)
     if op != "Clip":
@@ -595,17 +595,7 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
                 return None  # a bound computed at run time, or one per element
             bounds.append(None if value is None else value.item())
         lo, hi = bounds
-    return functools.partial(_clip_tail, lo, hi)
-
-
-def _relu_tail(block: np.ndarray) -> None:
-    np.maximum(block, 0, out=block)  # as ``Relu``
-
-
-def _clip_tail(lo, hi, block: np.ndarray) -> None:
-    if lo is not None or hi is not None:  # as ``Clamp``
-        bounds = (None if b is None else np.asarray(b, dtype=block.dtype) for b in (lo, hi))
-        np.clip(block, *bounds, out=block)
+    return piecewise.clip(lo, hi)
 
 
 def _kernel_tail(kernel: Callable, block: np.ndarray) -> None:
