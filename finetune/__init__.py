@@ -7,8 +7,7 @@ from __future__ import annotations
 
 # first: it sets OpenBLAS's thread timeout, which only counts before numpy loads OpenBLAS
 from .parallel import get_num_threads, set_num_threads  # isort: skip
-
-from . import dtypes
+from . import allocator, dtypes  # allocator: freed memory kept for reuse (see allocator.py)
 from ._printing import set_printoptions
 from .autograd import (
     enable_grad,
