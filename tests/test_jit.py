@@ -98,3 +98,43 @@ def test_gelu_of_a_strided_view_takes_the_numpy_chain(monkeypatch):
     got = nn_ops.gelu_float32(x)
     monkeypatch.setattr(jit, "ENABLED", False)
     np.testing.assert_array_equal(got, nn_ops.gelu_float32(np.ascontiguousarray(x)))
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_silu_epilogue_with_bias_matches_the_numpy_chain(bias, dtype, monkeypatch):
+    pytest.importorskip("numba")
+    from finetune.autograd import nn_ops
+
+    monkeypatch.setattr(jit, "ENABLED", True)
+    r = np.random.default_rng(4)
+    rows = (r.standard_normal((3000, 24)) * 8).astype(dtype)  # several blocks, both threads
+    rows.flat[:6] = [np.inf, -np.inf, np.nan, 0.0, -100.0, 100.0]
+    b = r.standard_normal(24).astype(dtype) if bias else None
+    x = rows + b if bias else rows.copy()
+    want = np.empty_like(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        nn_ops.silu_kernel(want, x)  # the numpy chain the plan ran before
+    got = rows.copy()
+    assert nn_ops.SiluEpilogue().with_bias(got, b)
+    np.testing.assert_array_equal(got, want)  # the same operations in the same order
+    # and the formula itself, in float64
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = x64 / (1 + np.exp(-x64))
+    finite = np.isfinite(x)
+    np.testing.assert_allclose(got[finite], exact[finite], rtol=1e-6, atol=1e-30)
+
+
+def test_silu_epilogue_declines_what_it_cannot_do(monkeypatch):
+    from finetune.autograd import nn_ops
+
+    rows = np.ones((6, 4), np.float32)
+    monkeypatch.setattr(jit, "ENABLED", False)
+    assert not nn_ops.SiluEpilogue().with_bias(rows, None)
+    pytest.importorskip("numba")
+    monkeypatch.setattr(jit, "ENABLED", True)
+    assert not nn_ops.SiluEpilogue().with_bias(rows[:, ::2], None)
+    assert not nn_ops.SiluEpilogue().with_bias(np.ones((6, 4), np.float16), None)
+    np.testing.assert_array_equal(rows, 1)

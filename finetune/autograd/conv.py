@@ -63,14 +63,17 @@ def _take_epilogue() -> Callable | None:
 
 
 def _add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | None) -> None:
-    """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows: one compiled pass
-    for a piecewise-linear ``fn`` (``piecewise``), else one chunk of rows per thread turn (both
-    on a chunk before the next: the chunk is still in cache). Smaller blocks were slower:
-    numpy's ~2-5 us a call outweighed what the cache saved."""
+    """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows: by ``fn.with_bias``
+    when the epilogue has one (``piecewise.Activation``: one compiled pass), else one chunk of
+    rows per thread turn (both on a chunk before the next: the chunk is still in cache). Smaller
+    blocks were slower: numpy's ~2-5 us a call outweighed what the cache saved."""
     if bias is None and fn is None:
         return
-    if (fn is None or isinstance(fn, piecewise.Activation)) and piecewise.bias_rows(rows, bias, fn):
-        return  # one compiled pass
+    if fn is None:
+        if piecewise.bias_rows(rows, bias, None):
+            return  # one compiled pass
+    elif hasattr(fn, "with_bias") and fn.with_bias(rows, bias):
+        return  # the epilogue's own pass (or passes) with the bias
 
     def chunk(lo: int, hi: int) -> None:
         block = rows[lo:hi]

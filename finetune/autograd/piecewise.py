@@ -49,6 +49,11 @@ class Activation:
     def __call__(self, block: np.ndarray) -> None:
         self.into(block, block)
 
+    def with_bias(self, rows: np.ndarray, bias: np.ndarray | None) -> bool:
+        """``bias_rows(rows, bias, self)``: what a convolution's epilogue offers to do with
+        the bias in the same pass."""
+        return bias_rows(rows, bias, self)
+
     def into(self, out: np.ndarray, x: np.ndarray) -> None:
         """``out = activation(x)``, arrays of one shape and layout (``out`` may be ``x``)."""
         kernel = jit.compiled(_activate)

@@ -579,7 +579,7 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
     if op in ("HardSwish", "HardSwish(fused)"):
         return piecewise.hardswish()
     if op == "Silu(fused)":
-        return functools.partial(_kernel_tail, nn_ops.silu_kernel)
+        return nn_ops.SiluEpilogue()
     if op != "Clip":
         return None
     if len(act.inputs) == 1:  # before opset 11 the bounds are attributes, with defaults
@@ -596,13 +596,6 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
             bounds.append(None if value is None else value.item())
         lo, hi = bounds
     return piecewise.clip(lo, hi)
-
-
-def _kernel_tail(kernel: Callable, block: np.ndarray) -> None:
-    """``kernel(out, x)`` (an activation's kernel) in place, through a block-sized temporary."""
-    out = np.empty_like(block)
-    kernel(out, block)
-    np.copyto(block, out)
 
 
 def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
