@@ -138,3 +138,32 @@ def test_silu_epilogue_declines_what_it_cannot_do(monkeypatch):
     assert not nn_ops.SiluEpilogue().with_bias(rows[:, ::2], None)
     assert not nn_ops.SiluEpilogue().with_bias(np.ones((6, 4), np.float16), None)
     np.testing.assert_array_equal(rows, 1)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value", "ignore:overflow")
+def test_gelu_backward_compiled_matches_its_numpy_chain(monkeypatch):
+    pytest.importorskip("numba")
+    from finetune.autograd import nn_ops
+
+    x = _gelu_inputs()
+    grad = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    for layout in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        g = np.empty_like(layout)
+        np.copyto(g, grad)
+        monkeypatch.setattr(jit, "ENABLED", False)
+        want = nn_ops._gelu_backward_float32(g, layout)
+        monkeypatch.setattr(jit, "ENABLED", True)
+        monkeypatch.setattr(nn_ops, "_gelu_backward_kernel", _fail)  # the compiled passes
+        got = nn_ops._gelu_backward_float32(g, layout)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got, want)  # the same operations in the same order
+        assert got.strides == want.strides
+    # and the derivative itself, in float64, away from the saturated tails
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        import math
+
+        phi = 0.5 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+        exact = grad * (phi + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi))
+    finite = np.isfinite(x) & (np.abs(x) < 20)
+    np.testing.assert_allclose(got[finite], exact[finite], rtol=2e-5, atol=1e-6)

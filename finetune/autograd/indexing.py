@@ -68,6 +68,10 @@ class TakeAxis(Function):
     @staticmethod
     def backward(ctx, grad):
         shape, index, axis = ctx.shape, ctx.index, ctx.axis
+        if index.ndim == 0:  # a select: the gradient is the slice, zeros elsewhere (no sort)
+            gx = np.zeros(shape, dtype=grad.dtype)
+            gx[(slice(None),) * axis + (int(index),)] = grad
+            return gx, None
         # pre idx... post -> pre k post, summed into pre n post
         pre, post = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1 :]))
         n = shape[axis]

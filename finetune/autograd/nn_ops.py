@@ -387,9 +387,7 @@ class Gelu(Function):
             d_inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
             slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
         elif x.dtype == np.float32 and grad.dtype == np.float32:
-            gx = empty_like_dense(grad)
-            blockwise(_gelu_backward_kernel, gx, grad, x, temps=2)
-            return gx
+            return _gelu_backward_float32(grad, x)
         else:
             cdf = 0.5 * (1 + special.erf(x * _SQRT_HALF))
             slope = cdf + x * np.exp(-0.5 * x * x) * _INV_SQRT_2PI
@@ -432,6 +430,63 @@ def _gelu_loop(x, out, constants) -> None:
         out[i] = (e + half) * x[i]
 
 
+def _gelu_backward_float32(grad: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``_gelu_backward_kernel``'s values in ``grad``'s layout. Compiled when ``jit`` can: per
+    block of ``BLOCK_BYTES`` one pass computes ``Phi(x)`` (as ``_gelu_loop``) and writes
+    ``-x^2 / 2`` aside, numpy's SIMD exp runs on that (numba's exp is scalar), one pass
+    combines; the same float32 operations in the same order as the numpy chain (35 passes)."""
+    gx = empty_like_dense(grad)
+    first, second = jit.compiled(_gelu_slope_first), jit.compiled(_gelu_slope_second)
+    flat = None
+    if first is not None and second is not None:
+        flat = special.flat_in_memory_order((gx, grad, x))
+    if flat is None:
+        blockwise(_gelu_backward_kernel, gx, grad, x, temps=2)
+        return gx
+    g_, g, a = flat
+    block = special.BLOCK_BYTES // a.itemsize
+
+    def run(lo: int, hi: int) -> None:
+        t = scratch("gelu", (min(block, hi - lo),), a.dtype)
+        for start in range(lo, hi, block):
+            stop = min(start + block, hi)
+            e = t[: stop - start]
+            first(a[start:stop], g_[start:stop], e, _GELU_CONSTANTS)
+            np.exp(e, out=e)
+            second(a[start:stop], g[start:stop], g_[start:stop], e, _GELU_CONSTANTS)
+
+    split(run, a.size, 3 * a.size // piecewise.WORK_RATIO)
+    return gx
+
+
+def _gelu_slope_first(x, cdf, e, constants) -> None:
+    """``cdf = Phi(x)`` (``_gelu_loop``'s erf), ``e = -x^2 / 2`` (compiled by ``jit``)."""
+    sqrt_half, saturates, half = constants[0], constants[1], constants[2]
+    p0, p1, p2, p3, p4 = constants[3], constants[4], constants[5], constants[6], constants[7]
+    q0, q1, q2, q3 = constants[8], constants[9], constants[10], constants[11]
+    q4, q5, q6 = constants[12], constants[13], constants[14]
+    for i in range(x.shape[0]):
+        v = x[i]
+        t = v * sqrt_half
+        t = t if t > -saturates else -saturates
+        t = t if t < saturates else saturates
+        s = t * t
+        ratio = t / ((((((s * q0 + q1) * s + q2) * s + q3) * s + q4) * s + q5) * s + q6)
+        h = ((((s * p0 + p1) * s + p2) * s + p3) * s + p4) * ratio
+        h = h if h > -half else -half
+        h = h if h < half else half
+        cdf[i] = h + half
+        e[i] = (v * v) * -half
+
+
+def _gelu_slope_second(x, grad, gx, e, constants) -> None:
+    """``gx = (gx + e x / sqrt(2 pi)) grad``, ``gx`` holding ``Phi(x)`` and ``e`` ``exp(-x^2 /
+    2)`` (compiled by ``jit``)."""
+    inv_sqrt_2pi = constants[15]
+    for i in range(x.shape[0]):
+        gx[i] = (gx[i] + (e[i] * x[i]) * inv_sqrt_2pi) * grad[i]
+
+
 def _half_erf_of_scaled(out, x, s, q) -> None:
     """``out = erf(x / sqrt 2) / 2``."""
     np.multiply(x, np.float32(_SQRT_HALF), out=out)
@@ -460,16 +515,18 @@ def _gelu_backward_kernel(gx, grad, x, s, q) -> None:
 
 
 _SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
 # _gelu_loop's constants, each rounded to float32 as _gelu_kernel rounds it: sqrt(1/2), erf's
-# saturation point, 1/2, erf's numerator halved (highest power first), its denominator
+# saturation point, 1/2, erf's numerator halved (highest power first), its denominator; then
+# the backward's 1/sqrt(2 pi)
 _GELU_CONSTANTS = np.array(
     [_SQRT_HALF, special._ERF_SATURATES, 0.5]
     + [c * 0.5 for c in special._ERF_P]
-    + list(special._ERF_Q),
+    + list(special._ERF_Q)
+    + [_INV_SQRT_2PI],
     dtype=np.float32,
 )
 _SQRT_2_OVER_PI = float(np.sqrt(2 / np.pi))
-_INV_SQRT_2PI = float(1 / np.sqrt(2 * np.pi))
 _GELU_CUBIC = 0.044715
 
 
