@@ -151,3 +151,43 @@ def test_functions_on_these_kernels_pass_gradcheck(fn, path):
         x[np.abs(x - kink) < 0.05] += 0.1
     t = ft.tensor(x, dtype=ft.float64, requires_grad=True)
     assert gradcheck(fn, (t,))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_affine_rows_is_numpys_scale_then_shift(relu, monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.setattr(jit, "ENABLED", True)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((500, 40)) * 3).astype(np.float32)
+    x.flat[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    scale, shift = rng.standard_normal((2, 40)).astype(np.float32)
+    want = x * scale + shift
+    if relu:
+        want = np.where(want <= 0, np.float32(0), want)
+    out = np.empty_like(x)
+    assert piecewise.affine_rows(out, x, scale, shift, relu)
+    np.testing.assert_array_equal(out, want)
+    assert not piecewise.affine_rows(out[:, ::2], x[:, ::2], scale[:20], shift[:20])  # gaps
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_eval_batchnorm_of_a_channels_last_input(path):
+    """Per channel ``(x - mean) / sqrt(var + eps) * weight + bias``, layout kept, on the
+    compiled rows or numpy's flat rows."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    bn = ft.nn.BatchNorm2d(6).eval()
+    with ft.no_grad():
+        bn.running_mean.copy_(ft.tensor(rng.standard_normal(6).astype(np.float32)))
+        bn.running_var.copy_(ft.tensor(rng.uniform(0.5, 2, 6).astype(np.float32)))
+        bn.weight.copy_(ft.tensor(rng.standard_normal(6).astype(np.float32)))
+        bn.bias.copy_(ft.tensor(rng.standard_normal(6).astype(np.float32)))
+        got = bn(ft.from_numpy(last)).numpy()
+    stats = [t.numpy().astype(np.float64) for t in (bn.running_mean, bn.running_var)]
+    affine = [t.detach().numpy().astype(np.float64) for t in (bn.weight, bn.bias)]
+    view = (1, -1, 1, 1)
+    want = (x - stats[0].reshape(view)) / np.sqrt(stats[1].reshape(view) + 1e-5)
+    want = want * affine[0].reshape(view) + affine[1].reshape(view)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous  # still channels last

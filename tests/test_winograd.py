@@ -88,7 +88,10 @@ def test_which_convolutions_take_winograd():
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), stride=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), dilation=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 32, 3, 3), groups=2) is None
-    assert tile((8, 32, 56, 56), (64, 32, 3, 3)) is None  # too few channels to pay
+    assert tile((8, 16, 56, 56), (64, 16, 3, 3)) is None  # too few channels to pay
+    assert tile((8, 32, 56, 56), (128, 32, 3, 3)) is None  # an output over twice the input
+    assert tile((8, 128, 56, 56), (32, 128, 3, 3)) == 4  # DenseNet's growth layers pay
+    assert tile((8, 32, 28, 28), (16, 32, 3, 3)) == 4
     assert tile((8, 64, 56, 56), (64, 64, 1, 1), pads=((0, 0), (0, 0))) is None
     assert tile((8, 64, 56, 56), (64, 64, 5, 5)) is None
     assert tile((8, 64, 2, 2), (64, 64, 3, 3)) is None  # outputs too small to tile

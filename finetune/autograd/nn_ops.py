@@ -334,13 +334,14 @@ class BatchNormEval(Function):
         invstd = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
         scale = invstd if weight is None else weight * invstd
         shift = -running_mean * scale if bias is None else bias - running_mean * scale
-        out = np.empty_like(x)
+        out = np.empty_like(x)  # x's layout
+        if not _affine_channels_last(out, x, scale, shift):
 
-        def block(lo: int, hi: int) -> None:
-            np.multiply(x[:, lo:hi], scale[lo:hi].reshape(view), out=out[:, lo:hi])
-            out[:, lo:hi] += shift[lo:hi].reshape(view)
+            def block(lo: int, hi: int) -> None:
+                np.multiply(x[:, lo:hi], scale[lo:hi].reshape(view), out=out[:, lo:hi])
+                out[:, lo:hi] += shift[lo:hi].reshape(view)
 
-        split(block, x.shape[1], 2 * x.size)
+            split(block, x.shape[1], 2 * x.size)
         needs = ctx.needs_input_grad
         x_hat = (x - running_mean.reshape(view)) * invstd.reshape(view) if needs[1] else None
         ctx.save_for_backward(x_hat, scale if needs[0] else None)
@@ -355,6 +356,29 @@ class BatchNormEval(Function):
         gw = (grad * x_hat).sum(axis=axes) if needs[1] else None
         gb = grad.sum(axis=axes) if needs[2] else None
         return gx, gw, gb, None, None
+
+
+def _affine_channels_last(out, x, scale, shift) -> bool:
+    """``out = x * scale + shift`` per channel for a channels-last 4-d ``x`` (``out`` alike),
+    over rows of pixels: one compiled pass (``piecewise.affine_rows``), else numpy over flat
+    ``(n h) (w c)`` rows with the scale and shift repeated along them. Slicing channels of such
+    an array, as the row-major path does, leaves a few strided channels per inner loop: 7-21 ms
+    against ~1 ms for DenseNet's BatchNorms at 56x56, batch 8. False for other layouts."""
+    if x.ndim != 4 or x.flags.c_contiguous or not is_channels_last(x):
+        return False
+    c, w = x.shape[1], x.shape[3]
+    rows, target = pixel_rows(x), pixel_rows(out)
+    if piecewise.affine_rows(target.reshape(-1, c), rows.reshape(-1, c), scale, shift):
+        return True
+    rows, target = rows.reshape(len(rows), -1), target.reshape(len(target), -1)
+    s, b = along_row(scale, w), along_row(shift, w)
+
+    def block(lo: int, hi: int) -> None:
+        np.multiply(rows[lo:hi], s, out=target[lo:hi])
+        target[lo:hi] += b
+
+    split(block, len(rows), 2 * x.size)
+    return True
 
 
 # -- activations with a parameter ------------------------------------------------------------------
