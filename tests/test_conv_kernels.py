@@ -364,3 +364,27 @@ def test_conv_saves_only_what_backward_needs():
     assert saved_x is None and saved_w is not None
     saved_x, saved_w = kernels.conv(const(x), leaf(w), None, **opts).grad_fn.saved_tensors
     assert saved_x is not None and saved_w is None
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("name", [n for n in POOL_CASES if n.startswith("2d")])
+def test_avg_pool_of_a_channels_last_input(name, count_include_pad):
+    """Pooled in its own layout (the output channels last too), with the direct loop's values;
+    its gradient by gradcheck on a channels-last leaf."""
+    shape, kernel, stride, pads, _, ceil = POOL_CASES[name]
+    r = np.random.default_rng(3)
+    x = np.ascontiguousarray(r.standard_normal((shape[0], 3, *shape[2:])).transpose(0, 2, 3, 1))
+    x = x.transpose(0, 3, 1, 2)  # n c h w values, n h w c memory, three channels
+    opts = dict(
+        kernel_size=kernel,
+        stride=stride,
+        padding=pads,
+        ceil_mode=ceil,
+        count_include_pad=count_include_pad,
+    )
+    got = kernels.avg_pool(torch.from_numpy(x), **opts).numpy()
+    expected = avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+    t = torch.from_numpy(x.copy(order="K")).requires_grad_()
+    assert gradcheck(lambda a: kernels.avg_pool(a, **opts), [t])

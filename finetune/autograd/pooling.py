@@ -357,13 +357,23 @@ def _avg_divisor(shape, outs, kernel, stride, padding, count_include_pad, dtype)
 
 
 class AvgPool(Function):
-    """``n c i... -> n c j...``: the mean of each window, with PyTorch's divisor."""
+    """``n c i... -> n c j...``: the mean of each window, with PyTorch's divisor. A 2-d
+    channels-last input is pooled in its own layout (``_LastTaps``), its output channels last:
+    through the phase planes it came out row-major, and every layer after it took row-major
+    paths (DenseNet's transitions: its blocks at 28x28 and below ran row-major)."""
 
     name = "AvgPool2DBackward0"
 
     @staticmethod
     def forward(ctx, x, *, kernel_size, stride, padding, ceil_mode, count_include_pad):
         ones = (1,) * len(kernel_size)
+        if len(kernel_size) == 2 and is_channels_last(x):
+            taps = _LastTaps(x.shape, kernel_size, stride, padding, ones, ceil_mode)
+            divisor = _avg_divisor(
+                x.shape, taps.outs, kernel_size, stride, padding, count_include_pad, x.dtype
+            )
+            ctx.phases, ctx.divisor = taps, divisor
+            return _avg_pool_last(x, taps, divisor)
         phases = _Phases(x.shape, kernel_size, stride, padding, ones, ceil_mode)
         planes = scratch("pool phases", phases.planes_shape, x.dtype)
         phases.fill(planes, x, 0)
@@ -381,12 +391,43 @@ class AvgPool(Function):
     def backward(ctx, grad):
         phases = ctx.phases
         share = grad / ctx.divisor
+        if isinstance(phases, _LastTaps):
+            gxp = np.empty(phases.padded_shape, dtype=share.dtype)
+            g = share.transpose(0, 2, 3, 1)
+
+            def samples(lo: int, hi: int) -> None:
+                part = gxp[lo:hi]
+                part[...] = 0
+                for t in range(len(phases.taps)):
+                    phases.tap(part, t)[...] += g[lo:hi]
+
+            split(samples, len(gxp), 2 * gxp.size)
+            return phases.interior(gxp)
 
         def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
             for t in range(len(phases.taps)):
                 phases.tap(planes, t)[...] += share[:, lo:hi]
 
         return phases.gradient(add_taps, grad.dtype)
+
+
+def _avg_pool_last(x: np.ndarray, taps: _LastTaps, divisor: np.ndarray) -> np.ndarray:
+    """The mean of each window of a channels-last ``x``, channels last (the taps added in the
+    phase planes' order, so the same values), split over output rows."""
+    padded = scratch("pool padded", taps.padded_shape, x.dtype)
+    pad_last(padded, x, taps.padding, 0)
+    out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
+    per_pixel = divisor[..., None]  # j k -> j k 1, against n j k c
+
+    def rows(lo: int, hi: int) -> None:
+        part = out[:, lo:hi]
+        np.copyto(part, taps.tap(padded, 0)[:, lo:hi])
+        for t in range(1, len(taps.taps)):
+            part += taps.tap(padded, t)[:, lo:hi]
+        part /= per_pixel[lo:hi]
+
+    split(rows, taps.outs[0], 2 * padded.size)
+    return as_nchw(out)
 
 
 class AvgPool1D(AvgPool):
