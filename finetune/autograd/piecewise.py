@@ -9,14 +9,16 @@ alone over the same array). Compiled by ``jit``, a bias and an activation togeth
 pass: 150-420 us over 2.4M values, against 760-1120 us for numpy's bias alone. At batch 1 a
 mobile network's 1x1 convolutions spent more time in these passes than in their products.
 
-``Activation`` is what ``conv.epilogue`` takes and what ``Relu``/``Clamp`` compute; without
-numba (or with ``FINETUNE_JIT=0``) the numpy formulas run instead. Both compute the same
-float operations in the same order (numba contracts no multiply-add), so the values are
-bit-identical either way.
+``Activation`` is what ``conv.epilogue`` takes and what ``Relu``/``Clamp`` compute. The
+compiled loops run once numba is loaded for a kernel that needs it (``_compiled``); otherwise
+(and without numba, or with ``FINETUNE_JIT=0``) numpy runs the same formulas, ``maximum`` and
+``clip`` against blocks of bounds rather than scalars. Both compute the same float operations
+in the same order (numba contracts no multiply-add), so the values are bit-identical.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,26 +58,27 @@ class Activation:
 
     def into(self, out: np.ndarray, x: np.ndarray) -> None:
         """``out = activation(x)``, arrays of one shape and layout (``out`` may be ``x``)."""
-        kernel = jit.compiled(_activate)
-        flat = None
-        if kernel is not None and out.dtype == x.dtype in _COMPILED_DTYPES:
-            flat = _flat_pair(out, x)
+        kernel = _compiled(_activate)
+        flat = _flat_pair(out, x) if out.dtype == x.dtype else None
         if flat is None:
             elementwise(self._numpy, out, x)
             return
         o, a = flat
+        if kernel is None or o.dtype not in _COMPILED_DTYPES:
+            split(lambda lo, hi: self._numpy(o[lo:hi], a[lo:hi]), a.size, 2 * a.size)
+            return
         params = self._params(o.dtype)
         split(lambda lo, hi: kernel(a[lo:hi], o[lo:hi], self.kind, params), a.size, _work(a.size))
 
     def _numpy(self, out: np.ndarray, x: np.ndarray) -> None:
         t = out.dtype.type
         if self.kind == RELU:
-            np.maximum(x, t(0), out=out)
+            _against_bounds(out, x, t(0), None)
         elif self.kind == CLIP:
             if self.lo is None and self.hi is None:
                 np.copyto(out, x)
             else:
-                np.clip(x, *(None if b is None else t(b) for b in (self.lo, self.hi)), out=out)
+                _against_bounds(out, x, *(None if b is None else t(b) for b in (self.lo, self.hi)))
         elif self.kind == HARDSWISH:  # as ``nn_ops.hardswish_kernel``
             gate = np.multiply(x, t(1 / 6))  # a temporary: ``out`` may be ``x``
             gate += t(0.5)
@@ -95,6 +98,32 @@ class Activation:
         return np.array([lo, hi, 0, 1], dtype=dtype)
 
 
+_BOUND_BLOCK = 1 << 14  # elements of a block of bounds (64 KB of float32: stays in cache)
+
+
+def _against_bounds(out: np.ndarray, x: np.ndarray, lo, hi) -> None:
+    """``out = clip(x, lo, hi)`` (``hi`` None: ``maximum(x, lo)``) with numpy, the bounds as
+    arrays: against a scalar numpy's ``maximum`` and ``clip`` have no SIMD loop (114 against
+    30-44 us over 301k float32 values), so 1-d arrays go block by block against a block of
+    bounds."""
+    if x.ndim != 1 or out.ndim != 1:  # gaps: bounds along the last axis
+        lo, hi = (None if b is None else np.full(x.shape[-1:], b, out.dtype) for b in (lo, hi))
+        if hi is None:
+            np.maximum(x, lo, out=out)
+        else:
+            np.clip(x, lo, hi, out=out)
+        return
+    n = min(len(x), _BOUND_BLOCK)
+    bounds = [None if b is None else np.full(n, b, dtype=out.dtype) for b in (lo, hi)]
+    for start in range(0, len(x), n):
+        stop = min(start + n, len(x))
+        low, high = (None if b is None else b[: stop - start] for b in bounds)
+        if high is None:
+            np.maximum(x[start:stop], low, out=out[start:stop])
+        else:
+            np.clip(x[start:stop], low, high, out=out[start:stop])
+
+
 def relu() -> Activation:
     return Activation(RELU)
 
@@ -111,7 +140,7 @@ def bias_rows(rows: np.ndarray, bias: np.ndarray | None, activation: Activation 
     """``rows += bias``, then ``activation`` in place, for C-contiguous ``(pixels, channels)``
     rows, in one compiled pass split over the threads. False (nothing done) without the
     compiled kernel or for other arrays: the caller then takes its numpy passes."""
-    kernel = jit.compiled(_bias_activate)
+    kernel = _compiled(_bias_activate)
     if kernel is None or rows.ndim != 2 or rows.dtype not in _COMPILED_DTYPES:
         return False
     if not rows.flags.c_contiguous:
@@ -135,7 +164,7 @@ def affine_rows(
     channels-last activation. ``out`` must not overlap ``x`` (in place the loop cannot
     vectorise: 2-4x slower). False (nothing done) without the compiled kernel or for other
     arrays."""
-    kernel = jit.compiled(_affine_activate)
+    kernel = _compiled(_affine_activate)
     if kernel is None or x.ndim != 2 or x.dtype not in _COMPILED_DTYPES or out.dtype != x.dtype:
         return False
     if not (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape):
@@ -154,7 +183,7 @@ def affine_rows(
 def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
     """``gx = grad * (out > 0)`` from the ReLU's output ``out``: one compiled pass when it can
     (numpy's takes two and a boolean temporary)."""
-    kernel = jit.compiled(_relu_gradient)
+    kernel = _compiled(_relu_gradient)
     flat = None
     if kernel is not None and gx.dtype == grad.dtype == out.dtype in _COMPILED_DTYPES:
         flat = _flat_pair(gx, grad, out)
@@ -164,6 +193,15 @@ def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
     g_, g, o = flat
     ones = np.array([0, 1], dtype=g_.dtype)
     split(lambda lo, hi: kernel(g[lo:hi], o[lo:hi], g_[lo:hi], ones), g.size, _work(3 * g.size))
+
+
+def _compiled(fn):
+    """``jit.compiled(fn)`` once numba is loaded (for a kernel that has no fast numpy form: a
+    depthwise convolution, GELU), else None. Loading numba and LLVM costs ~100 MB of memory and
+    ~0.3 s, more than these passes save in a network that needs nothing else compiled
+    (ResNet-18's frozen step peaked at 480 MB instead of 370); the numpy passes give the same
+    values."""
+    return jit.compiled(fn) if "numba" in sys.modules else None
 
 
 def _work(elements: int) -> int:
@@ -191,8 +229,8 @@ def _activate(x, out, kind, params) -> None:
     elif kind == CLIP:
         for i in range(x.shape[0]):
             v = x[i]
-            v = lo if v < lo else v
-            out[i] = hi if v > hi else v
+            v = lo if v <= lo else v  # at a bound, the bound (+0.0 for -0.0), as numpy's
+            out[i] = hi if v >= hi else v
     elif kind == HARDSWISH:
         for i in range(x.shape[0]):
             v = x[i]
@@ -232,8 +270,8 @@ def _bias_activate(rows, bias, kind, params) -> None:
         elif kind == CLIP:
             for c in range(row.shape[0]):
                 v = row[c] + bias[c]
-                v = lo if v < lo else v
-                row[c] = hi if v > hi else v
+                v = lo if v <= lo else v
+                row[c] = hi if v >= hi else v
         elif kind == HARDSWISH:
             for c in range(row.shape[0]):
                 v = row[c] + bias[c]
