@@ -282,18 +282,23 @@ def test_max_pool_grad_fn_name_and_float32():
     assert x.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("count_include_pad", [True, False])
-@pytest.mark.parametrize("name", POOL_CASES)
-def test_avg_pool_matches_direct_loop_and_gradcheck(name, count_include_pad):
-    shape, kernel, stride, pads, _, ceil = POOL_CASES[name]
-    x = np.random.default_rng(2).standard_normal(shape)
-    opts = dict(
+def _avg_pool_options(name: str, count_include_pad: bool) -> dict:
+    _, kernel, stride, pads, _, ceil = POOL_CASES[name]
+    return dict(
         kernel_size=kernel,
         stride=stride,
         padding=pads,
         ceil_mode=ceil,
         count_include_pad=count_include_pad,
     )
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("name", POOL_CASES)
+def test_avg_pool_matches_direct_loop_and_gradcheck(name, count_include_pad):
+    shape, kernel, stride, pads, _, ceil = POOL_CASES[name]
+    x = np.random.default_rng(2).standard_normal(shape)
+    opts = _avg_pool_options(name, count_include_pad)
     got = kernels.avg_pool(const(x), **opts)
     expected = avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -375,13 +380,7 @@ def test_avg_pool_of_a_channels_last_input(name, count_include_pad):
     r = np.random.default_rng(3)
     x = np.ascontiguousarray(r.standard_normal((shape[0], 3, *shape[2:])).transpose(0, 2, 3, 1))
     x = x.transpose(0, 3, 1, 2)  # n c h w values, n h w c memory, three channels
-    opts = dict(
-        kernel_size=kernel,
-        stride=stride,
-        padding=pads,
-        ceil_mode=ceil,
-        count_include_pad=count_include_pad,
-    )
+    opts = _avg_pool_options(name, count_include_pad)
     got = kernels.avg_pool(torch.from_numpy(x), **opts).numpy()
     expected = avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
