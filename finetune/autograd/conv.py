@@ -77,7 +77,7 @@ def _add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | Non
 
     def chunk(lo: int, hi: int) -> None:
         block = rows[lo:hi]
-        if bias is not None and not piecewise.bias_rows(block, bias, None):
+        if bias is not None:
             np.add(block, bias, out=block)
         if fn is not None:
             fn(block)

@@ -64,14 +64,13 @@ class Activation:
     def into(self, out: np.ndarray, x: np.ndarray) -> None:
         """``out = activation(x)``, arrays of one shape and layout, ``out`` apart from ``x``."""
         kernel = _compiled(_activate)
-        flat = _flat_pair(out, x) if out.dtype == x.dtype else None
+        flat = None
+        if kernel is not None and out.dtype == x.dtype in _COMPILED_DTYPES:
+            flat = flat_in_memory_order((out, x))
         if flat is None:
-            elementwise(self._numpy, out, x)
+            elementwise(self._numpy, out, x)  # numpy, split over flat chunks where it can
             return
         o, a = flat
-        if kernel is None or o.dtype not in _COMPILED_DTYPES:
-            split(lambda lo, hi: self._numpy(o[lo:hi], a[lo:hi]), a.size, 2 * a.size)
-            return
         params = self._params(o.dtype)
         split(lambda lo, hi: kernel(a[lo:hi], o[lo:hi], self.kind, params), a.size, _work(a.size))
 
@@ -165,7 +164,7 @@ def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
     kernel = _compiled(_relu_gradient)
     flat = None
     if kernel is not None and gx.dtype == grad.dtype == out.dtype in _COMPILED_DTYPES:
-        flat = _flat_pair(gx, grad, out)
+        flat = flat_in_memory_order((gx, grad, out))
     if flat is None:
         elementwise(lambda gx_, g, o: np.multiply(g, o > 0, out=gx_), gx, grad, out)
         return
@@ -185,11 +184,6 @@ def _compiled(fn):
 
 def _work(elements: int) -> int:
     return elements // WORK_RATIO
-
-
-def _flat_pair(*arrays: np.ndarray) -> list | None:
-    """1-d views of arrays laid out alike (``special.flat_in_memory_order``), or None."""
-    return flat_in_memory_order(arrays)
 
 
 # -- compiled by ``jit`` ---------------------------------------------------------------------

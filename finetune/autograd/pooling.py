@@ -206,6 +206,20 @@ class _LastTaps:
         """The unpadded input inside ``padded``, as ``n c h w``."""
         return as_nchw(padded)[_interior(self.shape, self.padding)]
 
+    def gradient(self, add_taps, dtype) -> np.ndarray:
+        """The input gradient (``_Phases.gradient`` in this layout), from ``add_taps(part, lo,
+        hi)`` adding the output gradient of samples ``lo:hi`` into ``part``, their zeroed
+        padded gradient; split over samples, answered ``n c h w`` over channels-last memory."""
+        padded = np.empty(self.padded_shape, dtype=dtype)
+
+        def samples(lo: int, hi: int) -> None:
+            part = padded[lo:hi]
+            part[...] = 0
+            add_taps(part, lo, hi)
+
+        split(samples, len(padded), 2 * padded.size)
+        return self.interior(padded)
+
 
 def _max_and_winner(best: np.ndarray, won: np.ndarray, taps: list) -> None:
     """The maximum over ``taps`` (views shaped like ``best``) into ``best``, and into the
@@ -260,18 +274,13 @@ class MaxPool(Function):
         (winner,) = ctx.saved_tensors
         taps = ctx.taps
         if isinstance(taps, _LastTaps):
-            gxp = np.empty(taps.padded_shape, dtype=grad.dtype)
             g = grad.transpose(0, 2, 3, 1)
 
-            def samples(lo: int, hi: int) -> None:
-                part = gxp[lo:hi]
-                part[...] = 0
-                _add_to_winners(
-                    g[lo:hi], winner[lo:hi], [taps.tap(part, t) for t in range(len(taps.taps))]
-                )
+            def add_samples(part: np.ndarray, lo: int, hi: int) -> None:
+                tapped = [taps.tap(part, t) for t in range(len(taps.taps))]
+                _add_to_winners(g[lo:hi], winner[lo:hi], tapped)
 
-            split(samples, len(gxp), 2 * gxp.size)
-            return taps.interior(gxp)
+            return taps.gradient(add_samples, grad.dtype)
 
         def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
             tapped = [taps.tap(planes, t) for t in range(len(taps.taps))]
@@ -392,17 +401,13 @@ class AvgPool(Function):
         phases = ctx.phases
         share = grad / ctx.divisor
         if isinstance(phases, _LastTaps):
-            gxp = np.empty(phases.padded_shape, dtype=share.dtype)
             g = share.transpose(0, 2, 3, 1)
 
-            def samples(lo: int, hi: int) -> None:
-                part = gxp[lo:hi]
-                part[...] = 0
+            def add_samples(part: np.ndarray, lo: int, hi: int) -> None:
                 for t in range(len(phases.taps)):
                     phases.tap(part, t)[...] += g[lo:hi]
 
-            split(samples, len(gxp), 2 * gxp.size)
-            return phases.interior(gxp)
+            return phases.gradient(add_samples, share.dtype)
 
         def add_taps(planes: np.ndarray, lo: int, hi: int) -> None:
             for t in range(len(phases.taps)):
