@@ -2,10 +2,11 @@
 
 1. Generate the synthetic shapes set under data/shapes/ if it is missing.
 2. Start from models/resnet18-v1-7.onnx: use it if present, download it when the network allows.
-   Otherwise (offline) pretrain the library's own ResNet-18 layout at a quarter of its width on a
-   different synthetic set (twelve other shapes; none of the demo's four classes) at 64x64
-   pixels, export it to ONNX and start from that file, cached in models/ for the next run
-   (examples/pretext_backbone.py). The output says which backbone was used and why.
+   Otherwise (offline) pretrain the library's own ResNet-18 layout at an eighth of its width,
+   without the stem's max pooling, on a different synthetic set (twelve other shapes; none of
+   the demo's four classes) at 64x64 pixels, export it to ONNX and start from that file, cached
+   in models/ for the next run (examples/pretext_backbone.py). The output says which backbone
+   was used and why.
 3. Fine-tune with the seed's recipe (import, freeze, new head, SGD lr 0.01 momentum 0.9),
    printing per-epoch metrics; write runs/<name>/ (history.json, plot, checkpoint, model.onnx).
 4. Predict a few validation images from the exported file.
@@ -46,8 +47,9 @@ def starting_model(
     print(
         f"NOTE: {why}, so this run starts from a ResNet-18 the library pretrains itself on "
         "synthetic pretext images (twelve other shapes in random colours; never a circle, "
-        "square, triangle or star): frozen random weights learn nothing. It is a quarter of "
-        "ResNet-18's width at 64x64 pixels, what trains in under two minutes here."
+        "square, triangle or star): frozen random weights learn nothing. It is an eighth of "
+        "ResNet-18's width, without the stem's max pooling, at 64x64 pixels: what trains in "
+        "about two minutes here."
     )
     path, how = pretext_backbone(models_dir, pretext)
     print(how)

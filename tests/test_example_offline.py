@@ -33,6 +33,14 @@ def _example(name: str):
     return importlib.import_module(name)
 
 
+def _feature_side(model: onnx.ModelProto) -> int:
+    """The side of the feature map the model's global pooling averages (ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    dims = {v.name: v.type.tensor_type.shape.dim for v in inferred.value_info}
+    (pool,) = [n for n in inferred.node if n.op_type == "GlobalAveragePool"]
+    return dims[pool.input[0]][-1].dim_value
+
+
 def test_pretext_set_shares_no_class_with_the_demo_set():
     assert len(PRETEXT_SHAPES) == len(set(PRETEXT_SHAPES)) >= 10
     assert not set(PRETEXT_SHAPES) & set(SHAPES)
@@ -130,12 +138,17 @@ def test_offline_example_pretrains_exports_and_fine_tunes(tmp_path, monkeypatch,
 
     # the backbone: a valid ONNX file of ResNet-18's layout at the pretext's size, in models/
     (backbone,) = models.glob("pretext-resnet18-*.onnx")
-    assert backbone.name == "pretext-resnet18-w4-32px-2x6-seed0.onnx"
-    onnx.checker.check_model(onnx.load(str(backbone)))
+    assert backbone.name == "pretext-resnet18-w4-nopool-32px-2x6-seed0.onnx"
+    graph = onnx.load(str(backbone))
+    onnx.checker.check_model(graph)
     imported = ft.onnx.load(backbone)
     assert all(not p.requires_grad for p in imported.parameters())
-    convs = [n for n in onnx.load(str(backbone)).graph.node if n.op_type == "Conv"]
-    assert len(convs) == 20  # ResNet-18: stem, 16 in blocks, 3 projection shortcuts
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Conv") == 20  # ResNet-18: stem, 16 in blocks, 3 projection shortcuts
+    assert "MaxPool" not in ops  # small images: no pooling after the stem
+    # stem /2, then /2 in each of layers 2-4: a 32-pixel input reaches the pooling at 2x2
+    # (1x1 with the max pooling)
+    assert _feature_side(graph) == 2
     with ft.no_grad():
         logits = imported(ft.zeros(2, 3, 32, 32))
     assert logits.shape == (2, len(PRETEXT_SHAPES))
