@@ -14,7 +14,7 @@ import pytest
 
 import finetune as ft
 from finetune import nn
-from finetune.autograd import ops
+from finetune.autograd import jit, ops
 from finetune.autograd.gradcheck import gradcheck
 from finetune.autograd.special import erf
 from finetune.nn import functional as F
@@ -338,9 +338,15 @@ def _layer_norm_loop(x, dims, weight, bias, eps):
     return out if bias is None else out + bias
 
 
-@pytest.mark.parametrize("shape, normalized", [((2, 5, 7, 12), (12,)), ((3, 4, 6), (4, 6))])
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(
+    "shape, normalized", [((2, 5, 7, 12), (12,)), ((3, 4, 6), (4, 6)), ((2, 3, 21), (21,))]
+)
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_function_against_a_row_loop(shape, normalized, affine):
+def test_layer_norm_function_against_a_row_loop(shape, normalized, affine, compiled, monkeypatch):
+    if compiled:
+        pytest.importorskip("numba")
+    monkeypatch.setattr(jit, "ENABLED", compiled)  # the compiled rows or the numpy blocks
     x = (rng(14).standard_normal(shape) * 3 + 1).astype(np.float32)
     w = rng(15).standard_normal(normalized).astype(np.float32) if affine else None
     b = rng(16).standard_normal(normalized).astype(np.float32) if affine else None
