@@ -61,43 +61,66 @@ def starting_model(
 
 
 def main(argv=None) -> int:
+    from finetune.cli import non_negative_int, positive_int
+
     defaults = PretextConfig()
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--name", default="demo", help="run folder name under --runs")
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="fine-tuning image size; by default the starting model's own (224 for the zoo's "
         f"file, {defaults.image_size} for the pretext backbone)",
     )
-    parser.add_argument("--n-per-class", type=int, default=60, help="demo training images")
+    parser.add_argument("--n-per-class", type=positive_int, default=60, help="demo training images")
     parser.add_argument("--no-download", action="store_true", help="never use the network")
     parser.add_argument(
         "--pretext", action="store_true", help="start from the pretext backbone even with the zoo's"
     )
-    parser.add_argument("--pretext-steps", type=int, default=defaults.steps, help="its steps")
     parser.add_argument(
-        "--pretext-batch-size", type=int, default=defaults.batch_size, help="its batch size"
-    )
-    parser.add_argument("--pretext-seed", type=int, default=defaults.seed, help="its seed")
-    parser.add_argument(
-        "--pretext-width", type=int, default=defaults.width, help="its stem's channels"
+        "--pretext-steps", type=positive_int, default=defaults.steps, help="its steps"
     )
     parser.add_argument(
-        "--pretext-image-size", type=int, default=defaults.image_size, help="its image size"
+        "--pretext-batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="its batch size",
     )
     parser.add_argument(
-        "--pretext-processes", type=int, default=defaults.processes, help="its processes"
+        "--pretext-seed", type=non_negative_int, default=defaults.seed, help="its seed"
+    )
+    parser.add_argument(
+        "--pretext-width", type=positive_int, default=defaults.width, help="its stem's channels"
+    )
+    parser.add_argument(
+        "--pretext-image-size",
+        type=positive_int,
+        default=defaults.image_size,
+        help="its image size",
+    )
+    parser.add_argument(
+        "--pretext-processes", type=positive_int, default=defaults.processes, help="its processes"
     )
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "shapes", help="demo data")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="model files")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders")
     args = parser.parse_args(argv)
+    try:
+        pretext = PretextConfig(
+            width=args.pretext_width,
+            image_size=args.pretext_image_size,
+            steps=args.pretext_steps,
+            batch_size=args.pretext_batch_size,
+            seed=args.pretext_seed,
+            processes=args.pretext_processes,
+        )
+    except ValueError as error:  # e.g. more processes than images in a batch
+        parser.error(str(error))
 
     from finetune.data.demo import make_shapes
     from finetune.predict import Predictor
@@ -109,14 +132,6 @@ def main(argv=None) -> int:
         make_shapes(data, n_per_class=args.n_per_class, size=64, seed=0)
         print(f"generated the demo data set in {data}")
     args.models.mkdir(parents=True, exist_ok=True)
-    pretext = PretextConfig(
-        width=args.pretext_width,
-        image_size=args.pretext_image_size,
-        steps=args.pretext_steps,
-        batch_size=args.pretext_batch_size,
-        seed=args.pretext_seed,
-        processes=args.pretext_processes,
-    )
     model_path, described = starting_model(
         args.models, not args.no_download, pretext, use_zoo=not args.pretext
     )

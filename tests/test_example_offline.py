@@ -180,3 +180,26 @@ def test_offline_example_pretrains_exports_and_fine_tunes(tmp_path, monkeypatch,
     assert again == backbone and backbone.stat().st_mtime_ns == mtime
     printed = capsys.readouterr().out
     assert f"reused {backbone}" in printed and "pretext step" not in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pretext-steps", "0"], "argument --pretext-steps: must be a positive integer, got '0'"),
+        (["--pretext-seed", "-1"], "argument --pretext-seed: must be an integer >= 0, got '-1'"),
+        (
+            ["--pretext-batch-size", "2", "--pretext-processes", "3"],
+            "3 pretext processes need batches of at least as many images, not 2",
+        ),
+    ],
+)
+def test_example_refuses_bad_pretext_options_before_writing_anything(
+    tmp_path, capsys, argv, message
+):
+    demo_job = _example("demo_job")
+    folders = ["--data", str(tmp_path / "shapes"), "--models", str(tmp_path / "models")]
+    with pytest.raises(SystemExit) as stop:
+        demo_job.main(argv + folders + ["--runs", str(tmp_path / "runs")])
+    assert stop.value.code == 2  # argparse's usage error
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: {message}")
+    assert list(tmp_path.iterdir()) == []  # no demo data, no model folder
