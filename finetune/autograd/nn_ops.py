@@ -746,9 +746,10 @@ def _layer_norm_rows(rows, weight, bias, out, mean, invstd, eps):
     does not vectorise and waits on each add), then one pass out with the same float32 steps
     as the numpy blocks. ``weight`` and ``bias`` have a row's width of values, or none."""
     n, d = rows.shape
+    sums = np.zeros(8)
     for r in range(n):
         row = rows[r]
-        sums = np.zeros(8)
+        sums[:] = 0.0
         for k in range(0, d - 7, 8):
             for j in range(8):
                 sums[j] += row[k + j]
@@ -801,11 +802,11 @@ class LayerNorm(Function):
         kernel = jit.compiled(_layer_norm_rows)
         if kernel is not None:
             empty = np.zeros(0, x.dtype)
-            weights = [empty if v is None else np.ascontiguousarray(v, x.dtype) for v in (w, b)]
+            affine = [empty if v is None else np.ascontiguousarray(v, x.dtype) for v in (w, b)]
 
         def block(lo: int, hi: int) -> None:
             if kernel is not None:
-                kernel(rows[lo:hi], *weights, out[lo:hi], mean[lo:hi], invstd[lo:hi], eps)
+                kernel(rows[lo:hi], *affine, out[lo:hi], mean[lo:hi], invstd[lo:hi], eps)
                 return
             r, o = rows[lo:hi], out[lo:hi]
             np.sum(r, axis=1, out=mean[lo:hi])
