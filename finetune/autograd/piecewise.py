@@ -133,26 +133,22 @@ def bias_rows(rows: np.ndarray, bias: np.ndarray | None, activation: Activation 
     return True
 
 
-def affine_rows(
-    out: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, relu: bool = False
-) -> bool:
-    """``out = x * scale + shift`` (then a ReLU if ``relu``) for C-contiguous ``(pixels,
-    channels)`` rows and per-channel ``scale`` and ``shift``, in one compiled pass split over
-    the threads, in numpy's order of operations (so its values): an eval BatchNorm on a
-    channels-last activation. ``out`` must not overlap ``x`` (in place the loop cannot
-    vectorise: 2-4x slower). False (nothing done) without the compiled kernel or for other
-    arrays."""
-    kernel = _compiled(_affine_activate)
+def affine_rows(out: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> bool:
+    """``out = x * scale + shift`` for C-contiguous ``(pixels, channels)`` rows and
+    per-channel ``scale`` and ``shift``, in one compiled pass split over the threads, in
+    numpy's order of operations (so its values): an eval BatchNorm on a channels-last
+    activation. ``out`` must not overlap ``x`` (in place the loop cannot vectorise: 2-4x
+    slower). False (nothing done) without the compiled kernel or for other arrays."""
+    kernel = _compiled(_affine)
     if kernel is None or x.ndim != 2 or x.dtype not in _COMPILED_DTYPES or out.dtype != x.dtype:
         return False
     if not (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape):
         return False
     scale = np.ascontiguousarray(scale, dtype=x.dtype)
     shift = np.ascontiguousarray(shift, dtype=x.dtype)
-    zeros = np.zeros(1, x.dtype)
 
     def rows(lo: int, hi: int) -> None:
-        kernel(x[lo:hi], out[lo:hi], scale, shift, relu, zeros)
+        kernel(x[lo:hi], out[lo:hi], scale, shift)
 
     split(rows, len(x), _work(2 * x.size))
     return True
@@ -216,19 +212,12 @@ def _activate(x, out, kind, params) -> None:
             out[i] = x[i]
 
 
-def _affine_activate(x, out, scale, shift, relu, zeros) -> None:
-    """``out = x * scale + shift``, then a ReLU if ``relu``, over ``(pixels, channels)`` rows,
-    ``out`` apart from ``x``; ``zeros[0]`` is 0 in their dtype."""
-    zero = zeros[0]
+def _affine(x, out, scale, shift) -> None:
+    """``out = x * scale + shift`` over ``(pixels, channels)`` rows, ``out`` apart from ``x``."""
     for p in range(x.shape[0]):
         row, target = x[p], out[p]
-        if relu:
-            for c in range(row.shape[0]):
-                v = row[c] * scale[c] + shift[c]
-                target[c] = zero if v <= zero else v
-        else:
-            for c in range(row.shape[0]):
-                target[c] = row[c] * scale[c] + shift[c]
+        for c in range(row.shape[0]):
+            target[c] = row[c] * scale[c] + shift[c]
 
 
 def _bias_activate(rows, bias, kind, params) -> None:
