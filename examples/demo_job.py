@@ -82,43 +82,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pretext", action="store_true", help="start from the pretext backbone even with the zoo's"
     )
-    parser.add_argument(
-        "--pretext-steps", type=positive_int, default=defaults.steps, help="its steps"
-    )
-    parser.add_argument(
-        "--pretext-batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help="its batch size",
-    )
-    parser.add_argument(
-        "--pretext-seed", type=non_negative_int, default=defaults.seed, help="its seed"
-    )
-    parser.add_argument(
-        "--pretext-width", type=positive_int, default=defaults.width, help="its stem's channels"
-    )
-    parser.add_argument(
-        "--pretext-image-size",
-        type=positive_int,
-        default=defaults.image_size,
-        help="its image size",
-    )
-    parser.add_argument(
-        "--pretext-processes", type=positive_int, default=defaults.processes, help="its processes"
-    )
+    # the pretext backbone's settings, each a PretextConfig field, as --pretext-<field>
+    pretext_options = {
+        "steps": (positive_int, "its steps"),
+        "batch_size": (positive_int, "its batch size"),
+        "seed": (non_negative_int, "its seed"),
+        "width": (positive_int, "its stem's channels"),
+        "image_size": (positive_int, "its image size"),
+        "processes": (positive_int, "its processes"),
+    }
+    for field, (kind, text) in pretext_options.items():
+        flag = "--pretext-" + field.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=getattr(defaults, field), help=text)
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "shapes", help="demo data")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="model files")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders")
     args = parser.parse_args(argv)
     try:
-        pretext = PretextConfig(
-            width=args.pretext_width,
-            image_size=args.pretext_image_size,
-            steps=args.pretext_steps,
-            batch_size=args.pretext_batch_size,
-            seed=args.pretext_seed,
-            processes=args.pretext_processes,
-        )
+        pretext = PretextConfig(**{f: getattr(args, f"pretext_{f}") for f in pretext_options})
     except ValueError as error:  # e.g. more processes than images in a batch
         parser.error(str(error))
 
