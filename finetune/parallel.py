@@ -4,8 +4,12 @@ numpy runs its matrix products on BLAS's own threads but every copy and ufunc on
 on a 2-core machine half the machine idles during the third of a forward pass that is copies.
 ``split(fn, size, work)`` cuts ``range(size)`` into a few contiguous chunks per thread and runs
 ``fn(lo, hi)`` on each, every thread taking the next chunk when it is free (numpy releases the
-GIL inside copies and ufuncs), when ``work`` elements are enough to pay for the hand-over (about
-20 us); the kernels split along channels, so chunks never write the same memory.
+GIL inside copies and ufuncs), when ``work`` elements are enough to pay for the hand-over; the
+kernels split along channels, so chunks never write the same memory. The helpers sleep between
+jobs, and on a virtual machine waking one takes ~30 us (a round trip of two locks: 56 us here):
+the caller starts on the chunks at once, the helper joins when it wakes, and the caller waits
+only for chunks a helper took (an idle split costs 7 us, against 61 when it waited for every
+helper to check in).
 
 OpenBLAS keeps its worker threads spinning for a while after every matrix product (2^28 cycles
 by default), which takes the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT``
@@ -30,12 +34,11 @@ This module does not import numpy: it must run before numpy is loaded.
 
 from __future__ import annotations
 
-import itertools
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 # log2 of the cycles an idle OpenBLAS worker spins before it sleeps
 BLAS_THREAD_TIMEOUT = "14"
@@ -87,20 +90,94 @@ def _default_threads() -> int:
 
 
 _threads = _default_threads()
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_helpers: _Helpers | None = None
+_helpers_lock = threading.Lock()
 _inside = threading.local()
 
 
-def _forget_pool_after_fork() -> None:
-    """A forked child has none of the parent's pool threads: work queued to that pool would
+class _Job:
+    """One ``split``: its chunks, each handed out once to whichever thread asks first, and how
+    many are running. The caller runs chunks too, then waits only for the chunks a helper took:
+    a helper that wakes after the caller took the last chunk finds nothing to do, and nobody
+    waits for it (waking a sleeping thread takes ~30 us on a virtual machine, which a
+    back-and-forth paid twice for every split, done or not)."""
+
+    __slots__ = ("fn", "bounds", "lock", "taken", "running", "closed", "error", "finished")
+
+    def __init__(self, fn: Callable[[int, int], None], bounds: list[int]) -> None:
+        self.fn, self.bounds = fn, bounds
+        self.lock = threading.Lock()
+        self.taken = self.running = 0
+        self.closed = False  # no chunk is handed out any more (all taken, or one failed)
+        self.error: BaseException | None = None
+        self.finished: threading.Lock | None = None  # released when the last running chunk ends
+
+    def work(self) -> None:
+        """Run chunks until none is left or one failed (its error is kept for the caller)."""
+        last = len(self.bounds) - 1
+        while True:
+            with self.lock:
+                if self.closed or self.taken >= last:
+                    self.closed = True
+                    return
+                k = self.taken
+                self.taken += 1
+                self.running += 1
+            try:
+                self.fn(self.bounds[k], self.bounds[k + 1])
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                with self.lock:
+                    self.error = self.error or error
+                    self.closed = True
+            finally:
+                with self.lock:
+                    self.running -= 1
+                    if self.running == 0 and self.finished is not None:
+                        self.finished.release()
+
+    def wait(self) -> None:
+        """Return once no chunk runs and none will start; raise the first chunk's error."""
+        with self.lock:
+            self.closed = True
+            if self.running:
+                self.finished = threading.Lock()
+                self.finished.acquire()
+        if self.finished is not None:
+            self.finished.acquire()  # released by the thread ending the last running chunk
+        if self.error is not None:
+            raise self.error
+
+
+class _Helpers:
+    """``count`` daemon threads taking jobs from one queue; each runs a job's chunks with
+    nested splits serial (``_inside``). ``stop`` lets them end after the jobs queued before."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(count):
+            name = f"finetune-kernel_{i}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        _inside.active = True
+        while (job := self.queue.get()) is not None:
+            job.work()
+
+    def stop(self) -> None:
+        for _ in range(self.count):
+            self.queue.put(None)
+
+
+def _forget_helpers_after_fork() -> None:
+    """A forked child has none of the parent's helper threads: work queued for them would
     wait forever, so the child starts its own on first use."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
+    global _helpers, _helpers_lock
+    _helpers, _helpers_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+    os.register_at_fork(after_in_child=_forget_helpers_after_fork)
 
 
 def get_num_threads() -> int:
@@ -111,64 +188,44 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for the library's own kernels and for BLAS's matrix products (every
     BLAS threadpoolctl finds in the process), as PyTorch's ``set_num_threads`` does."""
-    global _threads, _pool
+    global _threads, _helpers
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads expects a positive integer, got {n!r}")
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(limits=n, user_api="blas")
-    with _pool_lock:
+    with _helpers_lock:
         _threads = n
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-            _pool = None
+        if _helpers is not None:
+            _helpers.stop()
+            _helpers = None
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="finetune-kernel")
-        return _pool
-
-
-def _take_chunks(fn: Callable[[int, int], None], bounds: list[int], queue) -> None:
-    """Run chunks until none is left; ``next(queue)`` hands out each index once (atomic under
-    the GIL), so a thread slowed down by the machine simply takes fewer."""
-    for k in queue:
-        if k >= len(bounds) - 1:
-            return
-        fn(bounds[k], bounds[k + 1])
-
-
-def _take_chunks_inside(fn, bounds, queue) -> None:
-    _inside.active = True
-    try:
-        _take_chunks(fn, bounds, queue)
-    finally:
-        _inside.active = False
+def _queue() -> queue.SimpleQueue:
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = _Helpers(_threads - 1)
+        return _helpers.queue
 
 
 def split(fn: Callable[[int, int], None], size: int, work: int) -> None:
     """Run ``fn(lo, hi)`` over contiguous chunks covering ``range(size)`` on all threads, when
     the ``work`` (elements touched in all) is large enough. There are ``CHUNKS_PER_THREAD``
     chunks per thread, taken in turn by whichever thread is free (the calling thread included),
-    so one slow core does not hold the others up. Chunks must write disjoint memory. Exceptions
-    from any chunk propagate."""
+    so one slow core does not hold the others up. Chunks must write disjoint memory. The first
+    error from any chunk propagates once no chunk runs any more (later chunks are not started)."""
     threads = min(_threads, size, work // MIN_WORK_PER_THREAD)
     if threads < 2 or getattr(_inside, "active", False):
         fn(0, size)
         return
     chunks = min(size, threads * CHUNKS_PER_THREAD, work // MIN_WORK_PER_THREAD)
-    bounds = [size * i // chunks for i in range(chunks + 1)]
-    queue = itertools.count()
-    executor = _executor()
-    futures = [executor.submit(_take_chunks_inside, fn, bounds, queue) for _ in range(threads - 1)]
-    try:
-        _take_chunks(fn, bounds, queue)
-    finally:
-        for future in futures:
-            future.result()
+    job = _Job(fn, [size * i // chunks for i in range(chunks + 1)])
+    helpers = _queue()
+    for _ in range(threads - 1):
+        helpers.put(job)
+    job.work()
+    job.wait()
 
 
 def elementwise(fn: Callable[..., None], out, *inputs) -> None:

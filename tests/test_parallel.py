@@ -131,6 +131,29 @@ def test_split_propagates_a_chunk_error_after_every_thread_stopped(threads):
     assert finished == [0]
 
 
+def test_split_does_not_wait_for_a_helper_that_took_no_chunk(threads):
+    """The caller runs every chunk itself while the helper is busy elsewhere, and returns
+    without waiting for it (waking a thread costs tens of microseconds)."""
+    threads(2)
+    busy, release = threading.Event(), threading.Event()
+
+    class Blocking:  # a job that holds the helper until released
+        def work(self):
+            busy.set()
+            release.wait(10)
+
+    parallel._queue().put(Blocking())
+    try:
+        assert busy.wait(10)
+        seen = []
+        parallel.split(lambda lo, hi: seen.append((lo, hi, threading.get_ident())), 8, 10**6)
+        assert not release.is_set()  # returned while the helper was still held
+        assert _covers_once([(lo, hi) for lo, hi, _ in seen], 8)
+        assert {who for _, _, who in seen} == {threading.get_ident()}
+    finally:
+        release.set()
+
+
 def test_nested_split_inside_a_worker_runs_serially(threads):
     threads(2)
     inner = []
