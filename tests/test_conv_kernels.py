@@ -325,7 +325,7 @@ def test_resnet_shapes_take_the_fast_layouts():
     figures depend on it)."""
 
     def plan(c, size, k, s, p):
-        return kernels._ConvPlan((8, c, size, size), (c, c, k, k), (s, s), ((p, p),) * 2, (1, 1), 1)
+        return kernels.ConvPlan((8, c, size, size), (c, c, k, k), (s, s), ((p, p),) * 2, (1, 1), 1)
 
     assert plan(64, 56, 3, 1, 1).shifted
     assert plan(256, 14, 3, 1, 1).shifted

@@ -41,7 +41,7 @@ def _depthwise_forward():
     r = np.random.default_rng(0)
     x = r.standard_normal((2, 3, 6, 5)).astype(np.float32)
     w = r.standard_normal((3, 1, 3, 3)).astype(np.float32)
-    plan = conv._ConvPlan(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1), 3).depthwise
+    plan = conv.ConvPlan(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1), 3).depthwise
     return plan.forward(x, w, None)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import finetune as ft
 from finetune import nn
-from finetune.nn.fusion import conv_bn
+from finetune.nn.fusion import FrozenConvolution, conv_bn
 
 
 def _pair(bias=False, affine=True, seed=0):
@@ -114,3 +114,83 @@ def test_folded_weights_follow_a_conversion_to_float64():
         expected = bn(conv(x64))
     assert got.dtype == ft.float64
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def _recording(calls):
+    def fallback(x, *others):
+        calls.append(x)
+        return "fallback"
+
+    return fallback
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_frozen_convolution_runs_straight_on_the_kernels(with_bn, relu):
+    from finetune.autograd import piecewise
+
+    conv, bn = _pair(bias=True)
+    calls = []
+    frozen = FrozenConvolution(
+        conv, bn if with_bn else None, piecewise.relu() if relu else None, _recording(calls)
+    )
+    x = _x()
+    with ft.no_grad():
+        got = frozen(x)
+        expected = bn(conv(x)) if with_bn else conv(x)
+    expected = np.maximum(expected.numpy(), 0) if relu else expected.numpy()
+    assert calls == [] and got.dtype == ft.float32 and not got.requires_grad
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _step_aside_cases():
+    """What makes ``FrozenConvolution`` hand over to its layers, each a change to make."""
+
+    def hook(conv, bn, x):
+        conv.register_forward_hook(lambda *args: None)
+
+    def train_bn(conv, bn, x):
+        bn.train()
+
+    def trainable(conv, bn, x):
+        conv.weight.requires_grad_()
+
+    def reflect(conv, bn, x):
+        conv.padding_mode = "reflect"
+
+    return {"hook": hook, "bn-train": train_bn, "trainable": trainable, "reflect": reflect}
+
+
+@pytest.mark.parametrize("case", list(_step_aside_cases()))
+def test_a_frozen_convolution_steps_aside_when_its_layers_would_differ(case):
+    conv, bn = _pair()
+    for p in (*conv.parameters(), *bn.parameters()):
+        p.requires_grad_(False)
+    _step_aside_cases()[case](conv, bn, None)
+    calls = []
+    x = _x()
+    assert FrozenConvolution(conv, bn, None, _recording(calls))(x) == "fallback"
+    assert calls == [x]
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 5, 9, 9), np.float32), ((2, 3, 9, 9), np.float64)])
+def test_inputs_the_layer_would_refuse_or_convert_take_its_own_path(shape, dtype):
+    conv, _ = _pair()
+    calls = []
+    x = ft.from_numpy(np.zeros(shape, dtype))
+    with ft.no_grad():
+        assert FrozenConvolution(conv, None, None, _recording(calls))(x) == "fallback"
+    assert calls == [x]
+
+
+def test_an_input_needing_a_gradient_takes_the_layers_path():
+    conv, bn = _pair()
+    for p in conv.parameters():
+        p.requires_grad_(False)
+    calls = []
+    x = _x().requires_grad_()
+    FrozenConvolution(conv, None, None, _recording(calls))(x)
+    assert calls == [x]
+    with ft.no_grad():  # no gradient recorded: the direct path is exact
+        assert FrozenConvolution(conv, None, None, _recording(calls))(x).shape == (2, 4, 5, 5)
+    assert calls == [x]

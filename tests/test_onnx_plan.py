@@ -655,6 +655,7 @@ CONVOLUTIONS = {
     "1x1": (4, (6, 4, 1, 1), {}, False),
     "depthwise-stride2": (4, (4, 1, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2], group=4), False),
     "grouped": (4, (6, 2, 3, 3), dict(pads=[0, 1, 1, 0], group=2), False),
+    "same-upper-stride2": (4, (6, 4, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2]), False),
     "3x3+BatchNormalization": (3, (5, 3, 3, 3), dict(pads=[1, 1, 1, 1]), True),
     "winograd": (64, (64, 64, 3, 3), dict(pads=[1, 1, 1, 1]), False),
     "7x7-stride2-per-sample": (3, (4, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2]), False),
@@ -705,7 +706,7 @@ def test_an_activation_runs_in_its_convolutions_output_pass(conv, jit, act, monk
     proto, fused = _conv_activation_model(conv, act, rng, size)
     model = ft.onnx.load(proto)
     x = (rng.standard_normal((2, CONVOLUTIONS[conv][0], *size)) * 3).astype(np.float32)
-    plan = kernels._ConvPlan(x.shape, CONVOLUTIONS[conv][1], (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    plan = kernels.ConvPlan(x.shape, CONVOLUTIONS[conv][1], (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     assert bool(plan.winograd) == (conv == "winograd")
     with ft.no_grad():
         model(ft.from_numpy(x))
@@ -713,6 +714,30 @@ def test_an_activation_runs_in_its_convolutions_output_pass(conv, jit, act, monk
     assert _planned_ops(model) == [fused]
     _close(got, _onnxruntime(proto, x)[0])
     _close(got, _exact(model, x).numpy())
+
+
+@pytest.mark.parametrize("conv", list(CONVOLUTIONS))
+def test_frozen_convolutions_run_straight_on_the_kernels_with_the_layers_values(conv, monkeypatch):
+    """Each planned convolution calls the kernels directly (``FrozenConvolution``), and gives
+    exactly what its layers' own calls give."""
+    from finetune.autograd import conv as kernels
+    from finetune.nn.fusion import FrozenConvolution
+
+    rng = np.random.default_rng(34)
+    size = (40, 36) if "per-sample" in conv else (7, 6)
+    proto, _ = _conv_activation_model(conv, "Relu", rng, size)
+    model = ft.onnx.load(proto)
+    x = ft.from_numpy(rng.standard_normal((2, CONVOLUTIONS[conv][0], *size)).astype(np.float32))
+    direct = []
+    infer = kernels.infer
+    monkeypatch.setattr(kernels, "infer", lambda *a, **k: direct.append(1) or infer(*a, **k))
+    with ft.no_grad():
+        got = model(x).numpy()
+        assert direct == [1]
+        monkeypatch.setattr(FrozenConvolution, "_direct", lambda self, x: False)
+        layers = model(x).numpy()
+    assert direct == [1]
+    np.testing.assert_array_equal(got, layers)
 
 
 def test_a_convolution_read_twice_keeps_its_activation_apart():

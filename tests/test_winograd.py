@@ -66,7 +66,7 @@ def test_float32_rounding_at_resnet18_shapes(channels, size, m):
         np.float32
     )
     pads = ((1, 1), (1, 1))
-    plan = kernels._ConvPlan(x.shape, w.shape, (1, 1), pads, (1, 1), 1)
+    plan = kernels.ConvPlan(x.shape, w.shape, (1, 1), pads, (1, 1), 1)
     assert plan.winograd == m and plan.winograd_grad == m
     y = kernels.conv(torch.tensor(x), torch.tensor(w), None, (1, 1), pads)
     assert y.dtype == torch.float32
@@ -78,7 +78,7 @@ def test_float32_rounding_at_resnet18_shapes(channels, size, m):
 
 def test_which_convolutions_take_winograd():
     def tile(x_shape, w_shape, stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=1):
-        return kernels._ConvPlan(x_shape, w_shape, stride, pads, dilation, groups).winograd
+        return kernels.ConvPlan(x_shape, w_shape, stride, pads, dilation, groups).winograd
 
     # 4x4 tiles from 28x28 outputs on, 2x2 below
     assert tile((8, 64, 56, 56), (64, 64, 3, 3)) == 4
@@ -97,7 +97,7 @@ def test_which_convolutions_take_winograd():
     assert tile((8, 64, 2, 2), (64, 64, 3, 3)) is None  # outputs too small to tile
     assert tile((8, 64, 56), (64, 64, 3), stride=(1,), pads=((1, 1),), dilation=(1,)) is None
     # the input gradient's own padding (2 - pad) must not be negative
-    plan = kernels._ConvPlan((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), ((3, 3), (1, 1)), (1, 1), 1)
+    plan = kernels.ConvPlan((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), ((3, 3), (1, 1)), (1, 1), 1)
     assert plan.winograd == 4 and plan.winograd_grad is None
 
 

@@ -5,7 +5,7 @@ Convolution copies the windows of the padded input once into a column matrix (im
 contracts it with the weights in one float32 matmul per group; the weight gradient is one more
 matmul, and the input gradient adds the column gradients back over the kernel offsets only.
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
-backward (``winograd.py``; ``_ConvPlan`` decides), and 2-d depthwise convolutions (one group per
+backward (``winograd.py``; ``ConvPlan`` decides), and 2-d depthwise convolutions (one group per
 input channel) no im2col at all: one contraction of each block of rows' strided windows with
 the per-channel weights (``depthwise.py``). Ungrouped and depthwise 2-d convolutions answer
 channels last (``layout.py``): an ungrouped product is laid out pixels by channels, so it is the
@@ -167,7 +167,7 @@ def _winograd_tiles(x_shape, w_shape, stride, padding, dilation, groups) -> tupl
     return winograd.tile_size(c, o, outs), grad
 
 
-class _ConvPlan:
+class ConvPlan:
     """The shapes of one convolution and the im2col layout chosen for them.
 
     Columns are laid out ``g (c k...) (n l)``: the batch joins the pixels, so each group is one
@@ -525,6 +525,35 @@ class _ConvPlan:
         return as_nchw(gxp)[_interior(self.x_shape, self.padding)]
 
 
+def _convolve(plan, x, weight, bias, transformed, kept, fn) -> np.ndarray:
+    """The convolution of ``plan`` on arrays of one dtype, by the plan's layout: Winograd (with
+    the weights' ``transformed`` tiles when given), per-sample columns or im2col; ``kept`` is
+    what the weight gradient will reuse (see ``Convolution``), ``fn`` an ``epilogue``."""
+    if plan.winograd:
+        if transformed is None or transformed.dtype != x.dtype:
+            transformed = _transformed_weights(weight, plan.winograd)
+        out = winograd.convolve(x, transformed, plan.padding, plan.winograd, bias, kept)
+    elif plan.per_sample:
+        out = plan.forward_per_sample(x, weight, bias, kept)
+    else:
+        return plan.forward(x, weight, bias, fn)  # the epilogue in the plan's own output pass
+    if fn is not None:
+        elementwise(fn, out)
+    return out
+
+
+def infer(
+    plan: ConvPlan, x: np.ndarray, weight: Tensor, bias: np.ndarray | None, fn=None
+) -> np.ndarray:
+    """What ``Convolution`` computes when nothing needs a gradient, straight on the kernels
+    (no graph, no argument checks: the caller's are done), ``fn`` an ``epilogue``. ``plan`` is
+    for ``x``'s shape and the weight's; ``x``, the weight's array and ``bias`` share one dtype.
+    A frozen model's layers call this at batch 1, where the checks and the graph machinery
+    around a small product cost as much as it."""
+    transformed = _kept_transform(weight, plan.winograd) if plan.winograd else None
+    return _convolve(plan, x, weight._data, bias, transformed, None, fn)
+
+
 class Convolution(Function):
     """``n c i..., o c/g k... -> n o j...``: N-d convolution with bias, stride, asymmetric
     padding, dilation and groups."""
@@ -543,7 +572,7 @@ class Convolution(Function):
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
         bias = None if bias is None else bias.astype(dtype, copy=False)
-        plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
+        plan = ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
         needs = ctx.needs_input_grad
         wants_weight = len(needs) > 1 and needs[1]
         # the weight gradient reuses the forward's transformed input tiles (Winograd) or
@@ -556,17 +585,7 @@ class Convolution(Function):
         if kept is not None:
             ctx.pooled = (kept,)
         ctx.kept = kept
-        if plan.winograd:
-            if transformed is None or transformed.dtype != dtype:
-                transformed = _transformed_weights(weight, plan.winograd)
-            out = winograd.convolve(x, transformed, padding, plan.winograd, bias, kept)
-        elif plan.per_sample:
-            out = plan.forward_per_sample(x, weight, bias, kept)
-        else:
-            out = plan.forward(x, weight, bias, fn)
-            fn = None  # applied in the plan's own output pass
-        if fn is not None:
-            elementwise(fn, out)
+        out = _convolve(plan, x, weight, bias, transformed, kept, fn)
         ctx.plan = plan
         ctx.save_for_backward(
             x if wants_weight and kept is None else None,
@@ -594,7 +613,7 @@ class Convolution(Function):
         return (grad_x, grad_w, grad_b)[: len(needs)]
 
 
-def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np.ndarray:
+def _input_gradient(plan: ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """The input gradient: for a stride-1 3x3 convolution, the Winograd convolution of the
     output gradient with the rotated kernel (padded by ``2 - pad``); else the columns'
     gradient added back over the taps (col2im), channels last for a channels-last plan."""
@@ -615,7 +634,7 @@ def _input_gradient(plan: _ConvPlan, weight: np.ndarray, grad: np.ndarray) -> np
     return plan.scatter(gcols)
 
 
-def _weight_gradient(plan: _ConvPlan, x, grad: np.ndarray, kept) -> np.ndarray:
+def _weight_gradient(plan: ConvPlan, x, grad: np.ndarray, kept) -> np.ndarray:
     """The weight gradient, in the weight's own ``o c/g k...`` layout, from what the forward
     ``kept`` (Winograd's transformed tiles, per-sample columns) or the columns of ``x``."""
     if plan.winograd:
@@ -780,7 +799,7 @@ def _transpose_plan(x_shape, w_shape, stride, padding, dilation, groups) -> tupl
             f"{list(x_shape)} with weight {list(w_shape)}"
         )
     shape = (x_shape[0], w_shape[1] * groups, *sizes)
-    plan = _ConvPlan(shape, (x_shape[1], *w_shape[1:]), stride, crop, dilation, groups)
+    plan = ConvPlan(shape, (x_shape[1], *w_shape[1:]), stride, crop, dilation, groups)
     return plan, extra
 
 

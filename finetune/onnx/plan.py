@@ -20,6 +20,10 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
 - A ReLU, a Clip with constant bounds, a HardSwish or a SiLU that alone reads a 2-d
   convolution's output (BatchNorm folded in or not) runs inside the convolution's last pass over
   its output (``autograd.conv.epilogue``), block by block while each is in cache.
+- Each 2-d convolution (its BatchNorm folded in and its activation riding along, if any) runs
+  straight on the kernels (``nn.fusion.FrozenConvolution``) while nothing needs a gradient: no
+  module call, functional checks or graph machinery around a small product (MNASNet 0.5 at
+  batch 1: 12.3 -> 10.8 ms a forward, interleaved in one process).
 - Modules are looked up once; values live in a list indexed by position, not a dict by name.
 
 The plan keeps the modules it found: every call checks that each still sits where it was found
@@ -44,11 +48,12 @@ from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..errors import FinetuneError, OnnxImportError
 from ..nn import functional as F
-from ..nn.fusion import conv_bn, foldable
+from ..nn.fusion import FrozenConvolution, conv_bn, foldable
 from ..nn.layers.batchnorm import BatchNorm2d
 from ..nn.layers.conv import Conv2d
 from ..nn.layers.dropout import Dropout
 from ..tensor import Tensor
+from .registry import call_module
 
 # ops whose outputs' shapes follow from their inputs' shapes (and attributes) alone
 SHAPE_FROM_SHAPES = frozenset(
@@ -122,6 +127,9 @@ class _Unit:
     module: object = None
     static: bool = False
     folded_modules: tuple = ()
+    # (Conv2d, BatchNorm2d or None, epilogue or None, the node's padding first or None) when the
+    # unit is their composition: it may then run as a ``FrozenConvolution``
+    layers: tuple | None = None
 
 
 class _ConvThenBatchNorm:
@@ -166,6 +174,10 @@ class Plan:
             return None
         units = plan._fuse(owner, units)
         units = plan._fuse_epilogues(owner, units)
+        for unit in units:
+            if unit.layers is not None:
+                conv, bn, tail, pads_first = unit.layers
+                unit.run = FrozenConvolution(conv, bn, tail, unit.run, pads_first)
         plan._mark_static(owner, units)
         plan._compile(owner, units)
         plan._edges = list(plan._edges.values())
@@ -200,7 +212,11 @@ class Plan:
                     continue
             known.update(n for n in step.outputs if n)
             run = functools.partial(step.run, module) if module is not None else step.run
-            units.append(_Unit(run, names, step.outputs, step, step.op_type, module))
+            unit = _Unit(run, names, step.outputs, step, step.op_type, module)
+            if step.op_type == "Conv" and type(module) is Conv2d:
+                if step.run is call_module or hasattr(step.run, "pairs"):
+                    unit.layers = (module, None, None, getattr(step.run, "pairs", None))
+            units.append(unit)
         self._outputs = tuple(self._alias.get(n, n) for n in owner._graph_outputs)
         return units
 
@@ -516,6 +532,8 @@ def _conv_batch_norm(bn: _Unit, produced: dict, only_reader):
     run = functools.partial(_conv_then_batch_norm, conv.step.run, conv.module, bn.module)
     fused = _Unit(run, conv.inputs, bn.outputs, conv.step, "Conv+BatchNormalization", bn.module)
     fused.folded_modules = (conv.module, bn.module)
+    if conv.layers is not None:
+        fused.layers = (conv.module, bn.module, None, conv.layers[3])
     return [conv, bn], fused
 
 
@@ -620,6 +638,8 @@ def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
     names = (*conv.inputs, *act.inputs[1:])
     fused = _Unit(run, names, act.outputs, conv.step, f"{conv.op_type}+{act.op_type}", conv.module)
     fused.folded_modules = (layer, *((bn,) if bn is not None else ()))
+    if conv.layers is not None:
+        fused.layers = (layer, bn, tail, conv.layers[3])
     return fused
 
 

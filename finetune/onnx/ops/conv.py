@@ -29,18 +29,16 @@ class _PadFirst:
         self.pads = attributes.get("pads")
         self.kernel, self.strides, self.dilations = kernel, strides, dilations
 
-    def __call__(self, module, x):
+    def pairs(self, shape: tuple) -> tuple:
+        """The node's ``(before, after)`` pads for an input of ``shape``, checked."""
         pairs = spatial_pads(
-            "Conv",
-            self.auto_pad,
-            self.pads,
-            tuple(x.shape[2:]),
-            self.kernel,
-            self.strides,
-            self.dilations,
+            "Conv", self.auto_pad, self.pads, shape[2:], self.kernel, self.strides, self.dilations
         )
-        check_padded(tuple(x.shape), pairs, "Conv")
-        flat = [p for pair in reversed(pairs) for p in pair]
+        check_padded(shape, pairs, "Conv")
+        return pairs
+
+    def __call__(self, module, x):
+        flat = [p for pair in reversed(self.pairs(tuple(x.shape))) for p in pair]
         return module(fn.pad(x, flat))
 
 
