@@ -166,8 +166,7 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
     for y in range(r0, r1):
         target = flat_out[y]
         if bias.shape[0]:
-            for col in range(ow):
-                target[col * o : (col + 1) * o] = bias
+            target[:] = bias
         else:
             target[:] = 0
         for i in range(kh):
@@ -241,11 +240,24 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
 def _correlate_compiled(
     kernel, x, weights, bias, out, stride, dilation, padding, multiplier, epilogue=None
 ):
-    """``_correlate_rows`` over blocks of rows of every sample, shared out over threads; then
-    ``epilogue(rows)`` on each thread turn's rows in place, while they are in cache."""
+    """``_correlate_rows`` over blocks of rows of every sample, shared out over threads. An
+    ``epilogue`` with a compiled pass of its own for the bias (``with_bias``, as ReLU, clip,
+    hard-swish and SiLU have) runs it over the whole output afterwards (a numpy ReLU on each
+    thread turn's rows took 35-120 us of MobileNet-sized layers at batch 1, the compiled pass
+    ~10); any other runs on each thread turn's rows in place, while they are in cache."""
     n, oh, ow, o = out.shape
+    if epilogue is not None and getattr(epilogue, "with_bias", None) is not None:
+        _correlate_compiled(kernel, x, weights, None, out, stride, dilation, padding, multiplier)
+        rows = out.reshape(-1, o)
+        if not epilogue.with_bias(rows, bias):
+            if bias is not None:
+                np.add(rows, bias, out=rows)
+            epilogue(rows)
+        return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
-    bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+    # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per pixel
+    # took longer than the taps: 125 of 281 us for 48 channels at 56x56)
+    bias = np.zeros(0, out.dtype) if bias is None else np.tile(bias.astype(out.dtype), ow)
     if stride[1] == 1 and multiplier == 1:
         weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
     work = out.size * math.prod(weights.shape[:2]) // _COMPILED_WORK_RATIO
