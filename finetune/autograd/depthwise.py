@@ -150,7 +150,8 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
     """Output rows ``r0:r1`` of one sample, compiled by ``jit``: ``out[y, x, o] = sum_ij
     x[y sh + i dh - top, x sw + j dw - left, o // multiplier] w[i, j, o] (+ bias[o])``, taps
     outside the input skipped (no padded copy). ``x`` ``h w c`` and ``out`` ``oh ow o``,
-    C-contiguous; ``bias`` has ``o`` values or none. ``weights`` is ``kh kw (ow o)`` (each
+    C-contiguous; ``bias`` is one output row's, ``ow o`` values (each pixel's ``o`` in turn),
+    or none. ``weights`` is ``kh kw (ow o)`` (each
     tap's ``o`` weights repeated along a row) for a unit horizontal stride and multiplier,
     where a tap is one multiply-add over a contiguous run of the row, ``ow o`` long (per
     pixel, 32 channels were 3.4 GMAC/s), and up to three taps of a kernel row share one pass
