@@ -194,3 +194,34 @@ def test_an_input_needing_a_gradient_takes_the_layers_path():
     with ft.no_grad():  # no gradient recorded: the direct path is exact
         assert FrozenConvolution(conv, None, None, _recording(calls))(x).shape == (2, 4, 5, 5)
     assert calls == [x]
+
+
+def test_a_frozen_convolution_sees_every_change_to_its_layers():
+    """The weights, bias and plan it keeps between calls follow in-place changes, new
+    parameters, a conversion to float64, new padding and another input size."""
+    conv, bn = _pair(bias=True)
+    calls = []
+    frozen = FrozenConvolution(conv, bn, None, _recording(calls))
+
+    def check(x):
+        with ft.no_grad():
+            got, want = frozen(x), bn(conv(x))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+    check(_x())
+    with ft.no_grad():
+        bn.running_var.mul_(2.0)
+        check(_x())
+        conv.weight.add_(0.5)
+        check(_x())
+    conv.bias = nn.Parameter(conv.bias.detach() + 1)
+    check(_x())
+    bn.eps = 0.5
+    check(_x())
+    conv.padding = (0, 0)
+    check(_x())
+    check(_x(shape=(1, 3, 12, 7)))
+    conv.double(), bn.double()
+    check(ft.from_numpy(_x().numpy().astype(np.float64)))
+    assert calls == []  # every call took the direct path
