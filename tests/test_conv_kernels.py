@@ -11,7 +11,7 @@ import pytest
 
 import finetune as torch
 from finetune.autograd import conv as kernels
-from finetune.autograd import gradcheck
+from finetune.autograd import gradcheck, pooling
 
 
 def leaf(array, dtype=np.float64) -> torch.Tensor:
@@ -247,13 +247,16 @@ def test_max_pool_matches_direct_loop_and_gradcheck(name):
     assert gradcheck(lambda t: kernels.max_pool(t, **opts), [leaf(x)])
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("name", ["2d-resnet", "2d-ceil", "2d-dilated-ceil", "3d"])
-def test_max_pool_without_gradient_blocks_channels_and_keeps_nan_and_ints(name):
+def test_max_pool_without_gradient_blocks_channels_and_keeps_nan_and_ints(name, wide):
     """More than one 64-channel block per sample, NaN and infinities where they win or lose,
-    and integer inputs whose padding is the type's minimum."""
+    and integer inputs whose padding is the type's minimum; short rows (pooled channels last)
+    and rows long enough to be pooled in their own row-major layout."""
     shape, kernel, stride, pads, dilation, ceil = {**POOL_CASES, **DILATED_POOL_CASES}[name]
     opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
-    x = np.random.default_rng(5).standard_normal((2, 130, *shape[2:]))
+    spatial = (*shape[2:-1], pooling._SHORT_ROWS + 3) if wide else shape[2:]
+    x = np.random.default_rng(5).standard_normal((2, 130, *spatial))
     flat = x.reshape(-1)
     flat[::17], flat[5::23], flat[7::29] = np.nan, np.inf, -np.inf
     want = max_pool_loop(x, kernel, stride, pads, dilation, ceil)
