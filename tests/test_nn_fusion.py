@@ -6,7 +6,7 @@ import pytest
 
 import finetune as ft
 from finetune import nn
-from finetune.nn.fusion import FrozenConvolution, conv_bn
+from finetune.nn.fusion import FrozenBatchNorm, FrozenConvolution, conv_bn
 
 
 def _pair(bias=False, affine=True, seed=0):
@@ -225,3 +225,47 @@ def test_a_frozen_convolution_sees_every_change_to_its_layers():
     conv.double(), bn.double()
     check(ft.from_numpy(_x().numpy().astype(np.float64)))
     assert calls == []  # every call took the direct path
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_a_frozen_batchnorm_is_the_layers_then_the_activation(affine, layout):
+    from finetune.autograd import piecewise
+
+    _, bn = _pair(affine=affine)
+    x = np.random.default_rng(2).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    calls = []
+    frozen = FrozenBatchNorm(bn, piecewise.relu(), _recording(calls))
+    with ft.no_grad():
+        got = frozen(ft.from_numpy(x))
+        want = np.maximum(bn(ft.from_numpy(x)).numpy(), 0)
+    assert calls == [] and got.dtype == ft.float32
+    np.testing.assert_array_equal(got.numpy(), want)
+    with ft.no_grad():
+        bn.running_mean.add_(1.0)  # a change to the statistics is seen
+        np.testing.assert_array_equal(
+            frozen(ft.from_numpy(x)).numpy(), np.maximum(bn(ft.from_numpy(x)).numpy(), 0)
+        )
+
+
+@pytest.mark.parametrize("case", ["train", "hook", "trainable", "channels", "grad-input"])
+def test_a_frozen_batchnorm_steps_aside_when_its_layer_would_differ(case):
+    _, bn = _pair()
+    for p in bn.parameters():
+        p.requires_grad_(False)
+    x = _x(shape=(2, 4, 3, 3))
+    if case == "train":
+        bn.train()
+    elif case == "hook":
+        bn.register_forward_pre_hook(lambda *args: None)
+    elif case == "trainable":
+        bn.weight.requires_grad_()
+    elif case == "channels":
+        x = _x(shape=(2, 5, 3, 3))
+    else:
+        x.requires_grad_()
+    calls = []
+    assert FrozenBatchNorm(bn, None, _recording(calls))(x) == "fallback"
+    assert calls == [x]

@@ -817,3 +817,56 @@ def test_a_convolution_refuses_an_epilogue_when_a_gradient_is_needed():
     w = ft.randn(3, 2, 3, 3)
     with kernels.epilogue(lambda block: None), pytest.raises(RuntimeError, match="inference"):
         kernels.conv(x, w, None, padding=((1, 1), (1, 1)))
+
+
+def _batch_norm_activation_model(rng, act: str, channels=5) -> onnx.ModelProto:
+    """x, x -> Concat -> BatchNormalization -> activation -> y: DenseNet's pre-activation,
+    a BatchNorm no convolution precedes."""
+    c = 2 * channels
+    inits = [
+        _init("scale", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        _init("shift", rng.standard_normal(c).astype(np.float32)),
+        _init("mean", rng.standard_normal(c).astype(np.float32)),
+        _init("var", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["cat"], axis=1),
+        helper.make_node("BatchNormalization", ["cat", "scale", "shift", "mean", "var"], ["c"]),
+        *ACTIVATIONS[act][0](),
+    ]
+    return _model(nodes, [_tensor("x", ["n", channels, 6, 7])], [_tensor("y", 4)], inits)
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip", "HardSwish"])
+def test_a_batchnorm_and_its_activation_run_as_one_pass(act):
+    rng = np.random.default_rng(35)
+    proto = _batch_norm_activation_model(rng, act)
+    model = ft.onnx.load(proto)
+    x = (rng.standard_normal((2, 5, 6, 7)) * 3).astype(np.float32)
+    with ft.no_grad():
+        model(ft.from_numpy(x))
+        got = model(ft.from_numpy(x)).numpy()
+    assert _planned_ops(model) == ["Concat", f"BatchNormalization+{act}"]
+    _close(got, _onnxruntime(proto, x)[0])
+    np.testing.assert_array_equal(got, _exact(model, x).numpy())  # the same passes, in order
+
+
+def test_a_batchnorm_in_training_or_with_a_hook_runs_its_layers_after_the_plan_ran():
+    rng = np.random.default_rng(36)
+    proto = _batch_norm_activation_model(rng, "Relu")
+    model = ft.onnx.load(proto)
+    x = ft.from_numpy(rng.standard_normal((2, 5, 6, 7)).astype(np.float32))
+    with ft.no_grad():
+        model(x)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    handle = bn.register_forward_hook(lambda module, args, out: seen.append(out.numpy().min()))
+    with ft.no_grad():
+        got = model(x).numpy()
+    assert seen and seen[0] < 0 and got.min() >= 0  # the hook saw the BatchNorm's own output
+    handle.remove()
+    bn.train()  # batch statistics: the running ones move
+    before = bn.running_mean.numpy().copy()
+    with ft.no_grad():
+        model(x)
+    assert not np.array_equal(bn.running_mean.numpy(), before)

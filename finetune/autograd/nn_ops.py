@@ -331,17 +331,8 @@ class BatchNormEval(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps):
         view = _channel_view(x.ndim)
-        invstd = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype, copy=False)
-        scale = invstd if weight is None else weight * invstd
-        shift = -running_mean * scale if bias is None else bias - running_mean * scale
-        out = np.empty_like(x)  # x's layout
-        if not _affine_channels_last(out, x, scale, shift):
-
-            def block(lo: int, hi: int) -> None:
-                np.multiply(x[:, lo:hi], scale[lo:hi].reshape(view), out=out[:, lo:hi])
-                out[:, lo:hi] += shift[lo:hi].reshape(view)
-
-            split(block, x.shape[1], 2 * x.size)
+        scale, shift, invstd = eval_affine(weight, bias, running_mean, running_var, eps, x.dtype)
+        out = affine_channels(x, scale, shift)
         needs = ctx.needs_input_grad
         x_hat = (x - running_mean.reshape(view)) * invstd.reshape(view) if needs[1] else None
         ctx.save_for_backward(x_hat, scale if needs[0] else None)
@@ -358,17 +349,45 @@ class BatchNormEval(Function):
         return gx, gw, gb, None, None
 
 
-def _affine_channels_last(out, x, scale, shift) -> bool:
+def eval_affine(weight, bias, running_mean, running_var, eps: float, dtype) -> tuple:
+    """An eval BatchNorm's per-channel ``scale`` and ``shift`` (it computes ``x * scale +
+    shift``) and ``invstd``, from its arrays (weight and bias may be None)."""
+    invstd = (1.0 / np.sqrt(running_var + eps)).astype(dtype, copy=False)
+    scale = invstd if weight is None else weight * invstd
+    shift = -running_mean * scale if bias is None else bias - running_mean * scale
+    return scale, shift, invstd
+
+
+def affine_channels(x: np.ndarray, scale, shift, fn=None) -> np.ndarray:
+    """``x * scale + shift`` per channel (axis 1) into a new array in ``x``'s layout, split
+    over threads; ``fn``, an in-place ``epilogue``, on each block right after it (while it is in
+    cache: an eval BatchNorm and the ReLU after it in one pass over memory)."""
+    view = _channel_view(x.ndim)
+    out = np.empty_like(x)  # x's layout
+    if not _affine_channels_last(out, x, scale, shift, fn):
+
+        def block(lo: int, hi: int) -> None:
+            np.multiply(x[:, lo:hi], scale[lo:hi].reshape(view), out=out[:, lo:hi])
+            out[:, lo:hi] += shift[lo:hi].reshape(view)
+            if fn is not None:
+                fn(out[:, lo:hi])
+
+        split(block, x.shape[1], 2 * x.size)
+    return out
+
+
+def _affine_channels_last(out, x, scale, shift, fn=None) -> bool:
     """``out = x * scale + shift`` per channel for a channels-last 4-d ``x`` (``out`` alike),
-    over rows of pixels: one compiled pass (``piecewise.affine_rows``), else numpy over flat
-    ``(n h) (w c)`` rows with the scale and shift repeated along them. Slicing channels of such
-    an array, as the row-major path does, leaves a few strided channels per inner loop: 7-21 ms
-    against ~1 ms for DenseNet's BatchNorms at 56x56, batch 8. False for other layouts."""
+    over rows of pixels, then ``fn`` on each chunk: one compiled pass
+    (``piecewise.affine_rows``), else numpy over flat ``(n h) (w c)`` rows with the scale and
+    shift repeated along them. Slicing channels of such an array, as the row-major path does,
+    leaves a few strided channels per inner loop: 7-21 ms against ~1 ms for DenseNet's
+    BatchNorms at 56x56, batch 8. False for other layouts."""
     if x.ndim != 4 or x.flags.c_contiguous or not is_channels_last(x):
         return False
     c, w = x.shape[1], x.shape[3]
     rows, target = pixel_rows(x), pixel_rows(out)
-    if piecewise.affine_rows(target.reshape(-1, c), rows.reshape(-1, c), scale, shift):
+    if piecewise.affine_rows(target.reshape(-1, c), rows.reshape(-1, c), scale, shift, fn):
         return True
     rows, target = rows.reshape(len(rows), -1), target.reshape(len(target), -1)
     s, b = along_row(scale, w), along_row(shift, w)
@@ -376,6 +395,8 @@ def _affine_channels_last(out, x, scale, shift) -> bool:
     def block(lo: int, hi: int) -> None:
         np.multiply(rows[lo:hi], s, out=target[lo:hi])
         target[lo:hi] += b
+        if fn is not None:
+            fn(target[lo:hi])
 
     split(block, len(rows), 2 * x.size)
     return True

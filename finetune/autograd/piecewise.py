@@ -133,12 +133,15 @@ def bias_rows(rows: np.ndarray, bias: np.ndarray | None, activation: Activation 
     return True
 
 
-def affine_rows(out: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> bool:
+def affine_rows(
+    out: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, fn=None
+) -> bool:
     """``out = x * scale + shift`` for C-contiguous ``(pixels, channels)`` rows and
     per-channel ``scale`` and ``shift``, in one compiled pass split over the threads, in
     numpy's order of operations (so its values): an eval BatchNorm on a channels-last
-    activation. ``out`` must not overlap ``x`` (in place the loop cannot vectorise: 2-4x
-    slower). False (nothing done) without the compiled kernel or for other arrays."""
+    activation; then ``fn(rows)`` in place on each thread turn's rows, while in cache. ``out``
+    must not overlap ``x`` (in place the loop cannot vectorise: 2-4x slower). False (nothing
+    done) without the compiled kernel or for other arrays."""
     kernel = _compiled(_affine)
     if kernel is None or x.ndim != 2 or x.dtype not in _COMPILED_DTYPES or out.dtype != x.dtype:
         return False
@@ -149,6 +152,8 @@ def affine_rows(out: np.ndarray, x: np.ndarray, scale: np.ndarray, shift: np.nda
 
     def rows(lo: int, hi: int) -> None:
         kernel(x[lo:hi], out[lo:hi], scale, shift)
+        if fn is not None:
+            fn(out[lo:hi])
 
     split(rows, len(x), _work(2 * x.size))
     return True

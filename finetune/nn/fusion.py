@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import conv as kernels
+from ..autograd import nn_ops
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..tensor import Tensor
@@ -186,3 +187,45 @@ def _padding(conv: Conv2d, x: np.ndarray, weight: np.ndarray, bias, first) -> tu
         if size + lo + hi < d * (k - 1) + 1:
             return None
     return pads
+
+
+class FrozenBatchNorm:
+    """``tail(bn(x))`` for an eval-mode ``BatchNorm2d`` with running statistics, ``tail`` a
+    ``piecewise.Activation`` (or None) applied to each block of the affine pass while it is in
+    cache: a BatchNorm that cannot fold into a convolution (DenseNet's, after each
+    concatenation) and its ReLU in one pass over memory instead of two passes and two arrays.
+    The layers' own path, ``fallback(x, *others)``, runs whenever this could differ from it:
+    training mode, hooks, a gradient needed, an input the layer would refuse."""
+
+    __slots__ = ("bn", "tail", "fallback", "_state")
+
+    def __init__(self, bn: BatchNorm2d, tail, fallback) -> None:
+        self.bn, self.tail, self.fallback = bn, tail, fallback
+        self._state = None  # the key of the last scale and shift, the tensors held, and them
+
+    def __call__(self, x, *others):
+        bn = self.bn
+        if type(x) is not Tensor or type(bn) is not BatchNorm2d or not _plain(bn):
+            return self.fallback(x, *others)
+        p, b, data = bn._parameters, bn._buffers, x._data
+        sources = (p.get("weight"), p.get("bias"), b.get("running_mean"), b.get("running_var"))
+        if sources[2] is None or sources[3] is None or data.ndim != 4:
+            return self.fallback(x, *others)
+        if is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *sources)):
+            return self.fallback(x, *others)
+        key = (
+            data.shape[1], data.dtype, bn.num_features, bn.eps,
+            tuple(None if t is None else (id(t), t._version.value, id(t._data)) for t in sources),
+        )  # fmt: skip
+        state = self._state
+        if state is None or state[0] != key:
+            arrays = tuple(None if t is None else t._data for t in sources)
+            if data.shape[1] != bn.num_features or any(
+                a is not None and a.size != bn.num_features for a in arrays
+            ):
+                return self.fallback(x, *others)
+            scale, shift, _ = nn_ops.eval_affine(*arrays, float(bn.eps), data.dtype)
+            state = self._state = (key, (sources, arrays), scale, shift)
+        with np.errstate(all="ignore"):  # as every op: 1/0 is inf, silently
+            out = nn_ops.affine_channels(data, state[2], state[3], self.tail)
+        return Tensor._from_array(out)

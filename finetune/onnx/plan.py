@@ -19,7 +19,10 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
   matched by structure and constant values.
 - A ReLU, a Clip with constant bounds, a HardSwish or a SiLU that alone reads a 2-d
   convolution's output (BatchNorm folded in or not) runs inside the convolution's last pass over
-  its output (``autograd.conv.epilogue``), block by block while each is in cache.
+  its output (``autograd.conv.epilogue``), block by block while each is in cache. A ReLU,
+  clip or hard-swish that alone reads an eval BatchNorm's output (one no convolution precedes,
+  as DenseNet's after each concatenation) runs on each block of the BatchNorm's pass
+  (``nn.fusion.FrozenBatchNorm``).
 - Each 2-d convolution (its BatchNorm folded in and its activation riding along, if any) runs
   straight on the kernels (``nn.fusion.FrozenConvolution``) while nothing needs a gradient: no
   module call, functional checks or graph machinery around a small product (MNASNet 0.5 at
@@ -48,7 +51,7 @@ from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..errors import FinetuneError, OnnxImportError
 from ..nn import functional as F
-from ..nn.fusion import FrozenConvolution, conv_bn, foldable
+from ..nn.fusion import FrozenBatchNorm, FrozenConvolution, conv_bn, foldable
 from ..nn.layers.batchnorm import BatchNorm2d
 from ..nn.layers.conv import Conv2d
 from ..nn.layers.dropout import Dropout
@@ -130,6 +133,9 @@ class _Unit:
     # (Conv2d, BatchNorm2d or None, epilogue or None, the node's padding first or None) when the
     # unit is their composition: it may then run as a ``FrozenConvolution``
     layers: tuple | None = None
+    # (BatchNorm2d, piecewise.Activation or None) when the unit is their composition: it may
+    # then run as a ``FrozenBatchNorm``
+    normalization: tuple | None = None
 
 
 class _ConvThenBatchNorm:
@@ -178,6 +184,8 @@ class Plan:
             if unit.layers is not None:
                 conv, bn, tail, pads_first = unit.layers
                 unit.run = FrozenConvolution(conv, bn, tail, unit.run, pads_first)
+            elif unit.normalization is not None:
+                unit.run = FrozenBatchNorm(*unit.normalization, unit.run)
         plan._mark_static(owner, units)
         plan._compile(owner, units)
         plan._edges = list(plan._edges.values())
@@ -216,6 +224,8 @@ class Plan:
             if step.op_type == "Conv" and type(module) is Conv2d:
                 if step.run is call_module or hasattr(step.run, "pairs"):
                     unit.layers = (module, None, None, getattr(step.run, "pairs", None))
+            if type(module) is BatchNorm2d and step.run is call_module and len(names) == 1:
+                unit.normalization = (module, None)
             units.append(unit)
         self._outputs = tuple(self._alias.get(n, n) for n in owner._graph_outputs)
         return units
@@ -283,6 +293,14 @@ class Plan:
         for act in units:
             tail = _activation_tail(act, lambda name: self._constant(owner, produced, name))
             conv = produced.get(act.inputs[0]) if tail is not None else None
+            if (
+                conv is not None
+                and conv.normalization is not None
+                and isinstance(tail, piecewise.Activation)
+                and only_reader(conv.outputs[0]) is act
+            ):
+                joined[id(act)] = _normalization_then(conv, act, tail)
+                continue
             if (
                 conv is None
                 or conv.op_type not in _CONVOLUTIONS
@@ -640,6 +658,19 @@ def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
     fused.folded_modules = (layer, *((bn,) if bn is not None else ()))
     if conv.layers is not None:
         fused.layers = (layer, bn, tail, conv.layers[3])
+    return fused
+
+
+def _normalization_then(bn: _Unit, act: _Unit, tail: piecewise.Activation) -> _Unit:
+    """One unit for ``act(bn(x))``, an eval BatchNorm and the activation on each of its
+    blocks (``FrozenBatchNorm``, which runs the two nodes in turn where that could differ)."""
+
+    def nodes(x, *others):
+        return act.run(bn.run(x), *others)
+
+    names = (*bn.inputs, *act.inputs[1:])
+    fused = _Unit(nodes, names, act.outputs, bn.step, f"{bn.op_type}+{act.op_type}", bn.module)
+    fused.normalization = (bn.module, tail)
     return fused
 
 
