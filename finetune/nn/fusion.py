@@ -11,7 +11,8 @@ path, so results never depend on the shortcut beyond float rounding.
 ``FrozenConvolution`` goes one step further for an imported graph's inference plan: the whole
 ``activation(bn(conv(x)))`` straight on the convolution kernels, without the module call, the
 functional checks and the autograd machinery around them (~60-110 us of a batch-1 layer whose
-product takes 50), whenever that computes exactly what the layers would.
+product takes 50), whenever that computes exactly what the layers would. ``FrozenBatchNorm`` does
+the same for a BatchNorm nothing folds (one no convolution precedes) and the activation after it.
 """
 
 from __future__ import annotations
