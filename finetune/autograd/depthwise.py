@@ -151,14 +151,14 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
     x[y sh + i dh - top, x sw + j dw - left, o // multiplier] w[i, j, o] (+ bias[o])``, taps
     outside the input skipped (no padded copy). ``x`` ``h w c`` and ``out`` ``oh ow o``,
     C-contiguous; ``bias`` is one output row's, ``ow o`` values (each pixel's ``o`` in turn),
-    or none. ``weights`` is ``kh kw (ow o)`` (each
-    tap's ``o`` weights repeated along a row) for a unit horizontal stride and multiplier,
-    where a tap is one multiply-add over a contiguous run of the row, ``ow o`` long (per
-    pixel, 32 channels were 3.4 GMAC/s), and up to three taps of a kernel row share one pass
-    over the columns they all reach (the output row is then read and written once per three
-    taps: MobileNetV2's 3x3 144@56 at batch 8 3.0 -> 2.3 ms, a pass per tap of all nine taps
-    measured no better, too many streams); else ``kh kw o``, one pixel at a time. Every
-    output adds its taps in the same order (kernel rows, then columns) either way."""
+    or none. ``weights`` is ``kh kw (ow o)`` (each tap's ``o`` weights repeated along a row)
+    for a unit horizontal stride and multiplier, where a tap is one multiply-add over a
+    contiguous run of the row, ``ow o`` long (per pixel, 32 channels were 3.4 GMAC/s), and up
+    to three taps of a kernel row share one pass over the columns they all reach (the output
+    row is then read and written once per three taps: MobileNetV2's 3x3 144@56 at batch 8 3.0
+    -> 2.3 ms, a pass per tap of all nine taps measured no better, too many streams); else ``kh
+    kw o``, one pixel at a time. Every output adds its taps in the same order (kernel rows,
+    then columns) either way."""
     kh, kw = weights.shape[:2]
     h, w = x.shape[0], x.shape[1]
     ow, o = out.shape[1], out.shape[2]
