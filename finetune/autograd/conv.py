@@ -62,29 +62,6 @@ def _take_epilogue() -> Callable | None:
     return fn
 
 
-def _add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | None) -> None:
-    """``rows += bias``, then ``fn(rows)``, for ``(pixels, channels)`` rows: by ``fn.with_bias``
-    when the epilogue has one (``piecewise.Activation``: one compiled pass), else one chunk of
-    rows per thread turn (both on a chunk before the next: the chunk is still in cache). Smaller
-    blocks were slower: numpy's ~2-5 us a call outweighed what the cache saved."""
-    if bias is None and fn is None:
-        return
-    if fn is None:
-        if piecewise.bias_rows(rows, bias, None):
-            return  # one compiled pass
-    elif hasattr(fn, "with_bias") and fn.with_bias(rows, bias):
-        return  # the epilogue's own pass (or passes) with the bias
-
-    def chunk(lo: int, hi: int) -> None:
-        block = rows[lo:hi]
-        if bias is not None:
-            np.add(block, bias, out=block)
-        if fn is not None:
-            fn(block)
-
-    split(chunk, len(rows), rows.size)
-
-
 def _out_size(size: int, pad: tuple[int, int], k: int, s: int, d: int, ceil: bool) -> int:
     """Output length along one axis (PyTorch's rule: a ceil-mode window must start in the input
     or its leading padding, never in the trailing padding)."""
@@ -330,7 +307,7 @@ class ConvPlan:
             np.matmul(self.columns_last(x), taps_first(weight).T, out=rows)
         else:
             np.matmul(self.columns(x)[0].T, weight.reshape(o, -1).T, out=rows)
-        _add_bias_rows(rows, bias, epilogue)
+        piecewise.add_bias_rows(rows, bias, epilogue)
         return as_nchw(out)
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
@@ -405,7 +382,7 @@ class ConvPlan:
                 rows = out[s].reshape(self.length, o)
                 np.matmul(columns(s)[0].T, w[0].T, out=rows)
                 if fn is not None:
-                    _add_bias_rows(rows, bias, fn)
+                    piecewise.add_bias_rows(rows, bias, fn)
             return as_nchw(out)
         out = np.empty((n, o, *self.outs), dtype=x.dtype)
         for s in range(n):

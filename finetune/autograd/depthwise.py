@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from ..parallel import MIN_WORK_PER_THREAD, split
-from . import jit
+from . import jit, piecewise
 from .layout import as_nchw, pad_last
 from .scratch import scratch
 
@@ -249,11 +249,7 @@ def _correlate_compiled(
     n, oh, ow, o = out.shape
     if epilogue is not None and getattr(epilogue, "with_bias", None) is not None:
         _correlate_compiled(kernel, x, weights, None, out, stride, dilation, padding, multiplier)
-        rows = out.reshape(-1, o)
-        if not epilogue.with_bias(rows, bias):
-            if bias is not None:
-                np.add(rows, bias, out=rows)
-            epilogue(rows)
+        piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
     # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per pixel

@@ -116,7 +116,7 @@ class FrozenConvolution:
             conv.in_channels, None if self.bn is None else self.bn.eps,
             # each tensor the weights come from, its in-place version and its array; the state
             # holds them, so no id is reused while it does
-            tuple(None if t is None else (id(t), t._version.value, id(t._data)) for t in sources),
+            _stamp(*sources),
         )  # fmt: skip
         state = self._state
         if state is None or state[0] != key:
@@ -214,10 +214,7 @@ class FrozenBatchNorm:
             return self.fallback(x, *others)
         if is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *sources)):
             return self.fallback(x, *others)
-        key = (
-            data.shape[1], data.dtype, bn.num_features, bn.eps,
-            tuple(None if t is None else (id(t), t._version.value, id(t._data)) for t in sources),
-        )  # fmt: skip
+        key = (data.shape[1], data.dtype, bn.num_features, bn.eps, _stamp(*sources))
         state = self._state
         if state is None or state[0] != key:
             arrays = tuple(None if t is None else t._data for t in sources)
