@@ -110,6 +110,49 @@ def test_gradients_flow_through_an_imported_cnn_in_float64(cnn):
     assert ft.autograd.gradcheck(lambda x, w: model(x), (x, weight))
 
 
+def test_matmul_weights_are_the_initializer_viewed_and_train_apart():
+    """A MatMul's (in, out) initializer becomes a Linear's (out, in) weight without a copy (a
+    transposed view); two MatMuls reading one initializer still train as two layers."""
+    rng = np.random.default_rng(3)
+    m, b = random_weights(rng, (4, 5)), random_weights(rng, (5,))
+    nodes = [
+        helper.make_node("MatMul", ["x", "m"], ["h"], name="first"),
+        helper.make_node("Add", ["h", "b"], ["a"], name="first_bias"),
+        helper.make_node("MatMul", ["x", "m"], ["c"], name="second"),
+        helper.make_node("Add", ["a", "c"], ["y"], name="sum"),
+    ]
+    proto = make_model(
+        nodes,
+        [value_info("x", ["n", 4])],
+        [value_info("y", ["n", 5])],
+        [initializer("m", m), initializer("b", b)],
+    )
+    model = ft.onnx.load(proto)
+    layers = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
+    assert len(layers) == 2
+    for layer in layers:
+        weight = layer.weight.numpy()
+        assert weight.shape == (5, 4) and weight.T.flags.c_contiguous  # no copy at import
+        np.testing.assert_array_equal(weight, m.T)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    want = run_onnxruntime(proto, x)[0]
+    np.testing.assert_allclose(model(ft.from_numpy(x)).numpy(), want, rtol=1e-5, atol=1e-6)
+
+    trained, other = layers
+    trained.weight.requires_grad_(True)
+    optimizer = ft.optim.SGD([trained.weight], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(ft.from_numpy(x)).square().sum().backward()
+        optimizer.step()
+    assert not np.allclose(trained.weight.detach().numpy(), m.T)
+    np.testing.assert_array_equal(other.weight.numpy(), m.T)  # neither shares the update
+    with ft.no_grad():
+        got = model(ft.from_numpy(x)).numpy()
+    updated = trained.weight.detach().numpy()
+    np.testing.assert_allclose(got, x @ updated.T + b + x @ m, rtol=1e-5, atol=1e-5)
+
+
 def test_names_without_dots_come_from_mxnet_weights_or_node_names():
     rng = np.random.default_rng(0)
     nodes = [

