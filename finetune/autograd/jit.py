@@ -21,16 +21,22 @@ from collections.abc import Callable
 # False: every caller takes its numpy path (FINETUNE_JIT=0; tests switch it per test)
 ENABLED = os.environ.get("FINETUNE_JIT", "1") != "0"
 
-_compiled: dict[Callable, Callable | None] = {}
+_compiled: dict[tuple[Callable, bool], Callable | None] = {}
 
 
-def compiled(fn: Callable) -> Callable | None:
+def compiled(fn: Callable, reassociate: bool = False) -> Callable | None:
     """``fn`` compiled by numba (``nogil``, cached on disk), or None without numba or when
-    ``ENABLED`` is false. numba is imported on the first call, not with ``finetune``."""
+    ``ENABLED`` is false. numba is imported on the first call, not with ``finetune``.
+    ``reassociate`` lets LLVM add a running sum in any order (fastmath's ``reassoc`` flag alone:
+    no contraction into fused multiply-adds, no assumptions about NaN or infinities), which a
+    sum needs to vectorise; for a kernel whose other expressions have two operands each, where
+    there is nothing to reorder. Each function is compiled with one choice: numba's disk cache
+    does not tell compilations of one function apart by their options."""
     if not ENABLED:
         return None
+    key = (fn, reassociate)
     try:
-        return _compiled[fn]
+        return _compiled[key]
     except KeyError:
         pass
     try:
@@ -40,5 +46,8 @@ def compiled(fn: Callable) -> Callable | None:
     else:
         # numpy's error model: a float division by zero gives inf or nan, as in numpy, with no
         # check (a ZeroDivisionError check in a loop stops it from vectorising)
-        kernel = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")(fn)
-    return _compiled.setdefault(fn, kernel)
+        fastmath = {"reassoc"} if reassociate else False
+        kernel = numba.njit(
+            nogil=True, cache=True, boundscheck=False, error_model="numpy", fastmath=fastmath
+        )(fn)
+    return _compiled.setdefault(key, kernel)
