@@ -42,6 +42,21 @@ def test_linear_matches_a_loop_and_defaults_to_float32():
     assert np.allclose(out.detach().numpy(), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 8, 64, 65, 200])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_linear_with_a_large_weight_matches_float64_whatever_the_product_order(rows, order):
+    """Few rows against a large row-major weight are multiplied the other way round (the
+    weight times the rows' transpose); the result is the same product, C-contiguous."""
+    weight = rng(4).standard_normal((300, 256)).astype(np.float32)  # 76,800 values
+    bias = rng(5).standard_normal(300).astype(np.float32)
+    x = rng(6).standard_normal((rows, 256)).astype(np.float32)
+    w = torch.from_numpy(np.asarray(weight, order=order))
+    out = F.linear(torch.from_numpy(x), w, torch.from_numpy(bias)).numpy()
+    want = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
 def test_linear_grad_fn_names_follow_pytorch():
     x = torch.ones(2, 3, requires_grad=True)
     assert F.linear(x, torch.ones(4, 3), torch.ones(4)).grad_fn.name() == "AddmmBackward0"

@@ -37,6 +37,24 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 # -- linear ----------------------------------------------------------------------------------------
 
 
+# a product with at most this many rows and a weight of at least this many values is asked of
+# BLAS the other way round (see ``_rows_times_transposed``)
+_FEW_ROWS, _LARGE_WEIGHT = 64, 1 << 16
+
+
+def _rows_times_transposed(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``rows @ weight.T``, C-contiguous. For a few rows against a large row-major weight, as
+    ``(weight @ rows.T).T``: OpenBLAS runs a product with a handful of rows against a transposed
+    operand 1.2-2.9x slower than the same product turned around (a batch-8 classifier head,
+    1280 -> 1000: 445 against 246 us; 64 rows still 1.2x; 256 rows the other way). A weight
+    stored transposed (an imported MatMul's) is no transposed operand: within 0.84-1.36x
+    either way, left as it is."""
+    few = len(rows) <= _FEW_ROWS and weight.size >= _LARGE_WEIGHT
+    if few and weight.flags.c_contiguous:
+        return np.ascontiguousarray((weight @ rows.T).T)
+    return rows @ weight.T
+
+
 class Linear(Function):
     """``x @ weight.T + bias``: x (..., in), weight (out, in), bias (out) -> (..., out).
 
@@ -51,7 +69,7 @@ class Linear(Function):
         ctx.save_for_backward(
             x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None
         )
-        out = (as_rows(x) @ weight.T).reshape(x.shape[:-1] + weight.shape[:1])
+        out = _rows_times_transposed(as_rows(x), weight).reshape(x.shape[:-1] + weight.shape[:1])
         if bias is not None:
             out += bias
         return out
