@@ -110,21 +110,57 @@ def test_silu_epilogue_with_bias_matches_the_numpy_chain(bias, dtype, monkeypatc
     monkeypatch.setattr(jit, "ENABLED", True)
     r = np.random.default_rng(4)
     rows = (r.standard_normal((3000, 24)) * 8).astype(dtype)  # several blocks, both threads
-    rows.flat[:6] = [np.inf, -np.inf, np.nan, 0.0, -100.0, 100.0]
+    rows.flat[:10] = [np.inf, -np.inf, np.nan, 0.0, -0.0, -100.0, 100.0, -88.5, -89.0, 104.0]
     b = r.standard_normal(24).astype(dtype) if bias else None
+    if bias:
+        b[:10] = 0  # the special values reach the activation as they are
     x = rows + b if bias else rows.copy()
     want = np.empty_like(x)
     with np.errstate(over="ignore", invalid="ignore"):
         nn_ops.silu_kernel(want, x)  # the numpy chain the plan ran before
     got = rows.copy()
     assert nn_ops.SiluEpilogue().with_bias(got, b)
-    np.testing.assert_array_equal(got, want)  # the same operations in the same order
+    if dtype == np.float64:
+        np.testing.assert_array_equal(got, want)  # the same operations in the same order
+    else:  # its own exp: within a few ulp, and the same NaN, infinities and signed zeros
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        finite = np.isfinite(want)
+        np.testing.assert_array_equal(
+            got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)]
+        )
+        np.testing.assert_array_max_ulp(got[finite], want[finite], maxulp=8)
+        zero = want == 0
+        np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
     # and the formula itself, in float64
     x64 = x.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         exact = x64 / (1 + np.exp(-x64))
     finite = np.isfinite(x)
     np.testing.assert_allclose(got[finite], exact[finite], rtol=1e-6, atol=1e-30)
+
+
+def test_the_compiled_silu_follows_the_formula_over_the_whole_float32_range(monkeypatch):
+    """``_silu_rows``' own exp, on a dense grid through every regime: exp(-v) overflowing
+    (v < -88.7: the SiLU is -0), finite but past 2^127 (v near -88.5), denormal and zero."""
+    pytest.importorskip("numba")
+    from finetune.autograd import nn_ops
+
+    monkeypatch.setattr(jit, "ENABLED", True)
+    v = np.linspace(-120, 120, 480_001, dtype=np.float32).reshape(-1, 1)
+    got = v.copy()
+    assert nn_ops.SiluEpilogue().with_bias(got, None)
+    v64 = v.astype(np.float64)
+    with np.errstate(over="ignore"):
+        exact = v64 / (1 + np.exp(-v64))
+    # where exp(-v) is a finite float32 and the SiLU a normal one: a few ulp
+    normal = (v > -88.7) & (np.abs(exact) >= np.finfo(np.float32).tiny)
+    spacing = np.spacing(np.abs(exact[normal]).astype(np.float32)).astype(np.float64)
+    assert (np.abs(got[normal] - exact[normal]) / spacing).max() <= 4
+    # past it (exp(-v) overflows as numpy's does: -0) and below the normals: within 1e-36 of
+    # the true value (under 3e-37 there), with v's sign
+    rest = ~normal
+    np.testing.assert_allclose(got[rest], exact[rest], rtol=4 * 2.0**-23, atol=1e-36)
+    assert np.all(np.signbit(got[rest]) == np.signbit(v[rest]))
 
 
 def test_silu_epilogue_declines_what_it_cannot_do(monkeypatch):

@@ -21,20 +21,20 @@ from collections.abc import Callable
 # False: every caller takes its numpy path (FINETUNE_JIT=0; tests switch it per test)
 ENABLED = os.environ.get("FINETUNE_JIT", "1") != "0"
 
-_compiled: dict[tuple[Callable, bool], Callable | None] = {}
+_compiled: dict[tuple[Callable, frozenset], Callable | None] = {}
 
 
-def compiled(fn: Callable, reassociate: bool = False) -> Callable | None:
+def compiled(fn: Callable, fastmath: frozenset[str] = frozenset()) -> Callable | None:
     """``fn`` compiled by numba (``nogil``, cached on disk), or None without numba or when
     ``ENABLED`` is false. numba is imported on the first call, not with ``finetune``.
-    ``reassociate`` lets LLVM add a running sum in any order (fastmath's ``reassoc`` flag alone:
-    no contraction into fused multiply-adds, no assumptions about NaN or infinities), which a
-    sum needs to vectorise; for a kernel whose other expressions have two operands each, where
-    there is nothing to reorder. Each function is compiled with one choice: numba's disk cache
-    does not tell compilations of one function apart by their options."""
+    ``fastmath`` names the LLVM fast-math flags a kernel allows, none by default: ``reassoc``
+    lets a running sum be added in any order (which it needs to vectorise), ``contract`` fuses
+    a multiply and an add into one rounding; never the flags that assume no NaN or infinity.
+    Each function is compiled with one set: numba's disk cache does not tell compilations of
+    one function apart by their options."""
     if not ENABLED:
         return None
-    key = (fn, reassociate)
+    key = (fn, frozenset(fastmath))
     try:
         return _compiled[key]
     except KeyError:
@@ -46,8 +46,11 @@ def compiled(fn: Callable, reassociate: bool = False) -> Callable | None:
     else:
         # numpy's error model: a float division by zero gives inf or nan, as in numpy, with no
         # check (a ZeroDivisionError check in a loop stops it from vectorising)
-        fastmath = {"reassoc"} if reassociate else False
         kernel = numba.njit(
-            nogil=True, cache=True, boundscheck=False, error_model="numpy", fastmath=fastmath
+            nogil=True,
+            cache=True,
+            boundscheck=False,
+            error_model="numpy",
+            fastmath=set(fastmath) or False,
         )(fn)
     return _compiled.setdefault(key, kernel)
