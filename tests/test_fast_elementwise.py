@@ -435,13 +435,40 @@ def _softmax_loop(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(np.array(out).reshape(moved.shape), -1, axis)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("dim", [-1, 1])
-def test_softmax_against_a_row_loop_and_gradcheck(dim):
+def test_softmax_against_a_row_loop_and_gradcheck(dim, compiled, monkeypatch):
+    if compiled:  # the last axis of a float32 input runs compiled once numba is loaded
+        pytest.importorskip("numba")
+    monkeypatch.setattr(jit, "ENABLED", compiled)
     x = (rng(25).standard_normal((2, 3, 40, 41)) * 4).astype(np.float32)  # rows split on threads
+    x[0, 0, 0, :3] = [90.0, -90.0, 0.0]  # exp's range at both ends within one row
     got = ops.Softmax.apply(ft.from_numpy(x), dim=dim).numpy()
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, _softmax_loop(x, dim), rtol=1e-5, atol=1e-7)
     assert gradcheck(lambda t: ops.Softmax.apply(t, dim=dim), (leaf(x[:1, :2, :3, :4]),))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")
+@pytest.mark.parametrize("compiled", [True, False])
+def test_softmax_rows_with_nan_or_infinities_are_numpys(compiled, monkeypatch):
+    if compiled:
+        pytest.importorskip("numba")
+    monkeypatch.setattr(jit, "ENABLED", compiled)
+    x = rng(29).standard_normal((6, 9)).astype(np.float32)
+    x[0, 3] = np.nan  # the row is NaN
+    x[1, 5] = np.inf  # inf - inf: NaN
+    x[2, :] = -np.inf  # -inf - -inf: NaN
+    x[3, 7] = -np.inf  # that entry is 0
+    x[4, :] = -np.inf
+    x[4, 2] = 1.0  # one finite entry: 1 there, 0 elsewhere
+    got = ops.Softmax.apply(ft.from_numpy(x), dim=-1).numpy()
+    with np.errstate(invalid="ignore"):
+        shifted = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+        want = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-6, atol=1e-8)
+    assert got[3, 7] == 0 and got[4, 2] == 1
 
 
 def test_linear_on_an_nd_input_is_one_product_forward_and_backward():

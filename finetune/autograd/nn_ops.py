@@ -666,7 +666,9 @@ class SiluEpilogue:
         if rows.dtype not in (np.float32, np.float64):
             return False
         width = rows.shape[1]
-        kernel = jit.compiled(_silu_rows, _FUSED_MULTIPLY_ADD) if rows.dtype == np.float32 else None
+        kernel = (
+            jit.compiled(_silu_rows, jit.FUSED_MULTIPLY_ADD) if rows.dtype == np.float32 else None
+        )
         if kernel is not None:
             # no bias: none added (-0.0 + 0.0 would be +0.0)
             values = np.zeros(0, rows.dtype) if bias is None else bias.astype(rows.dtype)
@@ -699,35 +701,12 @@ class SiluEpilogue:
         return True
 
 
-_FUSED_MULTIPLY_ADD = frozenset({"contract"})
-
-
 def _silu_rows(rows, bias, p, bits, scale) -> None:
     """``rows = v / (1 + exp(-v))``, ``v = rows + bias`` (``bias`` a row's values, or none),
-    in place, float32, row by row,
-    compiled by ``jit`` with ``contract`` (fused multiply-adds). ``exp`` is Cephes' float32
-    ``expf``: ``x = n ln2 + r`` with ``|r| <= ln2 / 2`` (ln2 in two parts), a degree-5
-    polynomial for ``exp(r)``, then ``2^n`` as two powers of two built from their exponent bits
-    in ``bits`` (``int32 (2, width)``) and read back through ``scale``, its float32 view, so
-    that ``n`` up to 129 (``exp(88.5)`` is finite) and down to -150 (zero) need no special
-    case. ``x`` is clamped to ``[-104, 89.5]``: beyond it the exp is 0 or inf, as it should be,
-    and a NaN ``v`` stays NaN through the division. Within 5 ulp of numpy's exp-based SiLU
-    (numba's own exp is scalar; the chain around numpy's took 1.5-1.8x this pass's time).
-    ``p`` is a row's scratch."""
-    lo, hi = np.float32(-104.0), np.float32(89.5)
-    log2e, magic = np.float32(1.44269504088896341), np.float32(12582912.0)  # 1.5 * 2^23
-    ln2_hi, ln2_lo = np.float32(0.693359375), np.float32(-2.12194440e-4)
-    c0, c1, c2 = (
-        np.float32(1.9875691500e-4),
-        np.float32(1.3981999507e-3),
-        np.float32(8.3334519073e-3),
-    )
-    c3, c4, c5 = (
-        np.float32(4.1665795894e-2),
-        np.float32(1.6666665459e-1),
-        np.float32(5.0000001201e-1),
-    )
-    one = np.float32(1.0)
+    in place, float32, row by row, compiled by ``jit`` with ``contract`` (fused multiply-adds),
+    the exp by ``special.exp_parts`` (numba's own is scalar; the three passes around numpy's
+    exp took 1.5-1.8x this pass's time). A NaN ``v`` stays NaN through the division. ``p`` and
+    ``bits`` (int32, two rows) are a row's scratch, ``scale`` the float32 view of ``bits``."""
     first, second, scale_first, scale_second = bits[0], bits[1], scale[0], scale[1]
     for i in range(rows.shape[0]):
         row = rows[i]
@@ -735,21 +714,10 @@ def _silu_rows(rows, bias, p, bits, scale) -> None:
             for c in range(row.shape[0]):
                 row[c] += bias[c]
         for c in range(row.shape[0]):
-            x = -row[c]
-            x = x if x > lo else lo  # NaN too: the division below keeps it NaN
-            x = x if x < hi else hi
-            n = (x * log2e + magic) - magic  # rounded to the nearest integer
-            r = x - n * ln2_hi
-            r = r - n * ln2_lo
-            q = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
-            p[c] = (q * (r * r) + r) + one
-            k = np.int32(n)
-            half = k >> 1
-            first[c] = (half + 127) << 23
-            second[c] = (k - half + 127) << 23
+            p[c], first[c], second[c] = special.exp_parts(-row[c])
         for c in range(row.shape[0]):
             e = (p[c] * scale_first[c]) * scale_second[c]
-            row[c] = row[c] / (e + one)
+            row[c] = row[c] / (e + special.ONE)
 
 
 def _bias_negated(rows, bias, negated) -> None:
@@ -847,9 +815,6 @@ def _contiguous_rows(x: np.ndarray, width: int, slot: str) -> np.ndarray:
     return rows
 
 
-_SUMS_IN_ANY_ORDER = frozenset({"reassoc"})
-
-
 def _layer_norm_rows(rows, weight, bias, out, mean, invstd, eps):
     """``out = (rows - mean) invstd weight + bias`` row by row, compiled by ``jit`` with
     ``reassoc``: the mean and variance of a row summed in float64 in whatever order
@@ -901,7 +866,7 @@ class LayerNorm(Function):
         out = np.empty_like(rows)
         mean = np.empty(len(rows), dtype=x.dtype)
         invstd = np.empty(len(rows), dtype=x.dtype)
-        kernel = jit.compiled(_layer_norm_rows, _SUMS_IN_ANY_ORDER)
+        kernel = jit.compiled(_layer_norm_rows, jit.SUMS_IN_ANY_ORDER)
         if kernel is not None:
             empty = np.zeros(0, x.dtype)
             affine = [empty if v is None else np.ascontiguousarray(v, x.dtype) for v in (w, b)]

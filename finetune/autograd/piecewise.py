@@ -19,7 +19,6 @@ against 464 us over 1.2M values on one thread, but slower inside ``Relu``: 550 a
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -200,12 +199,8 @@ def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
 
 
 def _compiled(fn):
-    """``jit.compiled(fn)`` once numba is loaded (for a kernel that has no fast numpy form: a
-    depthwise convolution, GELU), else None. Loading numba and LLVM costs ~100 MB of memory and
-    ~0.3 s, more than these passes save in a network that needs nothing else compiled
-    (ResNet-18's frozen step peaked at 480 MB instead of 370); the numpy passes give the same
-    values."""
-    return jit.compiled(fn) if "numba" in sys.modules else None
+    """``jit.compiled_if_loaded(fn)``: the numpy passes give the same values."""
+    return jit.compiled_if_loaded(fn)
 
 
 def _work(elements: int) -> int:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..parallel import MIN_WORK_PER_THREAD, split
+from . import jit
 from .scratch import scratch
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -222,3 +223,36 @@ def erf(x: np.ndarray) -> np.ndarray:
         return erf_float32(x)
     out = erf_float32(x.astype(np.float32))
     return out.astype(x.dtype, copy=False) if x.dtype.kind == "f" else out
+
+
+# Cephes' float32 exp (``expf``): its argument's range, ln2 in two parts, the polynomial
+_EXP_LOW, _EXP_HIGH = np.float32(-104.0), np.float32(89.5)  # exp is 0 below, inf above
+_LOG2E, _ROUND = np.float32(1.44269504088896341), np.float32(12582912.0)  # 1.5 * 2^23
+_LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXP_POLYNOMIAL = tuple(
+    np.float32(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2)
+    + (1.6666665459e-1, 5.0000001201e-1)
+)
+ONE = np.float32(1.0)
+
+
+@jit.helper
+def exp_parts(x):
+    """``exp(x) = p 2^a 2^b`` for a float32 ``x``, returned as ``p`` and the float32 bit
+    patterns of ``2^a`` and ``2^b`` (int32): Cephes' ``expf``, ``x = n ln2 + r`` with ``|r| <=
+    ln2 / 2`` and a degree-5 polynomial for ``exp(r)``; ``2^n`` as two powers of two, so that
+    ``n`` up to 129 (``exp(88.5)`` is finite) and down to -150 (zero) need no special case.
+    ``x`` is clamped to ``[-104, 89.5]``, beyond which the exp is 0 or inf, as it should be; a
+    NaN comes out as 0 (callers keep it). A kernel stores the bits and multiplies ``p`` by them
+    read back as float32 in a second loop (numba has no bit cast): both loops vectorise."""
+    x = x if x > _EXP_LOW else _EXP_LOW
+    x = x if x < _EXP_HIGH else _EXP_HIGH
+    n = (x * _LOG2E + _ROUND) - _ROUND  # rounded to the nearest integer
+    r = x - n * _LN2_HIGH
+    r = r - n * _LN2_LOW
+    c0, c1, c2, c3, c4, c5 = _EXP_POLYNOMIAL
+    q = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
+    k = np.int32(n)
+    half = k >> 1
+    return (q * (r * r) + r) + ONE, (half + 127) << 23, (k - half + 127) << 23
