@@ -358,6 +358,28 @@ def test_global_average_pool_is_a_mean():
     assert F.adaptive_avg_pool2d(x, (1, 1)).grad_fn.name() == "MeanBackward1"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_a_channels_last_global_average_is_the_float64_mean(keepdim, dtype, monkeypatch):
+    """The mean over the pixels of a channels-last input (a product with a row of ones) gives
+    numpy's float64 mean, its shape and dtype, and the same gradient."""
+    from finetune.autograd import reductions
+
+    calls = []
+    means = reductions._pixel_means_last
+    monkeypatch.setattr(reductions, "_pixel_means_last", lambda x: calls.append(1) or means(x))
+    last = (rng(40).standard_normal((3, 9, 7, 5)) * 3 + 1).astype(dtype)  # n h w c
+    x = np.moveaxis(last, 3, 1)  # n c h w, stored channels last
+    got = torch.from_numpy(x).mean(dim=(-2, -1), keepdim=keepdim).numpy()
+    assert calls  # the channels-last path ran
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=keepdim)
+    assert got.shape == want.shape and got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    if dtype == np.float64:
+        t = torch.from_numpy(x).requires_grad_(True)
+        assert gradcheck(lambda t: t.mean(dim=(2, 3), keepdim=keepdim), (t,))
+
+
 # -- init -------------------------------------------------------------------------------------
 
 
