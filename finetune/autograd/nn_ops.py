@@ -819,7 +819,7 @@ def _layer_norm_rows(rows, weight, bias, out, mean, invstd, eps):
     """``out = (rows - mean) invstd weight + bias`` row by row, compiled by ``jit`` with
     ``reassoc``: the mean and variance of a row summed in float64 in whatever order
     vectorises (eight running sums in an array, the order fixed, ran 3x slower: ViT-S's 197
-    rows of 384 took 78 us, now 26), then one pass out with the same float32 steps as the numpy
+    rows of 384 took 78 us, now 29-33), then one pass out with the same float32 steps as the numpy
     blocks, each a product or sum of two operands (nothing to reorder). ``weight`` and ``bias``
     have a row's width of values, or none."""
     n, d = rows.shape

@@ -1,5 +1,6 @@
-"""Special functions numpy lacks (``erf``), and ``blockwise``, the driver that runs a chain of
-ufuncs over cache-sized blocks of an array on all threads.
+"""Special functions numpy lacks (``erf``), a float32 exp for compiled kernels (``exp_parts``:
+numba's own exp is scalar), and ``blockwise``, the driver that runs a chain of ufuncs over
+cache-sized blocks of an array on all threads.
 
 float32 erf is the rational approximation of Eigen (``generic_fast_erf_float`` in
 ``SpecialFunctionsImpl.h``, the 2024 version with a degree-9 numerator and degree-12
