@@ -10,11 +10,12 @@ pass: 150-420 us over 2.4M values, against 760-1120 us for numpy's bias alone. A
 mobile network's 1x1 convolutions spent more time in these passes than in their products.
 
 ``Activation`` is what ``conv.epilogue`` takes and what ``Relu``/``Clamp`` compute. The
-compiled loops run once numba is loaded for a kernel that needs it (``_compiled``); otherwise
-(and without numba, or with ``FINETUNE_JIT=0``) numpy runs the same formulas. Both compute the
-same float operations in the same order (numba contracts no multiply-add), so the values are
-bit-identical. (numpy against blocks of bounds instead of scalars was faster alone, 290
-against 464 us over 1.2M values on one thread, but slower inside ``Relu``: 550 against 341 us.)
+compiled loops run once numba is loaded for a kernel that needs it
+(``jit.compiled_if_loaded``); otherwise (and without numba, or with ``FINETUNE_JIT=0``) numpy
+runs the same formulas. Both compute the same float operations in the same order (numba
+contracts no multiply-add), so the values are bit-identical. (numpy against blocks of bounds
+instead of scalars was faster alone, 290 against 464 us over 1.2M values on one thread, but
+slower inside ``Relu``: 550 against 341 us.)
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Activation:
 
     def into(self, out: np.ndarray, x: np.ndarray) -> None:
         """``out = activation(x)``, arrays of one shape and layout, ``out`` apart from ``x``."""
-        kernel = _compiled(_activate)
+        kernel = jit.compiled_if_loaded(_activate)
         flat = None
         if kernel is not None and out.dtype == x.dtype in _COMPILED_DTYPES:
             flat = flat_in_memory_order((out, x))
@@ -118,7 +119,7 @@ def bias_rows(rows: np.ndarray, bias: np.ndarray | None, activation: Activation 
     """``rows += bias``, then ``activation`` in place, for C-contiguous ``(pixels, channels)``
     rows, in one compiled pass split over the threads. False (nothing done) without the
     compiled kernel or for other arrays: the caller then takes its numpy passes."""
-    kernel = _compiled(_bias_activate)
+    kernel = jit.compiled_if_loaded(_bias_activate)
     if kernel is None or rows.ndim != 2 or rows.dtype not in _COMPILED_DTYPES:
         return False
     if not rows.flags.c_contiguous:
@@ -166,7 +167,7 @@ def affine_rows(
     activation; then ``fn(rows)`` in place on each thread turn's rows, while in cache. ``out``
     must not overlap ``x`` (in place the loop cannot vectorise: 2-4x slower). False (nothing
     done) without the compiled kernel or for other arrays."""
-    kernel = _compiled(_affine)
+    kernel = jit.compiled_if_loaded(_affine)
     if kernel is None or x.ndim != 2 or x.dtype not in _COMPILED_DTYPES or out.dtype != x.dtype:
         return False
     if not (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape):
@@ -186,7 +187,7 @@ def affine_rows(
 def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
     """``gx = grad * (out > 0)`` from the ReLU's output ``out``: one compiled pass when it can
     (numpy's takes two and a boolean temporary)."""
-    kernel = _compiled(_relu_gradient)
+    kernel = jit.compiled_if_loaded(_relu_gradient)
     flat = None
     if kernel is not None and gx.dtype == grad.dtype == out.dtype in _COMPILED_DTYPES:
         flat = flat_in_memory_order((gx, grad, out))
@@ -196,11 +197,6 @@ def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
     g_, g, o = flat
     ones = np.array([0, 1], dtype=g_.dtype)
     split(lambda lo, hi: kernel(g[lo:hi], o[lo:hi], g_[lo:hi], ones), g.size, _work(3 * g.size))
-
-
-def _compiled(fn):
-    """``jit.compiled_if_loaded(fn)``: the numpy passes give the same values."""
-    return jit.compiled_if_loaded(fn)
 
 
 def _work(elements: int) -> int:
