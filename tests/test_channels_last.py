@@ -60,6 +60,37 @@ def test_conv_output_layout_and_values(name, layout, im2col):
     assert is_channels_last(got.numpy()) == answers_last
 
 
+@pytest.mark.parametrize("name", ["2d-stride2", "2d-asymmetric", "2d-dilated"])
+def test_frozen_weights_keep_their_taps_first_matrix_until_they_change(name):
+    """Inference keeps a frozen weight's ``(k k c) o`` matrix for a channels-last input, and
+    makes it again once the weight changes in place or is replaced."""
+    x, w, b, opts = conv_inputs(CONV_CASES[name])
+    x = channels_last(x)
+    weight = torch.tensor(w)
+    bias = None if b is None else b
+    plan = kernels.ConvPlan(x.shape, w.shape, **opts)
+    assert plan.channels_last and not (plan.winograd or plan.shifted or plan.per_sample)
+
+    def check():
+        expected = conv_loop(
+            x, weight.numpy(), b, opts["stride"], opts["padding"], opts["dilation"], 1
+        )
+        got = kernels.infer(plan, x, weight, bias)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+        return weight.__dict__["_kept"][1]
+
+    kept = check()
+    assert kept.flags.c_contiguous and kept.shape == (w[0].size, w.shape[0])
+    assert check() is kept  # reused, not made again
+    weight.mul_(-2)  # in place: a new version
+    assert check() is not kept
+    weight.data = torch.tensor(np.flip(w, axis=1).copy())  # a new array, same version
+    check()
+    trainable = torch.tensor(w, requires_grad=True)
+    kernels.infer(plan, x, trainable, bias)
+    assert "_kept" not in trainable.__dict__  # reordered per call, nothing held
+
+
 @pytest.mark.parametrize(
     "name", ["2d-plain", "2d-stride2", "2d-asymmetric", "2d-1x1-stride2", "2d-7x7-stride2"]
 )

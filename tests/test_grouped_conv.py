@@ -49,6 +49,10 @@ CASES = {
     "multiplier2": (3, 2, (5, 6), 2, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), True),
     "multiplier2-stride2": (1, 2, (8, 8), 2, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1), False),
     "pads-beyond-kernel": (1, 3, (5, 5), 1, (3, 3), (1, 1), ((3, 0), (0, 4)), (1, 1), True),
+    # wide enough for the compiled kernel's blocks of four pixels, and some pixels after them
+    "3x3-wide": (2, 3, (6, 15), 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), True),
+    "3x3-stride2-wide": (1, 3, (7, 19), 1, (3, 3), (2, 2), ((1, 1), (0, 1)), (1, 1), True),
+    "5x5-wide": (1, 4, (9, 14), 1, (5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1), False),
     "kernel-narrower-than-stride": (
         3,
         2,
@@ -183,6 +187,35 @@ def test_threads_give_the_same_bits():
         set_num_threads(before)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kh, kw, stride", list(depthwise._BLOCKED))
+def test_blocked_kernels_give_the_per_tap_kernels_bits(kh, kw, stride, dtype, kernel):
+    """``_blocked_rows`` (four pixels at a time, the common kernels) against the kernel that
+    adds one tap at a time over whole rows: the same sums in the same order, so the same
+    values, NaN and infinities included, for every padding (a negative one, as the input
+    gradient passes, skips taps) and width around the blocks' edges."""
+    if kernel == "numpy":
+        pytest.skip("compiled kernels only")
+    per_tap = jit.compiled(depthwise._correlate_rows)
+    blocked = jit.compiled(depthwise._BLOCKED[(kh, kw, stride)])
+    r = np.random.default_rng(3)
+    shapes = itertools.product((1, 4, 9), (1, 3, 8, 13), (-1, 0, 1, 3), (1, 2), (1, 17))
+    for h, w, pad, sh, c in shapes:
+        oh, ow = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // stride + 1
+        if oh <= 0 or ow <= 0:
+            continue
+        x = r.standard_normal((h, w, c)).astype(dtype)
+        x.flat[r.integers(x.size, size=2)] = np.inf, np.nan
+        weights = r.standard_normal((kh, kw, c)).astype(dtype)
+        bias = r.standard_normal(c).astype(dtype)
+        expected = np.empty((oh, ow, c), dtype)
+        tiled = np.tile(weights, (1, 1, ow)) if stride == 1 else weights
+        per_tap(x, tiled, np.tile(bias, ow), expected, 0, oh, sh, stride, 1, 1, pad, pad, 1)
+        got = np.full_like(expected, 7)
+        blocked(x, weights, bias, got, 0, oh, sh, pad, pad)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{h}x{w} pad {pad} stride {sh}")
 
 
 def test_other_convolutions_keep_the_generic_path():

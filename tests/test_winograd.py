@@ -146,15 +146,15 @@ def test_frozen_weights_keep_their_transform_until_they_change(everywhere):
         np.testing.assert_allclose(y.numpy(), direct(x.numpy(), w.numpy(), None, pads), 1e-10)
 
     check()
-    kept = w.__dict__["_winograd"][1]
+    kept = w.__dict__["_kept"][1]
     check()
-    assert w.__dict__["_winograd"][1] is kept  # reused, not recomputed
+    assert w.__dict__["_kept"][1] is kept  # reused, not recomputed
     w.mul_(2)  # in place: a new version
     check()
-    assert w.__dict__["_winograd"][1] is not kept
+    assert w.__dict__["_kept"][1] is not kept
     w.data = torch.tensor(rng.standard_normal((3, 2, 3, 3)))  # a new array, same version
     check()
 
     trainable = torch.tensor(w.numpy(), requires_grad=True)
     kernels.conv(x, trainable, None, (1, 1), pads)
-    assert "_winograd" not in trainable.__dict__  # transformed per call, nothing held
+    assert "_kept" not in trainable.__dict__  # transformed per call, nothing held

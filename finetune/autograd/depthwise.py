@@ -23,8 +23,10 @@ im2col path of ``conv.py``.
 With numba installed the forward runs compiled instead (``_correlate_compiled``, see ``jit``):
 the same sum over taps as plain loops reading the unpadded channels-last input, 2-4x faster
 and without the padded copy; so does a unit stride's input gradient (the same correlation
-with the kernel turned around). Strided input gradients and the weight gradient keep the numpy
-kernels.
+with the kernel turned around). The common kernels (3x3 and 5x5, horizontal stride 1 or 2, no
+dilation or channel multiplier) have one compiled kernel each, four output pixels at a time
+with the taps unrolled (``_blocked_rows``): 1.3-2.7x the kernel for any shape, the same values.
+Strided input gradients and the weight gradient keep the numpy kernels.
 """
 
 from __future__ import annotations
@@ -238,6 +240,91 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
                             into[k] += src[k // multiplier] * tap[k]
 
 
+@jit.helper
+def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, kh, kw, sw):
+    """Output rows ``r0:r1`` of one sample, as ``_correlate_rows`` computes them for a unit
+    dilation and channel multiplier, ``x`` ``h w c``, ``weights`` ``kh kw c``, ``bias`` ``c``
+    (zeros for none), all C-contiguous; ``kh``, ``kw`` and ``sw`` are constants of the kernel
+    calling this (``_BLOCKED``), so the loops over the taps unroll. Four neighbouring output
+    pixels at a time, the channels innermost: each channel's four sums stay in registers over
+    all the taps, and each input vector loaded serves up to four of them (2-3x the per-tap
+    passes of ``_correlate_rows``, which load and store the sums at every tap). Pixels with a
+    tap outside the input are summed one at a time, those taps skipped. Each output adds its
+    taps in ``_correlate_rows``' order, so both give the same values."""
+    h, w = x.shape[0], x.shape[1]
+    ow = out.shape[1]
+    # the output columns whose taps all fall inside the input; four at a time from ``first``
+    first = min(ow, max(0, -(-left // sw)))
+    last = max(first, min(ow, (w - kw + left) // sw + 1))
+    blocked = first + (last - first) // 4 * 4
+    for y in range(r0, r1):
+        base = y * sh - top
+        rows_inside = base >= 0 and base + kh <= h
+        col = 0
+        while col < ow:
+            s = col * sw - left
+            if not (rows_inside and first <= col < blocked):
+                _checked_pixel(x, weights, bias, out[y, col], base, s, kh, kw)
+                col += 1
+                continue
+            o0, o1, o2, o3 = out[y, col], out[y, col + 1], out[y, col + 2], out[y, col + 3]
+            for k in range(out.shape[2]):
+                a0 = a1 = a2 = a3 = bias[k]
+                for i in range(kh):
+                    for j in range(kw):
+                        t = weights[i, j, k]
+                        a0 += x[base + i, s + j, k] * t
+                        a1 += x[base + i, s + sw + j, k] * t
+                        a2 += x[base + i, s + 2 * sw + j, k] * t
+                        a3 += x[base + i, s + 3 * sw + j, k] * t
+                o0[k], o1[k], o2[k], o3[k] = a0, a1, a2, a3
+            col += 4
+
+
+@jit.helper
+def _checked_pixel(x, weights, bias, target, row, col, kh, kw):
+    """One output pixel of ``_blocked_rows`` whose window starts at input ``(row, col)``, taps
+    outside the input skipped. Every load is clamped inside and its product added only where
+    the tap is inside: the tests do not depend on the channel, so the loop over channels still
+    vectorises."""
+    h, w = x.shape[0], x.shape[1]
+    for k in range(target.shape[0]):
+        acc = bias[k]
+        for i in range(kh):
+            for j in range(kw):
+                r, c = row + i, col + j
+                product = x[min(max(r, 0), h - 1), min(max(c, 0), w - 1), k] * weights[i, j, k]
+                inside = r >= 0 and r < h and c >= 0 and c < w
+                acc = acc + product if inside else acc
+        target[k] = acc
+
+
+# one compiled kernel per kernel size and horizontal stride, constants for ``_blocked_rows``
+def _blocked_3x3_s1(x, weights, bias, out, r0, r1, sh, top, left):
+    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 3, 3, 1)
+
+
+def _blocked_3x3_s2(x, weights, bias, out, r0, r1, sh, top, left):
+    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 3, 3, 2)
+
+
+def _blocked_5x5_s1(x, weights, bias, out, r0, r1, sh, top, left):
+    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 5, 5, 1)
+
+
+def _blocked_5x5_s2(x, weights, bias, out, r0, r1, sh, top, left):
+    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 5, 5, 2)
+
+
+# (kh, kw, horizontal stride) -> its ``_blocked_rows`` kernel
+_BLOCKED = {
+    (3, 3, 1): _blocked_3x3_s1,
+    (3, 3, 2): _blocked_3x3_s2,
+    (5, 5, 1): _blocked_5x5_s1,
+    (5, 5, 2): _blocked_5x5_s2,
+}
+
+
 def _correlate_compiled(
     kernel, x, weights, bias, out, stride, dilation, padding, multiplier, epilogue=None
 ):
@@ -252,15 +339,24 @@ def _correlate_compiled(
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
-    # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per pixel
-    # took longer than the taps: 125 of 281 us for 48 channels at 56x56)
-    bias = np.zeros(0, out.dtype) if bias is None else np.tile(bias.astype(out.dtype), ow)
-    if stride[1] == 1 and multiplier == 1:
-        weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
     work = out.size * math.prod(weights.shape[:2]) // _COMPILED_WORK_RATIO
+    blocked = None
+    if multiplier == 1 and tuple(dilation) == (1, 1):
+        blocked = _BLOCKED.get((*weights.shape[:2], stride[1]))
+    if blocked is not None:
+        kernel = jit.compiled(blocked)
+        weights = np.ascontiguousarray(weights)
+        bias = np.zeros(o, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+        args = (stride[0], padding[0][0], padding[1][0])
+    else:
+        # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per
+        # pixel took longer than the taps: 125 of 281 us for 48 channels at 56x56)
+        bias = np.zeros(0, out.dtype) if bias is None else np.tile(bias.astype(out.dtype), ow)
+        if stride[1] == 1 and multiplier == 1:
+            weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
+        args = (*stride, *dilation, padding[0][0], padding[1][0], multiplier)
     step = _rows_per_block(oh, ow * o, n, work)
     blocks = -(-oh // step)
-    args = (*stride, *dilation, padding[0][0], padding[1][0], multiplier)
 
     def run(lo: int, hi: int) -> None:
         for unit in range(lo, hi):
