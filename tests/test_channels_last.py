@@ -60,7 +60,9 @@ def test_conv_output_layout_and_values(name, layout, im2col):
     assert is_channels_last(got.numpy()) == answers_last
 
 
-@pytest.mark.parametrize("name", ["2d-stride2", "2d-asymmetric", "2d-dilated"])
+@pytest.mark.parametrize(
+    "name", ["2d-stride2", "2d-asymmetric", "2d-dilated", "2d-1x1", "2d-1x1-stride2"]
+)
 def test_frozen_weights_keep_their_taps_first_matrix_until_they_change(name):
     """Inference keeps a frozen weight's ``(k k c) o`` matrix for a channels-last input, and
     makes it again once the weight changes in place or is replaced."""
