@@ -870,3 +870,26 @@ def test_a_batchnorm_in_training_or_with_a_hook_runs_its_layers_after_the_plan_r
     with ft.no_grad():
         model(x)
     assert not np.array_equal(bn.running_mean.numpy(), before)
+
+
+def test_planned_inference_loads_the_compiled_kernels_and_a_frozen_step_does_not(monkeypatch):
+    """``jit.load`` (numba, for the compiled passes around the products) is for inference with
+    gradients off; a frozen backbone's training step runs the plan too, and must not pay its
+    memory."""
+    from finetune.autograd import jit
+    from finetune.onnx.plan import Plan
+
+    loads, runs, run = [], [], Plan.run
+    monkeypatch.setattr(jit, "load", lambda: loads.append(1))
+    monkeypatch.setattr(Plan, "run", lambda *a: runs.append(1) or run(*a))
+    rng = np.random.default_rng(16)
+    model = ft.onnx.load(_classifier_model(rng))
+    model.eval()
+    head = model.replace_head(2)
+    x = ft.from_numpy(rng.standard_normal((3, 6)).astype(np.float32))
+    nn.functional.cross_entropy(model(x), ft.tensor([0, 1, 1])).backward()
+    assert head.weight.grad is not None and runs == [1]  # the step ran planned
+    assert loads == []
+    with ft.no_grad():
+        model(x)
+    assert loads == [1]

@@ -669,8 +669,13 @@ def _kept_weights(weight: Tensor, plan: ConvPlan, x: np.ndarray) -> np.ndarray |
     if plan.winograd:
         return _kept_transform(weight, plan.winograd)
     if plan.channels_last and not plan.per_sample and is_channels_last(x):
-        return _kept(weight, "taps", lambda w: np.ascontiguousarray(taps_first(w).T))
+        return _kept(weight, "taps", _taps_matrix)
     return None
+
+
+def _taps_matrix(weight: np.ndarray) -> np.ndarray:
+    """``taps_first(weight).T``, ``(kh kw c) o``, contiguous, in one copy."""
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(-1, weight.shape[0])
 
 
 def _kept_transform(weight: Tensor, m: int) -> np.ndarray | None:

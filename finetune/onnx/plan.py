@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..autograd import nn_ops, piecewise
+from ..autograd import jit, nn_ops, piecewise
 from ..autograd.conv import epilogue
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
@@ -412,6 +412,8 @@ class Plan:
         return any(tensor.requires_grad for _, tensor, _, _ in self._watched)
 
     def run(self, owner, inputs: tuple) -> tuple:
+        if not is_grad_enabled():
+            jit.load()  # inference: the compiled passes around the products (see there)
         key = tuple((x._data.shape, x._data.dtype) for x in inputs)
         folded = self._cache.get(key)
         slots = [None] * self._size
