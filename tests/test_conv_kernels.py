@@ -390,3 +390,22 @@ def test_avg_pool_of_a_channels_last_input(name, count_include_pad):
     assert got.transpose(0, 2, 3, 1).flags.c_contiguous
     t = torch.from_numpy(x.copy(order="K")).requires_grad_()
     assert gradcheck(lambda a: kernels.avg_pool(a, **opts), [t])
+
+
+def test_numba_is_loaded_for_inference_and_training_not_for_a_frozen_layer(monkeypatch):
+    """``conv._load_compiled``: a convolution loads the compiled kernels (``jit.load``) with
+    gradients off or when its weight trains; a frozen layer under a trainable head does not,
+    so that a frozen-backbone step keeps its memory."""
+    from finetune.autograd import jit
+
+    loads = []
+    monkeypatch.setattr(jit, "load", lambda: loads.append(1))
+    x, w, b, opts = conv_inputs(CONV_CASES["2d-plain"])
+    frozen = torch.tensor(w)
+    kernels.conv(leaf(x), frozen, None, **opts)  # the input needs a gradient, the weight not
+    assert loads == []
+    with torch.no_grad():
+        kernels.conv(const(x), frozen, None, **opts)
+    assert loads == [1]
+    kernels.conv(const(x), leaf(w), None, **opts)
+    assert loads == [1, 1]

@@ -9,7 +9,7 @@ import pytest
 
 import finetune as torch
 from finetune.autograd import conv as kernels
-from finetune.autograd import gradcheck, winograd
+from finetune.autograd import gradcheck, jit, winograd, winograd_compiled
 
 
 def direct(x, w, b, pads):
@@ -25,6 +25,20 @@ def direct(x, w, b, pads):
     if b is not None:
         out += b.reshape(-1, 1, 1)
     return out
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def transforms(request, monkeypatch):
+    """Every test twice: the input and output transforms compiled (``winograd_compiled``, once
+    numba is loaded) and as numpy's Kronecker products."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(jit, "ENABLED", True)
+        jit.load()
+        assert winograd._compiled(winograd_compiled.input_tiles, np.float32) is not None
+    else:
+        monkeypatch.setattr(jit, "ENABLED", False)
+    return request.param
 
 
 @pytest.fixture

@@ -115,12 +115,12 @@ def _allow_memory_checks() -> None:
 
 def load() -> None:
     """Import numba now, when it is installed and ``ENABLED``: from here on the kernels of
-    ``compiled_if_loaded`` (an eval BatchNorm's pass, activations after a bias, softmax) run
-    compiled. An imported graph's inference plan calls this when it runs with gradients
-    off: at batch 1 they made DenseNet-121 10-13% faster, ResNet-50, RegNetY and GoogLeNet
-    4-6%, for numba's ~60 MB and ~0.3 s once (~110 MB with its kernels loaded). Training and
-    frozen-backbone steps do not (ResNet-50's frozen step would then peak above PyTorch's
-    memory, 595 against 579 MB), nor does the library's own ResNet-18."""
+    ``compiled_if_loaded`` (Winograd's transforms, an eval BatchNorm's pass, activations after
+    a bias, softmax) run compiled. Called for inference (an imported graph's plan run with
+    gradients off, any convolution then) and by a convolution whose weight trains: at batch 1
+    DenseNet-121 10-13% faster, ResNet-50, RegNetY and GoogLeNet 4-6% for the passes alone,
+    for numba's ~60 MB and ~0.3 s once (~110 MB with its kernels loaded). Not for a frozen
+    backbone's step (``conv._load_compiled``): its peak memory would go over PyTorch's."""
     global _loaded
     if _loaded or not ENABLED:
         return
