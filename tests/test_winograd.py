@@ -47,6 +47,7 @@ def everywhere(monkeypatch):
 
     def use(m: int) -> None:
         monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        monkeypatch.setattr(winograd, "MIN_CHANNELS_COMPILED", 1)
         monkeypatch.setattr(winograd, "MIN_SIZE", 1)
         monkeypatch.setattr(winograd, "MIN_SIZE_FOR_4", 1 if m == 4 else 10**9)
 
@@ -90,7 +91,7 @@ def test_float32_rounding_at_resnet18_shapes(channels, size, m):
     assert np.abs(y.numpy() - want).max() <= tolerance * np.abs(want).max()
 
 
-def test_which_convolutions_take_winograd():
+def test_which_convolutions_take_winograd(transforms):
     def tile(x_shape, w_shape, stride=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=1):
         return kernels.ConvPlan(x_shape, w_shape, stride, pads, dilation, groups).winograd
 
@@ -102,10 +103,15 @@ def test_which_convolutions_take_winograd():
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), stride=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 64, 3, 3), dilation=(2, 2)) is None
     assert tile((8, 64, 56, 56), (64, 32, 3, 3), groups=2) is None
-    assert tile((8, 16, 56, 56), (64, 16, 3, 3)) is None  # too few channels to pay
-    assert tile((8, 32, 56, 56), (128, 32, 3, 3)) is None  # an output over twice the input
     assert tile((8, 128, 56, 56), (32, 128, 3, 3)) == 4  # DenseNet's growth layers pay
     assert tile((8, 32, 28, 28), (16, 32, 3, 3)) == 4
+    if transforms == "compiled":  # cheap transforms: from 16 channels each way
+        assert tile((8, 16, 56, 56), (64, 16, 3, 3)) == 4
+        assert tile((8, 32, 56, 56), (128, 32, 3, 3)) == 4
+        assert tile((8, 8, 56, 56), (64, 8, 3, 3)) is None
+    else:
+        assert tile((8, 16, 56, 56), (64, 16, 3, 3)) is None  # too few channels to pay
+        assert tile((8, 32, 56, 56), (128, 32, 3, 3)) is None  # an output over twice the input
     assert tile((8, 64, 56, 56), (64, 64, 1, 1), pads=((0, 0), (0, 0))) is None
     assert tile((8, 64, 56, 56), (64, 64, 5, 5)) is None
     assert tile((8, 64, 2, 2), (64, 64, 3, 3)) is None  # outputs too small to tile
@@ -142,6 +148,7 @@ def test_input_gradient_equals_the_column_path(monkeypatch, channels, size):
 
     fast = gradients()
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_COMPILED", 10**9)
     slow = gradients()
     for got, want in zip(fast, slow):
         assert got.dtype == np.float32

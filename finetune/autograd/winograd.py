@@ -49,6 +49,10 @@ MIN_CHANNELS = 64
 # batch 8, faster at batches 1-4, and 10.4 against 14.1 ms for the weight gradient
 MIN_SIZE_FOR_4 = 28
 MIN_SIZE = 4
+# with the transforms compiled (``winograd_compiled``), every layer with at least this many
+# channels each way: GoogLeNet's 16 -> 32 and 32 -> 96 branches took it too, forward 0.91-0.92x
+# (batch 1 and 8), full training step 0.80-0.83x
+MIN_CHANNELS_COMPILED = 16
 
 
 def _matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,9 +97,13 @@ def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | 
     forward and both gradients at batch 8; 56 and 14 pixels a side; 16-256 channels each way):
     Winograd took 0.4-0.85 of the time wherever the input had at least 32 channels and the
     output 16 to twice as many (DenseNet's 128 -> 32 growth layers: 38 -> 24 ms at 56x56, batch
-    8), and lost with 16 input channels or a wider output (16 -> 128: 1.1-1.5x)."""
-    wide = min(channels, out_channels) >= MIN_CHANNELS
-    narrow = channels >= MIN_CHANNELS // 2 and MIN_CHANNELS // 4 <= out_channels <= 2 * channels
+    8), and lost with 16 input channels or a wider output (16 -> 128: 1.1-1.5x). With the
+    transforms compiled, from ``MIN_CHANNELS_COMPILED`` channels each way."""
+    if _compiled(winograd_compiled.input_tiles, np.float32) is not None:
+        wide, narrow = min(channels, out_channels) >= MIN_CHANNELS_COMPILED, False
+    else:
+        wide = min(channels, out_channels) >= MIN_CHANNELS
+        narrow = channels >= MIN_CHANNELS // 2 and MIN_CHANNELS // 4 <= out_channels <= 2 * channels
     if not (wide or narrow) or len(outs) != 2 or min(outs) < MIN_SIZE:
         return None
     return 4 if min(outs) >= MIN_SIZE_FOR_4 else 2
