@@ -893,3 +893,72 @@ def test_planned_inference_loads_the_compiled_kernels_and_a_frozen_step_does_not
     with ft.no_grad():
         model(x)
     assert loads == [1]
+
+
+def _squeeze_excite_model(rng, c=6, o=4, size=5, gate_first=True) -> onnx.ModelProto:
+    """x -> Conv 3x3 -> y; y * sigmoid(Conv 1x1(GlobalAveragePool(y))) -> Conv 1x1 -> BN -> z,
+    squeeze-and-excitation before a projection (the gate's operand order as asked)."""
+    f32 = np.float32
+    inits = [
+        _init("w", rng.standard_normal((c, 3, 3, 3)).astype(f32)),
+        _init("se_w", rng.standard_normal((c, c, 1, 1)).astype(f32)),
+        _init("se_b", rng.standard_normal(c).astype(f32)),
+        _init("p_w", rng.standard_normal((o, c, 1, 1)).astype(f32)),
+        _init("scale", rng.uniform(0.5, 1.5, o).astype(f32)),
+        _init("shift", rng.standard_normal(o).astype(f32)),
+        _init("mean", rng.standard_normal(o).astype(f32)),
+        _init("var", rng.uniform(0.5, 1.5, o).astype(f32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["y"], ["pooled"]),
+        helper.make_node("Conv", ["pooled", "se_w", "se_b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["gate"]),
+        helper.make_node("Mul", ["gate", "y"] if gate_first else ["y", "gate"], ["gated"]),
+        helper.make_node("Conv", ["gated", "p_w"], ["p"]),
+        helper.make_node(
+            "BatchNormalization", ["p", "scale", "shift", "mean", "var"], ["z"], epsilon=1e-5
+        ),
+    ]
+    inputs = [_tensor("x", ["n", 3, size, size])]
+    return _model(nodes, inputs, [_tensor("z", 4)], inits)
+
+
+@pytest.mark.parametrize("gate_first", [True, False])
+@pytest.mark.parametrize("size", [5, 1])  # 1x1 pixels: the weights are larger, x * gate runs
+def test_a_gate_before_a_projection_scales_its_weights(monkeypatch, gate_first, size):
+    from finetune.nn.fusion import GatedConvolution
+
+    direct, state = [], GatedConvolution._state
+    monkeypatch.setattr(
+        GatedConvolution, "_state", lambda *a: direct.append(state(*a) is not None) or state(*a)
+    )
+    rng = np.random.default_rng(17)
+    proto = _squeeze_excite_model(rng, size=size, gate_first=gate_first)
+    model = ft.onnx.load(proto)
+    model.eval()
+    x = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+    with ft.no_grad():
+        got = model(ft.from_numpy(x))
+    assert "Mul+Conv+BatchNormalization" in _planned_ops(model)
+    assert direct == [size > 1]  # in the weights, unless they outnumber a sample's pixels
+    _close(got.numpy(), _onnxruntime(proto, x)[0])
+
+
+def test_a_gated_projection_gives_the_walks_gradients():
+    """With the input needing a gradient the fused unit runs its two nodes: the gradient is
+    the exact walk's."""
+    rng = np.random.default_rng(18)
+    model = ft.onnx.load(_squeeze_excite_model(rng))
+    model.eval()
+    x = rng.standard_normal((2, 3, 5, 5))
+    with ft.no_grad():
+        model(ft.from_numpy(x.astype(np.float32)))  # the plan is built and used once
+    model.double()
+    planned = ft.tensor(x, requires_grad=True)
+    model(planned).sum().backward()
+    walked = ft.tensor(x, requires_grad=True)
+    out = model._walk(model._bind_inputs((walked,)))[0]
+    out.sum().backward()
+    np.testing.assert_allclose(planned.grad.numpy(), walked.grad.numpy(), rtol=1e-10)
+    assert gradcheck(model, (ft.tensor(x[:1], requires_grad=True),))
