@@ -116,8 +116,8 @@ def _allow_memory_checks() -> None:
 def load() -> None:
     """Import numba now, when it is installed and ``ENABLED``: from here on the kernels of
     ``compiled_if_loaded`` (Winograd's transforms, an eval BatchNorm's pass, activations after
-    a bias, softmax) run compiled. Called for inference (an imported graph's plan run with
-    gradients off, any convolution then) and by a convolution whose weight trains: at batch 1
+    a bias, softmax) run compiled. Called for inference (by an imported graph's plan and by
+    any convolution, with gradients off) and by a convolution whose weight trains: at batch 1
     DenseNet-121 10-13% faster, ResNet-50, RegNetY and GoogLeNet 4-6% for the passes alone,
     for numba's ~60 MB and ~0.3 s once (~110 MB with its kernels loaded). Not for a frozen
     backbone's step (``conv._load_compiled``): its peak memory would go over PyTorch's."""

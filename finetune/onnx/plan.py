@@ -298,8 +298,9 @@ class Plan:
         return [tails.get(id(u), u) for u in units if id(u) in tails or id(u) not in removed]
 
     def _fuse_gates(self, units: list[_Unit]) -> list[_Unit]:
-        """Each ``Mul`` whose product only a plain 1x1-able convolution reads joins it
-        (``nn.fusion.GatedConvolution``, which decides per call whether the Mul is a gate)."""
+        """Each ``Mul`` whose product only a convolution module reads (no activation riding on
+        it, no padding of the node's own) joins it: ``nn.fusion.GatedConvolution``, which
+        decides on each call whether the Mul is a gate it can fold into a 1x1's weights."""
         produced, only_reader = _links(units, self._outputs)
         joined: dict[int, _Unit] = {}  # the convolution's id: the unit in its place
         for mul in units:
