@@ -12,7 +12,7 @@ import pytest
 
 import finetune as torch
 from finetune.autograd import conv as kernels
-from finetune.autograd import depthwise, gradcheck, jit
+from finetune.autograd import depthwise, gradcheck, jit, piecewise
 from finetune.autograd.layout import is_channels_last
 from finetune.parallel import get_num_threads, set_num_threads
 
@@ -195,7 +195,8 @@ def test_blocked_kernels_give_the_per_tap_kernels_bits(kh, kw, stride, dtype, ke
     """``_blocked_rows`` (four pixels at a time, the common kernels) against the kernel that
     adds one tap at a time over whole rows: the same sums in the same order, so the same
     values, NaN and infinities included, for every padding (a negative one, as the input
-    gradient passes, skips taps) and width around the blocks' edges."""
+    gradient passes, skips taps) and width around the blocks' edges; and a ReLU or a clip in
+    the kernel's stores gives what numpy's pass after it gives, signs of zeros included."""
     if kernel == "numpy":
         pytest.skip("compiled kernels only")
     per_tap = jit.compiled(depthwise._correlate_rows)
@@ -213,9 +214,16 @@ def test_blocked_kernels_give_the_per_tap_kernels_bits(kh, kw, stride, dtype, ke
         expected = np.empty((oh, ow, c), dtype)
         tiled = np.tile(weights, (1, 1, ow)) if stride == 1 else weights
         per_tap(x, tiled, np.tile(bias, ow), expected, 0, oh, sh, stride, 1, 1, pad, pad, 1)
-        got = np.full_like(expected, 7)
-        blocked(x, weights, bias, got, 0, oh, sh, pad, pad)
-        np.testing.assert_array_equal(got, expected, err_msg=f"{h}x{w} pad {pad} stride {sh}")
+        for activation in (None, piecewise.relu(), piecewise.clip(-0.5, 1.0)):
+            got = np.full_like(expected, 7)
+            bounds = depthwise._bounds(activation, dtype)
+            blocked(x[None], weights, bias, got[None], 0, 1, 1, oh, sh, pad, pad, bounds)
+            want = expected.copy()
+            if activation is not None:
+                activation(want)  # numpy's maximum or clip, after the per-tap kernel
+            message = f"{h}x{w} pad {pad} stride {sh} {activation}"
+            np.testing.assert_array_equal(got, want, err_msg=message)
+            assert np.array_equal(np.signbit(got), np.signbit(want)), message  # -0.0 too
 
 
 def test_other_convolutions_keep_the_generic_path():

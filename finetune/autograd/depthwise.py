@@ -241,7 +241,7 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
 
 
 @jit.helper
-def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, kh, kw, sw):
+def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, bounds, kh, kw, sw):
     """Output rows ``r0:r1`` of one sample, as ``_correlate_rows`` computes them for a unit
     dilation and channel multiplier, ``x`` ``h w c``, ``weights`` ``kh kw c``, ``bias`` ``c``
     (zeros for none), all C-contiguous; ``kh``, ``kw`` and ``sw`` are constants of the kernel
@@ -250,9 +250,14 @@ def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, kh, kw, sw):
     all the taps, and each input vector loaded serves up to four of them (2-3x the per-tap
     passes of ``_correlate_rows``, which load and store the sums at every tap). Pixels with a
     tap outside the input are summed one at a time, those taps skipped. Each output adds its
-    taps in ``_correlate_rows``' order, so both give the same values."""
+    taps in ``_correlate_rows``' order, so both give the same values. The pixels are then held
+    within ``bounds``, ``(lo, hi, inclusive)``, while in cache: a ReLU or a clip after the
+    convolution (NaN kept; at ``lo`` itself ``lo`` when ``inclusive``, as a ReLU turns -0.0
+    into 0.0 like numpy's maximum); infinite bounds for none, and no pass."""
     h, w = x.shape[0], x.shape[1]
     ow = out.shape[1]
+    lo, hi, inclusive = bounds[0], bounds[1], bounds[2] != 0
+    clamping = lo > -np.inf or hi < np.inf
     # the output columns whose taps all fall inside the input; four at a time from ``first``
     first = min(ow, max(0, -(-left // sw)))
     last = max(first, min(ow, (w - kw + left) // sw + 1))
@@ -265,20 +270,44 @@ def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, kh, kw, sw):
             s = col * sw - left
             if not (rows_inside and first <= col < blocked):
                 _checked_pixel(x, weights, bias, out[y, col], base, s, kh, kw)
-                col += 1
-                continue
-            o0, o1, o2, o3 = out[y, col], out[y, col + 1], out[y, col + 2], out[y, col + 3]
-            for k in range(out.shape[2]):
-                a0 = a1 = a2 = a3 = bias[k]
-                for i in range(kh):
-                    for j in range(kw):
-                        t = weights[i, j, k]
-                        a0 += x[base + i, s + j, k] * t
-                        a1 += x[base + i, s + sw + j, k] * t
-                        a2 += x[base + i, s + 2 * sw + j, k] * t
-                        a3 += x[base + i, s + 3 * sw + j, k] * t
-                o0[k], o1[k], o2[k], o3[k] = a0, a1, a2, a3
-            col += 4
+                count = 1
+            else:
+                o0, o1, o2, o3 = out[y, col], out[y, col + 1], out[y, col + 2], out[y, col + 3]
+                for k in range(out.shape[2]):
+                    a0 = a1 = a2 = a3 = bias[k]
+                    for i in range(kh):
+                        for j in range(kw):
+                            t = weights[i, j, k]
+                            a0 += x[base + i, s + j, k] * t
+                            a1 += x[base + i, s + sw + j, k] * t
+                            a2 += x[base + i, s + 2 * sw + j, k] * t
+                            a3 += x[base + i, s + 3 * sw + j, k] * t
+                    o0[k], o1[k], o2[k], o3[k] = a0, a1, a2, a3
+                count = 4
+            if clamping:  # the pixels just written, while in cache
+                pixels = out[y, col : col + count].reshape(-1)
+                for k in range(pixels.shape[0]):
+                    v = pixels[k]
+                    held = hi if v > hi else v
+                    pixels[k] = lo if (v < lo) | (inclusive & (v == lo)) else held
+            col += count
+
+
+@jit.helper
+def _blocked_units(
+    x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, kh, kw, sw
+):
+    """``_blocked_rows`` for units ``start:stop`` of ``(sample, block of step rows)``,
+    ``blocks`` a sample, of ``x`` ``n h w c`` into ``out`` ``n oh ow o``: one call per thread
+    turn (a call per block cost ~1-2 us of numba's argument handling each, ~10% of a layer)."""
+    oh = out.shape[1]
+    for unit in range(start, stop):
+        sample, block = unit // blocks, unit % blocks
+        r0 = block * step
+        r1 = min(oh, r0 + step)
+        _blocked_rows(
+            x[sample], weights, bias, out[sample], r0, r1, sh, top, left, bounds, kh, kw, sw
+        )
 
 
 @jit.helper
@@ -300,20 +329,20 @@ def _checked_pixel(x, weights, bias, target, row, col, kh, kw):
 
 
 # one compiled kernel per kernel size and horizontal stride, constants for ``_blocked_rows``
-def _blocked_3x3_s1(x, weights, bias, out, r0, r1, sh, top, left):
-    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 3, 3, 1)
+def _blocked_3x3_s1(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
+    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 3, 3, 1)
 
 
-def _blocked_3x3_s2(x, weights, bias, out, r0, r1, sh, top, left):
-    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 3, 3, 2)
+def _blocked_3x3_s2(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
+    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 3, 3, 2)
 
 
-def _blocked_5x5_s1(x, weights, bias, out, r0, r1, sh, top, left):
-    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 5, 5, 1)
+def _blocked_5x5_s1(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
+    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 5, 5, 1)
 
 
-def _blocked_5x5_s2(x, weights, bias, out, r0, r1, sh, top, left):
-    _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, 5, 5, 2)
+def _blocked_5x5_s2(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
+    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 5, 5, 2)
 
 
 # (kh, kw, horizontal stride) -> its ``_blocked_rows`` kernel
@@ -332,22 +361,28 @@ def _correlate_compiled(
     ``epilogue`` with a compiled pass of its own for the bias (``with_bias``, as ReLU, clip,
     hard-swish and SiLU have) runs it over the whole output afterwards (a numpy ReLU on each
     thread turn's rows took 35-120 us of MobileNet-sized layers at batch 1, the compiled pass
-    ~10); any other runs on each thread turn's rows in place, while they are in cache."""
+    ~10); any other runs on each thread turn's rows in place, while they are in cache. The
+    blocked kernels hold their sums within a ReLU's or a clip's bounds as they store them
+    (``_bounds``), with no pass of its own."""
     n, oh, ow, o = out.shape
+    blocked = bounds = None
+    if multiplier == 1 and tuple(dilation) == (1, 1):
+        blocked = _BLOCKED.get((*weights.shape[:2], stride[1]))
+    if blocked is not None:
+        bounds = _bounds(epilogue, out.dtype)
+        if bounds is not None:
+            epilogue = None  # in the kernel's stores
     if epilogue is not None and getattr(epilogue, "with_bias", None) is not None:
         _correlate_compiled(kernel, x, weights, None, out, stride, dilation, padding, multiplier)
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
     work = out.size * math.prod(weights.shape[:2]) // _COMPILED_WORK_RATIO
-    blocked = None
-    if multiplier == 1 and tuple(dilation) == (1, 1):
-        blocked = _BLOCKED.get((*weights.shape[:2], stride[1]))
     if blocked is not None:
         kernel = jit.compiled(blocked)
         weights = np.ascontiguousarray(weights)
         bias = np.zeros(o, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
-        args = (stride[0], padding[0][0], padding[1][0])
+        args = (stride[0], padding[0][0], padding[1][0], bounds)
     else:
         # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per
         # pixel took longer than the taps: 125 of 281 us for 48 channels at 56x56)
@@ -359,14 +394,32 @@ def _correlate_compiled(
     blocks = -(-oh // step)
 
     def run(lo: int, hi: int) -> None:
-        for unit in range(lo, hi):
-            sample, block = divmod(unit, blocks)
-            r0, r1 = block * step, min(oh, (block + 1) * step)
-            kernel(x[sample], weights, bias, out[sample], r0, r1, *args)
+        if blocked is not None:
+            kernel(x, weights, bias, out, lo, hi, blocks, step, *args)
+        else:
+            for unit in range(lo, hi):
+                sample, block = divmod(unit, blocks)
+                r0, r1 = block * step, min(oh, (block + 1) * step)
+                kernel(x[sample], weights, bias, out[sample], r0, r1, *args)
         if epilogue is not None:
             epilogue(_rows_of(out, lo, hi, blocks, step))
 
     split(run, n * blocks, work)
+
+
+def _bounds(epilogue, dtype) -> np.ndarray | None:
+    """``(lo, hi, inclusive)`` for ``_blocked_rows`` to hold its sums within, in ``dtype``:
+    infinite without an epilogue, a ReLU's (``0``, inclusive: -0.0 gives 0.0) or a clip's;
+    None for any other epilogue (it then runs as before)."""
+    lo, hi, inclusive = -np.inf, np.inf, 0
+    if isinstance(epilogue, piecewise.Activation) and epilogue.kind == piecewise.RELU:
+        lo, inclusive = 0, 1
+    elif isinstance(epilogue, piecewise.Activation) and epilogue.kind == piecewise.CLIP:
+        lo = -np.inf if epilogue.lo is None else epilogue.lo
+        hi = np.inf if epilogue.hi is None else epilogue.hi
+    elif epilogue is not None:
+        return None
+    return np.array([lo, hi, inclusive], dtype=dtype)
 
 
 def _phases(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple:
