@@ -25,7 +25,8 @@ the same sum over taps as plain loops reading the unpadded channels-last input, 
 and without the padded copy; so does a unit stride's input gradient (the same correlation
 with the kernel turned around). The common kernels (3x3 and 5x5, horizontal stride 1 or 2, no
 dilation or channel multiplier) have one compiled kernel each, four output pixels at a time
-with the taps unrolled (``_blocked_rows``): 1.3-2.7x the kernel for any shape, the same values.
+with the taps unrolled (``_blocked_rows``): 1.3-2.7x the kernel for any shape, the same values;
+a ReLU or clip after the layer is applied as each block is written.
 Strided input gradients and the weight gradient keep the numpy kernels.
 """
 
