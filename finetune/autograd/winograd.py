@@ -267,6 +267,34 @@ def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
     outs = grad.shape[2:]
     th, tw = _tiles_covering(outs, m)
     tiles = n * th * tw
+    dm = scratch("winograd grad products", (a * a, tiles, o), grad.dtype)
+    kernel = _compiled(winograd_compiled.gradient_tiles, grad.dtype)
+    if kernel is not None:
+        g = np.ascontiguousarray(grad.transpose(0, 2, 3, 1))  # no copy when channels last
+
+        def units(lo: int, hi: int) -> None:
+            t = scratch("winograd tile", (a * m + m * m, o), grad.dtype)
+            columns, edge = t[: a * m].reshape(a, m, o), t[a * m :].reshape(m, m, o)
+            kernel(g, dm, columns, edge, m, th, tw, lo, hi)
+
+        split(units, n * th, dm.size)
+    else:
+        _gradient_tiles(grad, dm, m, th, tw)
+    # the products go into the gather's scratch slot, dead by now (a fresh 17 MB array per
+    # call on layer4 paid ~340 page faults)
+    du = scratch("winograd tiles", (a * a, o, c), grad.dtype)
+    np.matmul(dm.transpose(0, 2, 1), v, out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
+    # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
+    dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
+    return dw.reshape(o, c, 3, 3)
+
+
+def _gradient_tiles(grad: np.ndarray, dm: np.ndarray, m: int, th: int, tw: int) -> None:
+    """``dm = A dY A^T`` of every ``m x m`` tile of the output gradient, with numpy: the
+    tiles cut out (zero past the output's edge), then one product with the Kronecker matrix."""
+    n, o = grad.shape[:2]
+    outs = grad.shape[2:]
+    a = m + 2
     # dY: the output gradient cut into m x m tiles (zero past the output's edge), per position
     dy = scratch("winograd grad tiles", (m, m, n, th, tw, o), grad.dtype)
     source = grad.transpose(0, 2, 3, 1)
@@ -279,12 +307,4 @@ def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
             part[:, : max(0, min(hi, rows) - lo), :cols] = source[:, i::m, j::m][:, lo:hi]
 
     split(cut, th, dy.size)
-    dm = scratch("winograd grad products", (a * a, tiles, o), grad.dtype)
     np.matmul(_KRON[m][2].T.astype(grad.dtype), dy.reshape(m * m, -1), out=dm.reshape(a * a, -1))
-    # the products go into the gather's scratch slot, dead by now (a fresh 17 MB array per
-    # call on layer4 paid ~340 page faults)
-    du = scratch("winograd tiles", (a * a, o, c), grad.dtype)
-    np.matmul(dm.transpose(0, 2, 1), v, out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
-    # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
-    dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
-    return dw.reshape(o, c, 3, 3)

@@ -59,6 +59,25 @@ def _at2(m0, m1, m2, m3):
 
 
 @jit.helper
+def _a4(y0, y1, y2, y3):
+    """``A y`` for F(4x4, 3x3): an output gradient's line of four spread over six points."""
+    return (
+        y0,
+        (y0 + y2) + (y1 + y3),
+        (y0 + y2) - (y1 + y3),
+        (y0 + 4 * y2) + 2 * (y1 + 4 * y3),
+        (y0 + 4 * y2) - 2 * (y1 + 4 * y3),
+        y3,
+    )
+
+
+@jit.helper
+def _a2(y0, y1):
+    """``A y`` for F(2x2, 3x3)."""
+    return y0, y0 + y1, y0 - y1, -y1
+
+
+@jit.helper
 def _lines(flat, first, step, c):
     """Six lines of ``c`` values, ``step`` apart from ``first`` in ``flat`` (those past its end
     empty; a caller needing fewer leaves the rest unused)."""
@@ -165,3 +184,45 @@ def output_tiles(p, out, u, corner, bias, m, th, tw, lo, hi):
             if not inside:
                 rows, cols = min(m, oh - y), min(m, ow - col)
                 out[s, y : y + rows, col : col + cols] = corner[:rows, :cols]
+
+
+@jit.helper
+def _gradient_lines(m, src, a, step, dst, b, out_step, c):
+    """``A y`` of ``m`` lines of ``src`` into ``m + 2`` lines of ``dst``."""
+    d0, d1, d2, d3, d4, d5 = _lines(src, a, step, c)
+    o0, o1, o2, o3, o4, o5 = _lines(dst, b, out_step, c)
+    if m == 4:
+        for k in range(c):
+            o0[k], o1[k], o2[k], o3[k], o4[k], o5[k] = _a4(d0[k], d1[k], d2[k], d3[k])
+    else:
+        for k in range(c):
+            o0[k], o1[k], o2[k], o3[k] = _a2(d0[k], d1[k])
+
+
+def gradient_tiles(g, dm, t, edge, m, th, tw, lo, hi):
+    """``A dY A^T`` of every ``m x m`` tile of the output gradient ``g`` ``n oh ow o`` (zeros
+    past its edge), into ``dm`` ``(a a) (n th tw) o``, for units ``lo:hi`` of ``(sample, tile
+    row)`` (compiled by ``jit``; ``winograd.weight_gradient``'s first step). ``t`` (``a m o``)
+    and ``edge`` (``m m o``) are scratch: ``A dY`` of a tile, and a tile reaching past the
+    gradient."""
+    a = m + 2
+    oh, ow, o = g.shape[1], g.shape[2], g.shape[3]
+    tiles = dm.shape[1]
+    gf, df, tf, ef = g.reshape(-1), dm.reshape(-1), t.reshape(-1), edge.reshape(-1)
+    for unit in range(lo, hi):
+        s, ty = unit // th, unit % th
+        y = ty * m
+        for tx in range(tw):
+            col = tx * m
+            if y + m <= oh and col + m <= ow:
+                d, row, first = gf, ow * o, ((s * oh + y) * ow + col) * o
+            else:
+                d, row, first = ef, m * o, 0
+                edge[:] = 0
+                rows, cols = min(m, oh - y), min(m, ow - col)
+                edge[:rows, :cols] = g[s, y : y + rows, col : col + cols]
+            for j in range(m):  # down each column: t[:, j] = A dY[:, j]
+                _gradient_lines(m, d, first + j * o, row, tf, j * o, m * o, o)
+            tile = unit * tw + tx
+            for r in range(a):  # along each row: dm[r a + q, tile] = (A t[r])[q]
+                _gradient_lines(m, tf, r * m * o, o, df, (r * a * tiles + tile) * o, tiles * o, o)
