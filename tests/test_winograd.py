@@ -35,7 +35,7 @@ def transforms(request, monkeypatch):
         pytest.importorskip("numba")
         monkeypatch.setattr(jit, "ENABLED", True)
         jit.load()
-        assert winograd._compiled(winograd_compiled.input_tiles, np.float32) is not None
+        assert winograd._compiled(winograd_compiled.tile_transforms, np.float32) is not None
     else:
         monkeypatch.setattr(jit, "ENABLED", False)
     return request.param

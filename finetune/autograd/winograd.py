@@ -99,7 +99,7 @@ def tile_size(channels: int, out_channels: int, outs: tuple[int, ...]) -> int | 
     output 16 to twice as many (DenseNet's 128 -> 32 growth layers: 38 -> 24 ms at 56x56, batch
     8), and lost with 16 input channels or a wider output (16 -> 128: 1.1-1.5x). With the
     transforms compiled, from ``MIN_CHANNELS_COMPILED`` channels each way."""
-    if _compiled(winograd_compiled.input_tiles, np.float32) is not None:
+    if _compiled(winograd_compiled.tile_transforms, np.float32) is not None:
         wide, narrow = min(channels, out_channels) >= MIN_CHANNELS_COMPILED, False
     else:
         wide = min(channels, out_channels) >= MIN_CHANNELS
@@ -165,14 +165,14 @@ def transformed_tiles(
     _, th, tw = _grid(x.shape, padding, m)
     if out is None:
         out = scratch("winograd transformed", tiles_shape(x.shape, padding, m), x.dtype)
-    kernel = _compiled(winograd_compiled.input_tiles, x.dtype)
+    kernel = _compiled(winograd_compiled.tile_transforms, x.dtype)
     if kernel is not None:
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy when channels last
         (top, _), (left, _) = padding
 
         def units(lo: int, hi: int) -> None:
             t, edge = scratch("winograd tile", (2, a, a, c), x.dtype)
-            kernel(x, out, t, edge, m, top, left, th, tw, lo, hi)
+            kernel(x, out, t, edge, m, a, top, left, th, tw, lo, hi)
 
         split(units, n * th, out.size)
         return out
@@ -268,14 +268,14 @@ def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
     th, tw = _tiles_covering(outs, m)
     tiles = n * th * tw
     dm = scratch("winograd grad products", (a * a, tiles, o), grad.dtype)
-    kernel = _compiled(winograd_compiled.gradient_tiles, grad.dtype)
+    kernel = _compiled(winograd_compiled.tile_transforms, grad.dtype)
     if kernel is not None:
         g = np.ascontiguousarray(grad.transpose(0, 2, 3, 1))  # no copy when channels last
 
         def units(lo: int, hi: int) -> None:
             t = scratch("winograd tile", (a * m + m * m, o), grad.dtype)
             columns, edge = t[: a * m].reshape(a, m, o), t[a * m :].reshape(m, m, o)
-            kernel(g, dm, columns, edge, m, th, tw, lo, hi)
+            kernel(g, dm, columns, edge, m, m, 0, 0, th, tw, lo, hi)
 
         split(units, n * th, dm.size)
     else:

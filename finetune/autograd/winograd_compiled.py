@@ -1,4 +1,5 @@
-"""Winograd's input and output transforms as compiled loops (``jit``), for ``winograd.py``.
+"""Winograd's transforms as compiled loops (``jit``), for ``winograd.py``: the input's tiles and
+an output gradient's (``tile_transforms``), and the products' back into the output.
 
 numpy runs each transform as a product with a Kronecker matrix (``B^T (x) B^T`` is 36x36 for
 4x4 output tiles, dense, though ``B^T`` is mostly zeros), after copying the tiles out of a
@@ -92,11 +93,18 @@ def _lines(flat, first, step, c):
 
 
 @jit.helper
-def _transform_lines(m, src, a, step, dst, b, out_step, c):
-    """``B^T d`` of ``m + 2`` lines of ``src`` (``a``, ``step``) into as many of ``dst``."""
+def _transform_lines(m, spread, src, a, step, dst, b, out_step, c):
+    """``B^T d`` of ``m + 2`` lines of ``src`` (``a``, ``step``) into as many of ``dst``; with
+    ``spread``, ``A y`` of ``m`` lines into ``m + 2``."""
     d0, d1, d2, d3, d4, d5 = _lines(src, a, step, c)
     o0, o1, o2, o3, o4, o5 = _lines(dst, b, out_step, c)
-    if m == 4:
+    if spread and m == 4:
+        for k in range(c):
+            o0[k], o1[k], o2[k], o3[k], o4[k], o5[k] = _a4(d0[k], d1[k], d2[k], d3[k])
+    elif spread:
+        for k in range(c):
+            o0[k], o1[k], o2[k], o3[k] = _a2(d0[k], d1[k])
+    elif m == 4:
         for k in range(c):
             o0[k], o1[k], o2[k], o3[k], o4[k], o5[k] = _bt4(
                 d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]
@@ -128,12 +136,15 @@ def _output_lines(m, src, a, step, dst, b, out_step, c, bias):
             o0[k], o1[k] = _at2(d0[k], d1[k], d2[k], d3[k])
 
 
-def input_tiles(x, v, t, edge, m, top, left, th, tw, lo, hi):
-    """``winograd.transformed_tiles`` (compiled by ``jit``) for units ``lo:hi`` of ``(sample,
-    tile row)``: ``x`` ``n h w c``, into ``v`` ``(a a) (n th tw) c`` (``a = m + 2``), the tiles
-    starting ``top`` rows and ``left`` columns before the image. ``t`` and ``edge`` are ``a a
-    c`` scratch: ``B^T d`` of a tile, and a tile reaching past the image (zeros there)."""
-    a = m + 2
+def tile_transforms(x, v, t, edge, m, side, top, left, th, tw, lo, hi):
+    """The tiles of ``x`` ``n h w c`` transformed into ``v`` ``(a a) (n th tw) c`` (``a = m +
+    2``), for units ``lo:hi`` of ``(sample, tile row)``, the tiles ``m`` apart from ``top`` rows
+    and ``left`` columns before the image, zeros past its edges (compiled by ``jit``). Tiles of
+    ``side`` ``a`` are an input's, through ``B^T d B`` (``winograd.transformed_tiles``); of side
+    ``m`` an output gradient's, through ``A dY A^T`` (``winograd.weight_gradient``'s first
+    step). ``t`` (``a side c``) and ``edge`` (``side side c``) are scratch: the tile transformed
+    down its columns, and a tile reaching past the image."""
+    a, spread = m + 2, side == m
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     tiles = v.shape[1]
     xf, vf, tf, ef = x.reshape(-1), v.reshape(-1), t.reshape(-1), edge.reshape(-1)
@@ -141,19 +152,20 @@ def input_tiles(x, v, t, edge, m, top, left, th, tw, lo, hi):
         s, ty = unit // th, unit % th
         for tx in range(tw):
             y, col = ty * m - top, tx * m - left
-            if y >= 0 and y + a <= h and col >= 0 and col + a <= w:
+            if y >= 0 and y + side <= h and col >= 0 and col + side <= w:
                 d, row, first = xf, w * c, ((s * h + y) * w + col) * c
             else:
-                d, row, first = ef, a * c, 0
+                d, row, first = ef, side * c, 0
                 edge[:] = 0
-                y0, y1, c0, c1 = max(y, 0), min(y + a, h), max(col, 0), min(col + a, w)
+                y0, y1, c0, c1 = max(y, 0), min(y + side, h), max(col, 0), min(col + side, w)
                 if y0 < y1 and c0 < c1:
                     edge[y0 - y : y1 - y, c0 - col : c1 - col] = x[s, y0:y1, c0:c1]
-            for q in range(a):  # down each column: t[:, q] = B^T d[:, q]
-                _transform_lines(m, d, first + q * c, row, tf, q * c, a * c, c)
+            for q in range(side):  # down each column: t[:, q] = B^T d[:, q] (or A y)
+                _transform_lines(m, spread, d, first + q * c, row, tf, q * c, side * c, c)
             tile = unit * tw + tx
-            for r in range(a):  # along each row: v[r a + q, tile] = (t[r] B)[q]
-                _transform_lines(m, tf, r * a * c, c, vf, (r * a * tiles + tile) * c, tiles * c, c)
+            for r in range(a):  # along each row: v[r a + q, tile] = (t[r] B)[q] (or A t[r])
+                first = (r * a * tiles + tile) * c
+                _transform_lines(m, spread, tf, r * side * c, c, vf, first, tiles * c, c)
 
 
 def output_tiles(p, out, u, corner, bias, m, th, tw, lo, hi):
@@ -184,45 +196,3 @@ def output_tiles(p, out, u, corner, bias, m, th, tw, lo, hi):
             if not inside:
                 rows, cols = min(m, oh - y), min(m, ow - col)
                 out[s, y : y + rows, col : col + cols] = corner[:rows, :cols]
-
-
-@jit.helper
-def _gradient_lines(m, src, a, step, dst, b, out_step, c):
-    """``A y`` of ``m`` lines of ``src`` into ``m + 2`` lines of ``dst``."""
-    d0, d1, d2, d3, d4, d5 = _lines(src, a, step, c)
-    o0, o1, o2, o3, o4, o5 = _lines(dst, b, out_step, c)
-    if m == 4:
-        for k in range(c):
-            o0[k], o1[k], o2[k], o3[k], o4[k], o5[k] = _a4(d0[k], d1[k], d2[k], d3[k])
-    else:
-        for k in range(c):
-            o0[k], o1[k], o2[k], o3[k] = _a2(d0[k], d1[k])
-
-
-def gradient_tiles(g, dm, t, edge, m, th, tw, lo, hi):
-    """``A dY A^T`` of every ``m x m`` tile of the output gradient ``g`` ``n oh ow o`` (zeros
-    past its edge), into ``dm`` ``(a a) (n th tw) o``, for units ``lo:hi`` of ``(sample, tile
-    row)`` (compiled by ``jit``; ``winograd.weight_gradient``'s first step). ``t`` (``a m o``)
-    and ``edge`` (``m m o``) are scratch: ``A dY`` of a tile, and a tile reaching past the
-    gradient."""
-    a = m + 2
-    oh, ow, o = g.shape[1], g.shape[2], g.shape[3]
-    tiles = dm.shape[1]
-    gf, df, tf, ef = g.reshape(-1), dm.reshape(-1), t.reshape(-1), edge.reshape(-1)
-    for unit in range(lo, hi):
-        s, ty = unit // th, unit % th
-        y = ty * m
-        for tx in range(tw):
-            col = tx * m
-            if y + m <= oh and col + m <= ow:
-                d, row, first = gf, ow * o, ((s * oh + y) * ow + col) * o
-            else:
-                d, row, first = ef, m * o, 0
-                edge[:] = 0
-                rows, cols = min(m, oh - y), min(m, ow - col)
-                edge[:rows, :cols] = g[s, y : y + rows, col : col + cols]
-            for j in range(m):  # down each column: t[:, j] = A dY[:, j]
-                _gradient_lines(m, d, first + j * o, row, tf, j * o, m * o, o)
-            tile = unit * tw + tx
-            for r in range(a):  # along each row: dm[r a + q, tile] = (A t[r])[q]
-                _gradient_lines(m, tf, r * m * o, o, df, (r * a * tiles + tile) * o, tiles * o, o)

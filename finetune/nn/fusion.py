@@ -227,7 +227,7 @@ class GatedConvolution:
         if state is None or self.frozen.tail is not None:
             return None
         plan = state[4]
-        if not plan.pointwise or plan.stride != (1, 1) or plan.groups != 1 or plan.depthwise:
+        if not plan.pointwise or plan.stride != (1, 1) or plan.groups != 1:
             return None
         if state[2].shape[0] >= h * w:  # scaling the weights would cost more than x * gate
             return None
