@@ -269,3 +269,89 @@ def test_a_frozen_batchnorm_steps_aside_when_its_layer_would_differ(case):
     calls = []
     assert FrozenBatchNorm(bn, None, _recording(calls))(x) == "fallback"
     assert calls == [x]
+
+
+def _residual_case(kind: str, seed=7):
+    """A frozen (conv, BatchNorm) pair in eval mode, an input, and a skip of the output's shape:
+    ``im2col`` (3x3 stride 2, a channels-last product), ``winograd`` (3x3 stride 1, 16
+    channels) or ``1x1``."""
+    c, o, k, stride, padding, size = {
+        "im2col": (3, 4, 3, 2, 1, 9),
+        "winograd": (16, 16, 3, 1, 1, 8),
+        "1x1": (6, 5, 1, 1, 0, 7),
+    }[kind]
+    ft.manual_seed(seed)
+    conv = nn.Conv2d(c, o, k, stride=stride, padding=padding, bias=False).eval()
+    bn = nn.BatchNorm2d(o).eval()
+    rng = np.random.default_rng(seed)
+    with ft.no_grad():
+        bn.running_mean.copy_(ft.from_numpy(rng.standard_normal(o).astype(np.float32)))
+        bn.running_var.copy_(ft.from_numpy(rng.uniform(0.5, 2, o).astype(np.float32)))
+    for p in (*conv.parameters(), *bn.parameters()):
+        p.requires_grad_(False)  # a frozen backbone's
+    x = _x(seed, (2, c, size, size))
+    out = (size + 2 * padding - k) // stride + 1
+    skip = _x(seed + 1, (2, o, out, out))
+    return conv, bn, x, skip
+
+
+def _residuals_seen(monkeypatch) -> list:
+    """The residuals the convolution kernels are handed, appended as they come."""
+    from finetune.autograd import conv as kernels
+
+    seen, convolve = [], kernels._convolve
+
+    def recorded(*args):
+        seen.append(args[7] if len(args) > 7 else None)
+        return convolve(*args)
+
+    monkeypatch.setattr(kernels, "_convolve", recorded)
+    return seen
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("kind", ["im2col", "winograd", "1x1"])
+def test_a_skip_connection_and_relu_ride_in_the_convolution(kind, layout, monkeypatch):
+    """``conv_bn(conv, bn, x, residual, relu)`` is ``relu(bn(conv(x)) + residual)``, the sum
+    and the ReLU in the convolution's last pass; under gradients too when nothing needs one
+    (a frozen backbone's step)."""
+    conv, bn, x, skip = _residual_case(kind)
+    if layout == "channels_last":
+        skip = skip.contiguous(memory_format=ft.channels_last)
+    with ft.no_grad():
+        want = np.maximum(bn(conv(x)).numpy() + skip.numpy(), 0)
+    seen = _residuals_seen(monkeypatch)
+    with ft.no_grad():
+        got = conv_bn(conv, bn, x, residual=skip, relu=nn.ReLU(inplace=True))
+    frozen_step = conv_bn(conv, bn, x, residual=skip, relu=nn.ReLU())
+    assert len(seen) == 2 and all(r is skip._data for r in seen)
+    assert frozen_step.grad_fn is None
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(frozen_step.numpy(), got.numpy())
+
+
+def test_a_skip_connection_steps_aside_when_the_sum_could_differ(monkeypatch):
+    """A hooked ReLU, a skip needing a gradient or one that broadcasts: the convolution, the
+    sum and the ReLU run as layers and operators (hooks fire, gradients flow)."""
+    conv, bn, x, skip = _residual_case("im2col")
+    with ft.no_grad():
+        plain = bn(conv(x))
+    seen = _residuals_seen(monkeypatch)
+    relu, calls = nn.ReLU(), []
+    relu.register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    with ft.no_grad():
+        hooked = conv_bn(conv, bn, x, residual=skip, relu=relu)
+    assert calls == [(2, 4, 5, 5)]
+    np.testing.assert_allclose(
+        hooked.numpy(), np.maximum(plain.numpy() + skip.numpy(), 0), rtol=1e-5, atol=1e-5
+    )
+    trained = skip.clone().requires_grad_()
+    out = conv_bn(conv, bn, x, residual=trained, relu=nn.ReLU())
+    out.sum().backward()
+    np.testing.assert_array_equal(trained.grad.numpy(), (out.detach().numpy() > 0) * 1.0)
+    row = _x(9, (1, 4, 1, 1))
+    with ft.no_grad():
+        broadcast = conv_bn(conv, bn, x, residual=row)
+    want = plain.numpy() + row.numpy()
+    np.testing.assert_allclose(broadcast.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert seen == [None, None, None]  # the convolution alone each time

@@ -962,3 +962,146 @@ def test_a_gated_projection_gives_the_walks_gradients():
     out.sum().backward()
     np.testing.assert_allclose(planned.grad.numpy(), walked.grad.numpy(), rtol=1e-10)
     assert gradcheck(model, (ft.tensor(x[:1], requires_grad=True),))
+
+
+def _residual_model(
+    conv: str, act: str | None, skip_first: bool, rng, size=(7, 6), free_skip=False
+) -> tuple:
+    """x -> Conv (-> BatchNormalization) -> c; skip + c or c + skip (the order asked) ->
+    activation (or none) -> y, the skip a second input of the convolution's output shape;
+    and that shape."""
+    proto, _ = _conv_activation_model(conv, "Relu", rng, size)
+    c, shape = CONVOLUTIONS[conv][:2]
+    x = np.zeros((2, c, *size), np.float32)
+    out_shape = _onnxruntime(proto, x)[0].shape
+    graph = proto.graph
+    nodes = [n for n in graph.node if n.op_type != "Relu"]  # ... -> c
+    summed = "y" if act is None else "sum"
+    nodes.append(helper.make_node("Add", ["skip", "c"] if skip_first else ["c", "skip"], [summed]))
+    opset = 17
+    if act is not None:
+        act_nodes, opset = ACTIVATIONS[act]
+        for node in act_nodes():
+            node.input[:] = ["sum" if name == "c" else name for name in node.input]
+            nodes.append(node)
+    inputs = [*graph.input, _tensor("skip", 4 if free_skip else ["n", *out_shape[1:]])]
+    outputs = [_tensor("y", 4)]
+    return _model(nodes, inputs, outputs, graph.initializer, opset=max(opset, 9)), out_shape
+
+
+def _counted_residuals(monkeypatch) -> list:
+    """The residuals the kernels are handed (``conv.infer``'s), appended as they come."""
+    from finetune.autograd import conv as kernels
+
+    seen, infer = [], kernels.infer
+
+    def counted(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("residual"))
+        return infer(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "infer", counted)
+    return seen
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("act", [None, "Relu"])
+@pytest.mark.parametrize("conv", list(CONVOLUTIONS))
+def test_a_skip_connection_and_its_activation_run_in_the_convolutions_output_pass(
+    conv, act, layout, monkeypatch
+):
+    """``act(conv(x) + s)`` is one unit, the sum and the activation in the convolution's last
+    pass (compiled for a channels-last skip, numpy's for another layout), against
+    onnxruntime and the node-by-node walk."""
+    rng = np.random.default_rng(40)
+    size = (40, 36) if "per-sample" in conv else (7, 6)
+    proto, out_shape = _residual_model(conv, act, skip_first=False, rng=rng, size=size)
+    model = ft.onnx.load(proto)
+    x = (rng.standard_normal((2, CONVOLUTIONS[conv][0], *size)) * 3).astype(np.float32)
+    s = rng.standard_normal(out_shape).astype(np.float32)
+    skip = ft.from_numpy(s)
+    if layout == "channels_last":
+        skip = skip.contiguous(memory_format=ft.channels_last)
+    residuals = _counted_residuals(monkeypatch)
+    with ft.no_grad():
+        model(ft.from_numpy(x), skip)
+        got = model(ft.from_numpy(x), skip).numpy()
+    base = "Conv+BatchNormalization" if CONVOLUTIONS[conv][3] else "Conv"
+    assert _planned_ops(model) == [f"{base}+Add" + (f"+{act}" if act else "")]
+    assert len(residuals) == 2 and all(r is skip._data for r in residuals)
+    _close(got, _onnxruntime(proto, x, s)[0])
+    _close(got, _exact(model, x, s).numpy())
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_every_activation_rides_after_the_skip_connection(act):
+    rng = np.random.default_rng(41)
+    proto, out_shape = _residual_model("1x1", act, skip_first=True, rng=rng)
+    model = ft.onnx.load(proto)
+    x = (rng.standard_normal((2, 4, 7, 6)) * 3).astype(np.float32)
+    s = ft.from_numpy(rng.standard_normal(out_shape).astype(np.float32))
+    s = s.contiguous(memory_format=ft.channels_last)
+    with ft.no_grad():
+        got = model(ft.from_numpy(x), s).numpy()
+    assert _planned_ops(model)[-1].startswith("Conv+Add+")
+    _close(got, _onnxruntime(proto, x, s.numpy())[0])
+
+
+def test_a_skip_that_broadcasts_runs_the_add_node(monkeypatch):
+    """A skip of another shape (the Add broadcasts it): the nodes run in turn."""
+    rng = np.random.default_rng(42)
+    proto, out_shape = _residual_model("3x3+BatchNormalization", "Relu", True, rng, free_skip=True)
+    model = ft.onnx.load(proto)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    s = rng.standard_normal((1, out_shape[1], 1, 1)).astype(np.float32)
+    residuals = _counted_residuals(monkeypatch)
+    with ft.no_grad():
+        got = model(ft.from_numpy(x), ft.from_numpy(s)).numpy()
+    assert residuals == [None]  # the convolution alone, then the Add and the Relu nodes
+    _close(got, _onnxruntime(proto, x, s)[0])
+
+
+def test_a_skip_connection_gives_the_walks_gradients():
+    """With the skip or the input needing a gradient the fused unit runs its nodes: the
+    gradients are the exact walk's, and gradcheck passes through the plan."""
+    rng = np.random.default_rng(43)
+    proto, out_shape = _residual_model("3x3+BatchNormalization", "Relu", False, rng)
+    model = ft.onnx.load(proto)
+    model.eval()
+    x = rng.standard_normal((2, 3, 7, 6))
+    s = rng.standard_normal(out_shape)
+    with ft.no_grad():
+        model(ft.from_numpy(x.astype(np.float32)), ft.from_numpy(s.astype(np.float32)))
+    model.double()
+    planned = [ft.tensor(x, requires_grad=True), ft.tensor(s, requires_grad=True)]
+    model(*planned).sum().backward()
+    walked = [ft.tensor(x, requires_grad=True), ft.tensor(s, requires_grad=True)]
+    model._walk(model._bind_inputs(tuple(walked)))[0].sum().backward()
+    for a, b in zip(planned, walked):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10)
+    inputs = (ft.tensor(x[:1], requires_grad=True), ft.tensor(s[:1], requires_grad=True))
+    assert gradcheck(model, inputs)
+
+
+def test_a_convolution_read_twice_adds_its_skip_apart():
+    """The convolution's output read by the Add and by another node, or the sum a graph
+    output read by the activation too: nothing fuses that would lose a value."""
+    rng = np.random.default_rng(44)
+    w = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "x"], ["sum"]),
+        helper.make_node("Mul", ["c", "x"], ["twice"]),  # the convolution's output again
+        helper.make_node("Conv", ["x", "w"], ["d"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["x", "d"], ["out"]),  # a graph output, read by the Relu too
+        helper.make_node("Relu", ["out"], ["r"]),
+    ]
+    outputs = [_tensor(n, 4) for n in ("sum", "twice", "out", "r")]
+    proto = _model(nodes, [_tensor("x", ["n", 3, 5, 5])], outputs, [_init("w", w)])
+    model = ft.onnx.load(proto)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    with ft.no_grad():
+        got = model(ft.from_numpy(x))
+    ops = _planned_ops(model)
+    assert ops.count("Conv+Add") == 1 and "Relu" in ops and "Add" in ops
+    for a, b in zip(got, _onnxruntime(proto, x)):
+        _close(a.numpy(), b)

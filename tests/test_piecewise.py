@@ -105,6 +105,25 @@ def test_bias_rows_adds_the_bias_then_activates(name, bias, monkeypatch):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", [*ACTIVATIONS, None])
+def test_a_residual_is_added_after_the_bias_then_activated(name, bias, path):
+    """``activation((rows + bias) + residual)``: compiled in one pass, or numpy's chunks (no
+    compiled kernel, or a residual with gaps), the sums rounded in that order."""
+    rng = np.random.default_rng(2)
+    rows = (rng.standard_normal((300, 24)) * 4).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32) if bias else None
+    residual = (rng.standard_normal((300, 48)) * 4).astype(np.float32)
+    act = ACTIVATIONS.get(name)
+    want = (rows + b if bias else rows) + residual[:, :24]
+    if act is not None:
+        want = _reference(act, want)
+    for skip in (np.ascontiguousarray(residual[:, :24]), residual[:, :24]):
+        got = rows.copy()
+        piecewise.add_bias_rows(got, b, act, skip)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_bias_rows_declines_what_it_cannot_do(monkeypatch):
     rows = np.ones((6, 4), np.float32)
     bias = np.ones(4, np.float32)
@@ -114,6 +133,9 @@ def test_bias_rows_declines_what_it_cannot_do(monkeypatch):
     monkeypatch.setattr(jit, "ENABLED", True)
     assert not piecewise.bias_rows(rows[:, ::2], bias[:2], None)  # gaps
     assert not piecewise.bias_rows(np.ones((6, 4), np.int32), bias, None)
+    assert not piecewise.bias_rows(rows, bias, None, np.ones((6, 8), np.float32)[:, ::2])  # gaps
+    assert not piecewise.bias_rows(rows, bias, None, np.ones((6, 4), np.float64))
+    assert not piecewise.bias_rows(rows, bias, None, np.ones((4,), np.float32))  # broadcast
     np.testing.assert_array_equal(rows, 1)  # nothing changed
 
 

@@ -45,22 +45,25 @@ _pending = threading.local()
 
 
 @contextmanager
-def epilogue(fn: Callable[[np.ndarray], None]) -> Iterator[None]:
-    """The next convolution this thread runs applies ``fn(chunk)``, an elementwise function
-    changing ``chunk`` in place, to its output chunk by chunk (after the bias). For inference:
-    the convolution must record no gradient (``Convolution`` refuses otherwise), and the caller
-    must run nothing else that convolves inside the block."""
-    _pending.fn = fn
+def epilogue(
+    fn: Callable[[np.ndarray], None] | None, residual: np.ndarray | None = None
+) -> Iterator[None]:
+    """The next convolution this thread runs adds ``residual`` (an array of its output's shape
+    and dtype: a skip connection's values) to its output after the bias, then applies
+    ``fn(chunk)``, an elementwise function changing ``chunk`` in place, chunk by chunk. For
+    inference: the convolution must record no gradient (``Convolution`` refuses otherwise), and
+    the caller must run nothing else that convolves inside the block."""
+    _pending.fn = fn, residual
     try:
         yield
     finally:
         _pending.fn = None
 
 
-def _take_epilogue() -> Callable | None:
-    fn = getattr(_pending, "fn", None)
+def _take_epilogue() -> tuple[Callable | None, np.ndarray | None]:
+    taken = getattr(_pending, "fn", None)
     _pending.fn = None
-    return fn
+    return taken or (None, None)
 
 
 def _out_size(size: int, pad: tuple[int, int], k: int, s: int, d: int, ceil: bool) -> int:
@@ -284,25 +287,26 @@ class ConvPlan:
         bias: np.ndarray | None,
         epilogue: Callable | None = None,
         taps: np.ndarray | None = None,
+        residual: np.ndarray | None = None,
     ) -> np.ndarray:
         """The im2col convolution. ``g o (c k...) @ g (c k...) (n l)``, one product per group,
         copied out to NC[D]HW with the bias; a channels-last plan multiplies the other way
         round, ``(n l) (c k...) @ (c k...) o``, and its product is the ``n j... o`` output with
         no copy (the bias is one pass in place). A channels-last input is gathered as
         ``(n l) (k... c)`` against the weights with their taps first (``taps``, that
-        ``(k... c) o`` matrix when the caller keeps it). ``epilogue``: see ``epilogue``."""
+        ``(k... c) o`` matrix when the caller keeps it). ``epilogue`` and ``residual``: see
+        ``epilogue``."""
         o, g = self.w_shape[0], self.groups
         if self.depthwise:
-            return self.depthwise.forward(x, weight, bias, epilogue)
+            if residual is None:
+                return self.depthwise.forward(x, weight, bias, epilogue)
+            return _finish(self.depthwise.forward(x, weight, bias), residual, epilogue)
         if not self.channels_last:
             w = weight.reshape(g, o // g, -1)
             cols = self.columns(x)
             product = scratch("product", (g, o // g, cols.shape[2]), x.dtype)
             np.matmul(w, cols, out=product)  # g o (c k...), g (c k...) (n l) -> g o (n l)
-            out = self.output(product, bias)
-            if epilogue is not None:
-                elementwise(epilogue, out)  # a pass of its own
-            return out
+            return _finish(self.output(product, bias), residual, epilogue)  # a pass of its own
         out = np.empty((x.shape[0], *self.outs, o), dtype=x.dtype)
         rows = out.reshape(-1, o)
         if is_channels_last(x):
@@ -311,8 +315,13 @@ class ConvPlan:
             np.matmul(self.columns_last(x), taps, out=rows)
         else:
             np.matmul(self.columns(x)[0].T, weight.reshape(o, -1).T, out=rows)
-        piecewise.add_bias_rows(rows, bias, epilogue)
-        return as_nchw(out)
+        out = as_nchw(out)
+        skip = None if residual is None else _rows(residual)
+        if residual is not None and skip is None:  # a skip in another layout: numpy adds it
+            piecewise.add_bias_rows(rows, bias, None)
+            return _finish(out, residual, epilogue)
+        piecewise.add_bias_rows(rows, bias, epilogue, skip)
+        return out
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` padded, in a reused scratch buffer; split over samples."""
@@ -513,39 +522,70 @@ class ConvPlan:
         return as_nchw(gxp)[_interior(self.x_shape, self.padding)]
 
 
-def _convolve(plan, x, weight, bias, prepared, kept, fn) -> np.ndarray:
+def _convolve(plan, x, weight, bias, prepared, kept, fn, residual=None) -> np.ndarray:
     """The convolution of ``plan`` on arrays of one dtype, by the plan's layout: Winograd, per-
     sample columns or im2col, with the weights ``prepared`` as the product reads them when the
     caller keeps them (``_kept_weights``); ``kept`` is what the weight gradient will reuse (see
-    ``Convolution``), ``fn`` an ``epilogue``."""
+    ``Convolution``), ``fn`` and ``residual`` an ``epilogue``'s."""
     if prepared is not None and prepared.dtype != x.dtype:
         prepared = None
     if plan.winograd:
         if prepared is None:
             prepared = _transformed_weights(weight, plan.winograd)
+        skip = None if residual is None else _rows(residual)
+        if skip is not None:  # the bias with the residual and the activation: one pass
+            out = winograd.convolve(x, prepared, plan.padding, plan.winograd, None, kept)
+            piecewise.add_bias_rows(_rows(out), bias, fn, skip)
+            return out
         out = winograd.convolve(x, prepared, plan.padding, plan.winograd, bias, kept)
-    elif plan.per_sample and plan.channels_last and kept is None:
+    elif plan.per_sample and plan.channels_last and kept is None and residual is None:
         return plan.forward_per_sample(x, weight, bias, None, fn)
     elif plan.per_sample:
         out = plan.forward_per_sample(x, weight, bias, kept)
     else:
         # the epilogue in the plan's own output pass
-        return plan.forward(x, weight, bias, fn, prepared)
+        return plan.forward(x, weight, bias, fn, prepared, residual)
+    return _finish(out, residual, fn)
+
+
+def _rows(a: np.ndarray) -> np.ndarray | None:
+    """``n c h w`` stored channels last as its ``(n h w) c`` rows (a view), else None."""
+    if a.ndim != 4:
+        return None
+    last = a.transpose(0, 2, 3, 1)
+    return last.reshape(-1, a.shape[1]) if last.flags.c_contiguous else None
+
+
+def _finish(out: np.ndarray, residual: np.ndarray | None, fn: Callable | None) -> np.ndarray:
+    """``out += residual`` (of ``out``'s shape, any layout), then ``fn(out)``, in place: an
+    ``epilogue``'s work where the output's last pass could not take it."""
+    if residual is not None:
+        rows, skip = _rows(out), _rows(residual)
+        if rows is not None and skip is not None:
+            piecewise.add_bias_rows(rows, None, fn, skip)
+            return out
+        np.add(out, residual, out=out)
     if fn is not None:
         elementwise(fn, out)
     return out
 
 
 def infer(
-    plan: ConvPlan, x: np.ndarray, weight: Tensor, bias: np.ndarray | None, fn=None
+    plan: ConvPlan,
+    x: np.ndarray,
+    weight: Tensor,
+    bias: np.ndarray | None,
+    fn=None,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """What ``Convolution`` computes when nothing needs a gradient, straight on the kernels
-    (no graph, no argument checks: the caller's are done), ``fn`` an ``epilogue``. ``plan`` is
-    for ``x``'s shape and the weight's; ``x``, the weight's array and ``bias`` share one dtype.
-    A frozen model's layers call this at batch 1, where the checks and the graph machinery
-    around a small product cost as much as it."""
+    (no graph, no argument checks: the caller's are done), ``fn`` and ``residual`` an
+    ``epilogue``'s. ``plan`` is for ``x``'s shape and the weight's; ``x``, the weight's array,
+    ``bias`` and ``residual`` share one dtype. A frozen model's layers call this at batch 1,
+    where the checks and the graph machinery around a small product cost as much as it."""
     _load_compiled(weight)
-    return _convolve(plan, x, weight._data, bias, _kept_weights(weight, plan, x), None, fn)
+    prepared = _kept_weights(weight, plan, x)
+    return _convolve(plan, x, weight._data, bias, prepared, None, fn, residual)
 
 
 def _load_compiled(weight: Tensor) -> None:
@@ -569,8 +609,8 @@ class Convolution(Function):
         """``transformed``: the Winograd transform of ``weight`` when the caller keeps one
         (``_kept_transform``)."""
         dtype = np.result_type(x, weight)
-        fn = _take_epilogue()
-        if fn is not None and any(ctx.needs_input_grad):
+        fn, residual = _take_epilogue()
+        if (fn is not None or residual is not None) and any(ctx.needs_input_grad):
             raise RuntimeError(
                 "a convolution epilogue is for inference: nothing may need a gradient"
             )
@@ -578,6 +618,11 @@ class Convolution(Function):
         x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
         bias = None if bias is None else bias.astype(dtype, copy=False)
         plan = ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups)
+        if residual is not None and residual.shape != (x.shape[0], weight.shape[0], *plan.outs):
+            raise ShapeError(
+                f"a convolution's residual has shape {list(residual.shape)}, its output "
+                f"{[x.shape[0], weight.shape[0], *plan.outs]}"
+            )
         needs = ctx.needs_input_grad
         wants_weight = len(needs) > 1 and needs[1]
         # the weight gradient reuses the forward's transformed input tiles (Winograd) or
@@ -590,7 +635,9 @@ class Convolution(Function):
         if kept is not None:
             ctx.pooled = (kept,)
         ctx.kept = kept
-        out = _convolve(plan, x, weight, bias, transformed, kept, fn)
+        if residual is not None:
+            residual = residual.astype(dtype, copy=False)
+        out = _convolve(plan, x, weight, bias, transformed, kept, fn, residual)
         ctx.plan = plan
         ctx.save_for_backward(
             x if wants_weight and kept is None else None,

@@ -115,43 +115,70 @@ def hardswish() -> Activation:
     return Activation(HARDSWISH)
 
 
-def bias_rows(rows: np.ndarray, bias: np.ndarray | None, activation: Activation | None) -> bool:
-    """``rows += bias``, then ``activation`` in place, for C-contiguous ``(pixels, channels)``
-    rows, in one compiled pass split over the threads. False (nothing done) without the
-    compiled kernel or for other arrays: the caller then takes its numpy passes."""
-    kernel = jit.compiled_if_loaded(_bias_activate)
+def bias_rows(
+    rows: np.ndarray,
+    bias: np.ndarray | None,
+    activation: Activation | None,
+    residual: np.ndarray | None = None,
+) -> bool:
+    """``rows += bias``, then ``rows += residual`` (rows of the same shape: a skip connection's
+    values), then ``activation`` in place, for C-contiguous ``(pixels, channels)`` rows, in one
+    compiled pass split over the threads. False (nothing done) without the compiled kernel or
+    for other arrays: the caller then takes its numpy passes."""
+    kernel = jit.compiled_if_loaded(_bias_activate if residual is None else _residual_activate)
     if kernel is None or rows.ndim != 2 or rows.dtype not in _COMPILED_DTYPES:
         return False
     if not rows.flags.c_contiguous:
+        return False
+    if residual is not None and not (
+        residual.shape == rows.shape
+        and residual.dtype == rows.dtype
+        and residual.flags.c_contiguous
+    ):
         return False
     activation = activation or Activation(IDENTITY)
     if bias is None:
         bias = np.zeros(rows.shape[1], rows.dtype)
     bias = np.ascontiguousarray(bias, dtype=rows.dtype)
     params = activation._params(rows.dtype)
-    work = _work(rows.size)
-    split(lambda lo, hi: kernel(rows[lo:hi], bias, activation.kind, params), len(rows), work)
+    kind = activation.kind
+
+    def run(lo: int, hi: int) -> None:
+        if residual is None:
+            kernel(rows[lo:hi], bias, kind, params)
+        else:
+            kernel(rows[lo:hi], bias, residual[lo:hi], kind, params)
+
+    split(run, len(rows), _work(rows.size if residual is None else 2 * rows.size))
     return True
 
 
-def add_bias_rows(rows: np.ndarray, bias: np.ndarray | None, fn: Callable | None) -> None:
-    """``rows += bias``, then ``fn(rows)`` (an in-place epilogue, ``conv.epilogue``), for
-    ``(pixels, channels)`` rows: by ``fn.with_bias`` when the epilogue has one (``Activation``:
-    one compiled pass), else one chunk of rows per thread turn (both on a chunk before the next:
-    the chunk is still in cache). Smaller blocks were slower: numpy's ~2-5 us a call outweighed
-    what the cache saved. Convolutions' and depthwise convolutions' outputs take it."""
-    if bias is None and fn is None:
+def add_bias_rows(
+    rows: np.ndarray,
+    bias: np.ndarray | None,
+    fn: Callable | None,
+    residual: np.ndarray | None = None,
+) -> None:
+    """``rows += bias``, then ``rows += residual`` (same shape), then ``fn(rows)`` (an in-place
+    epilogue, ``conv.epilogue``), for ``(pixels, channels)`` rows: by ``fn.with_bias`` when the
+    epilogue has one and there is no residual (``Activation``: one compiled pass), else one
+    chunk of rows per thread turn (all on a chunk before the next: the chunk is still in cache).
+    Smaller blocks were slower: numpy's ~2-5 us a call outweighed what the cache saved.
+    Convolutions' and depthwise convolutions' outputs take it."""
+    if bias is None and fn is None and residual is None:
         return
-    if fn is None:
-        if bias_rows(rows, bias, None):
+    if fn is None or (residual is not None and isinstance(fn, Activation)):
+        if bias_rows(rows, bias, fn, residual):
             return  # one compiled pass
-    elif hasattr(fn, "with_bias") and fn.with_bias(rows, bias):
+    elif residual is None and hasattr(fn, "with_bias") and fn.with_bias(rows, bias):
         return  # the epilogue's own pass (or passes) with the bias
 
     def chunk(lo: int, hi: int) -> None:
         block = rows[lo:hi]
         if bias is not None:
             np.add(block, bias, out=block)
+        if residual is not None:
+            np.add(block, residual[lo:hi], out=block)
         if fn is not None:
             fn(block)
 
@@ -265,6 +292,34 @@ def _bias_activate(rows, bias, kind, params) -> None:
         else:
             for c in range(row.shape[0]):
                 row[c] = row[c] + bias[c]
+
+
+def _residual_activate(rows, bias, residual, kind, params) -> None:
+    """``rows = activation(rows + bias + residual)`` in place (added left to right), all three
+    ``(pixels, channels)`` but ``bias``: a convolution, its skip connection and the activation
+    after the sum, one pass."""
+    lo, hi, zero, one = params[0], params[1], params[2], params[3]
+    for p in range(rows.shape[0]):
+        row, extra = rows[p], residual[p]
+        if kind == RELU:
+            for c in range(row.shape[0]):
+                v = row[c] + bias[c] + extra[c]
+                row[c] = zero if v <= zero else v
+        elif kind == CLIP:
+            for c in range(row.shape[0]):
+                v = row[c] + bias[c] + extra[c]
+                v = lo if v < lo else v
+                row[c] = hi if v > hi else v
+        elif kind == HARDSWISH:
+            for c in range(row.shape[0]):
+                v = row[c] + bias[c] + extra[c]
+                g = v * lo + hi
+                g = zero if g < zero else g
+                g = one if g > one else g
+                row[c] = g * v
+        else:
+            for c in range(row.shape[0]):
+                row[c] = row[c] + bias[c] + extra[c]
 
 
 def _relu_gradient(grad, out, gx, ones) -> None:

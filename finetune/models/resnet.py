@@ -46,9 +46,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else _shortcut(self.downsample, x)
-        out = self.relu(conv_bn(self.conv1, self.bn1, x))
-        out = conv_bn(self.conv2, self.bn2, out)
-        return self.relu(out + identity)
+        out = conv_bn(self.conv1, self.bn1, x, relu=self.relu)
+        return conv_bn(self.conv2, self.bn2, out, residual=identity, relu=self.relu)
 
 
 def _shortcut(downsample: nn.Module, x: Tensor) -> Tensor:
@@ -105,7 +104,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
+        x = self.maxpool(conv_bn(self.conv1, self.bn1, x, relu=self.relu))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(flatten(self.avgpool(x), 1))
 
