@@ -1105,3 +1105,37 @@ def test_a_convolution_read_twice_adds_its_skip_apart():
     assert ops.count("Conv+Add") == 1 and "Relu" in ops and "Add" in ops
     for a, b in zip(got, _onnxruntime(proto, x)):
         _close(a.numpy(), b)
+
+
+@pytest.mark.parametrize("size", [5, 1])  # 1x1 pixels: the gate stays out of the weights
+def test_a_skip_connection_rides_in_a_gated_projection(size, monkeypatch):
+    """EfficientNet's and RegNetY's blocks: squeeze-and-excitation, the projection, the skip
+    and a ReLU, one unit."""
+    from finetune.nn.fusion import GatedConvolution
+
+    calls, original = [], GatedConvolution.fused
+
+    def fused(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append((kwargs.get("residual") is not None, out is not None))
+        return out
+
+    monkeypatch.setattr(GatedConvolution, "fused", fused)
+    rng = np.random.default_rng(45)
+    se = _squeeze_excite_model(rng, size=size)
+    nodes = [*se.graph.node, helper.make_node("Add", ["z", "skip"], ["sum"])]
+    nodes.append(helper.make_node("Relu", ["sum"], ["out"]))
+    inputs = [*se.graph.input, _tensor("skip", ["n", 4, size, size])]
+    proto = _model(nodes, inputs, [_tensor("out", 4)], se.graph.initializer)
+    model = ft.onnx.load(proto)
+    x = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+    skip = rng.standard_normal((3, 4, size, size)).astype(np.float32)
+    last = ft.from_numpy(skip).contiguous(memory_format=ft.channels_last)
+    with ft.no_grad():
+        got = model(ft.from_numpy(x), last)
+    assert _planned_ops(model)[-1] == "Mul+Conv+BatchNormalization+Add+Relu"
+    if size > 1:
+        assert calls == [(True, True)]  # with the skip, in one pass
+    else:  # the gate stays out of the weights: declined with the skip and without it
+        assert calls == [(True, False), (False, False)]
+    _close(got.numpy(), _onnxruntime(proto, x, skip)[0])

@@ -315,13 +315,7 @@ class ConvPlan:
             np.matmul(self.columns_last(x), taps, out=rows)
         else:
             np.matmul(self.columns(x)[0].T, weight.reshape(o, -1).T, out=rows)
-        out = as_nchw(out)
-        skip = None if residual is None else _rows(residual)
-        if residual is not None and skip is None:  # a skip in another layout: numpy adds it
-            piecewise.add_bias_rows(rows, bias, None)
-            return _finish(out, residual, epilogue)
-        piecewise.add_bias_rows(rows, bias, epilogue, skip)
-        return out
+        return output_pass(as_nchw(out), bias, epilogue, residual)
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` padded, in a reused scratch buffer; split over samples."""
@@ -532,11 +526,9 @@ def _convolve(plan, x, weight, bias, prepared, kept, fn, residual=None) -> np.nd
     if plan.winograd:
         if prepared is None:
             prepared = _transformed_weights(weight, plan.winograd)
-        skip = None if residual is None else _rows(residual)
-        if skip is not None:  # the bias with the residual and the activation: one pass
+        if residual is not None:  # the bias with the residual and the activation: one pass
             out = winograd.convolve(x, prepared, plan.padding, plan.winograd, None, kept)
-            piecewise.add_bias_rows(_rows(out), bias, fn, skip)
-            return out
+            return output_pass(out, bias, fn, residual)
         out = winograd.convolve(x, prepared, plan.padding, plan.winograd, bias, kept)
     elif plan.per_sample and plan.channels_last and kept is None and residual is None:
         return plan.forward_per_sample(x, weight, bias, None, fn)
@@ -554,6 +546,21 @@ def _rows(a: np.ndarray) -> np.ndarray | None:
         return None
     last = a.transpose(0, 2, 3, 1)
     return last.reshape(-1, a.shape[1]) if last.flags.c_contiguous else None
+
+
+def output_pass(
+    out: np.ndarray, bias: np.ndarray | None, fn: Callable | None, residual: np.ndarray | None
+) -> np.ndarray:
+    """``out += bias``, ``out += residual``, then ``fn(out)``, in place, for an ``n o h w``
+    output stored channels last: one pass over its rows (numpy adds a residual of another
+    layout)."""
+    rows = _rows(out)
+    skip = None if residual is None else _rows(residual)
+    if residual is not None and skip is None:
+        piecewise.add_bias_rows(rows, bias, None)
+        return _finish(out, residual, fn)
+    piecewise.add_bias_rows(rows, bias, fn, skip)
+    return out
 
 
 def _finish(out: np.ndarray, residual: np.ndarray | None, fn: Callable | None) -> np.ndarray:

@@ -138,12 +138,24 @@ class FrozenConvolution:
         self._state = None
 
     def __call__(self, x, *others):
+        out = self.fused(x, self.tail)
+        return self.fallback(x, *others) if out is None else out
+
+    def fused(self, x, tail=None, residual=None) -> Tensor | None:
+        """``tail(conv(x) + residual)`` straight on the kernels (the sum and ``tail`` in the
+        output's last pass), or None when the layers' own path must run or the residual does
+        not add as it is (``_fits``)."""
         state = self.current(x)
         if state is None:
-            return self.fallback(x, *others)
+            return None
         weight, bias, plan = state[2:]
+        skip = None
+        if residual is not None:
+            if not _fits(residual, x, weight.shape[0], plan.outs):
+                return None
+            skip = residual._data
         with np.errstate(all="ignore"):  # as every op: 1/0 is inf, silently
-            return Tensor._from_array(kernels.infer(plan, x._data, weight, bias, self.tail))
+            return Tensor._from_array(kernels.infer(plan, x._data, weight, bias, tail, skip))
 
     def current(self, x) -> tuple | None:
         """``(key, held, weight, bias array, plan)`` for the direct path on ``x``, or None when
@@ -223,15 +235,23 @@ class GatedConvolution:
         self.frozen, self.multiply = frozen, multiply
 
     def __call__(self, a, b):
+        out = self.fused(a, b)
+        return self.frozen(self.multiply(a, b)) if out is None else out
+
+    def fused(self, a, b, tail=None, residual=None) -> Tensor | None:
+        """``tail(frozen(a * b) + residual)`` with the gate in the weights (the sum and
+        ``tail`` in the output's last pass), or None where the two must run in turn."""
         x, gate = (
             (b, a) if isinstance(a, Tensor) and a.ndim == 4 and a.shape[2:] == (1, 1) else (a, b)
         )
         state = self._state(x, gate)
         if state is None:
-            return self.frozen(self.multiply(a, b))
+            return None
         weight, bias, _ = state[2:]
         n, c, h, w = x.shape
         o = weight.shape[0]
+        if residual is not None and not _fits(residual, x, o, (h, w)):
+            return None
         rows = x._data.transpose(0, 2, 3, 1).reshape(n, h * w, c)  # a view: channels last
         gates = gate._data.reshape(n, c, 1)
         matrix = weight._data.reshape(o, c).T
@@ -240,8 +260,9 @@ class GatedConvolution:
             for s in range(n):
                 scaled = np.multiply(matrix, gates[s])
                 np.matmul(rows[s], scaled, out=out[s].reshape(h * w, o))
-            piecewise.add_bias_rows(out.reshape(-1, o), bias, None)
-        return Tensor._from_array(as_nchw(out))
+            skip = None if residual is None else residual._data
+            out = kernels.output_pass(as_nchw(out), bias, tail, skip)
+        return Tensor._from_array(out)
 
     def _state(self, x, gate) -> tuple | None:
         """The convolution's direct state for ``x`` when the gate can go into its weights."""
@@ -264,30 +285,29 @@ class GatedConvolution:
 
 
 class ResidualConvolution:
-    """``act(frozen(x) + skip)``, ``frozen`` a ``FrozenConvolution`` with no activation of its
-    own and ``act`` an activation node or None: a block's last convolution, the skip connection
-    added and the activation after the sum, all in the convolution's last pass over its output
-    (``tail``, the activation as an epilogue): ResNet's blocks, MobileNetV2's and EfficientNet's
-    inverted residuals. onnxruntime fuses the same; here the Add and the ReLU each read and
-    wrote the whole output once more, and the Add allocated it (ResNet-50 at batch 8: 29 of
-    ~420 ms). Where this could differ from the nodes in turn (a gradient needed, a skip of
-    another shape or dtype, the layers' own path), they run in turn: ``add`` on the two in the
-    node's order (``skip_first``), then ``act``."""
+    """``act(conv(*inputs) + skip)``, ``conv`` a ``FrozenConvolution`` with no activation of
+    its own or a ``GatedConvolution`` (its ``arity`` inputs), ``act`` an activation node or
+    None: a block's last convolution, the skip connection added and the activation after the
+    sum, all in the convolution's last pass over its output (``tail``, the activation as an
+    epilogue): ResNet's and RegNet's blocks, the inverted residuals of MobileNetV2, MNASNet and
+    EfficientNet. onnxruntime fuses the same; here the Add and the ReLU each read and wrote the
+    whole output once more, and the Add allocated it (ResNet-50 at batch 8: 29 of ~420 ms).
+    Where this could differ from the nodes in turn (a gradient needed, a skip of another shape
+    or dtype, the layers' own path), they run in turn: ``add`` on the two in the node's order
+    (``skip_first``), then ``act``."""
 
-    __slots__ = ("frozen", "tail", "add", "act", "skip_first")
+    __slots__ = ("conv", "arity", "tail", "add", "act", "skip_first")
 
-    def __init__(self, frozen: FrozenConvolution, tail, add, act, skip_first: bool) -> None:
-        self.frozen, self.tail, self.add, self.act = frozen, tail, add, act
+    def __init__(self, conv, arity: int, tail, add, act, skip_first: bool) -> None:
+        self.conv, self.arity, self.tail, self.add, self.act = conv, arity, tail, add, act
         self.skip_first = skip_first
 
-    def __call__(self, x, skip, *others):
-        state = self.frozen.current(x)
-        if state is not None and _fits(skip, x, state[2].shape[0], state[4].outs):
-            weight, bias, plan = state[2:]
-            with np.errstate(all="ignore"):  # as every op: 1/0 is inf, silently
-                out = kernels.infer(plan, x._data, weight, bias, self.tail, skip._data)
-            return Tensor._from_array(out)
-        y = self.frozen(x)
+    def __call__(self, *values):
+        inputs, skip, others = values[: self.arity], values[self.arity], values[self.arity + 1 :]
+        out = self.conv.fused(*inputs, tail=self.tail, residual=skip)
+        if out is not None:
+            return out
+        y = self.conv(*inputs)
         y = self.add(skip, y) if self.skip_first else self.add(y, skip)
         return y if self.act is None else self.act(y, *others)
 

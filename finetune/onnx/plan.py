@@ -331,9 +331,10 @@ class Plan:
         return [joined.get(id(u), u) for u in units if id(u) not in gone]
 
     def _fuse_residuals(self, owner, units: list[_Unit]) -> list[_Unit]:
-        """Each ``Add`` of a convolution's output (which nothing else reads, no activation
-        riding on it) and another value, with the activation that alone reads the sum if there
-        is one, becomes one unit in the place of the last: ``nn.fusion.ResidualConvolution``."""
+        """Each ``Add`` of a convolution's or a gated projection's output (which nothing else
+        reads, no activation riding on it) and another value, with the activation that alone
+        reads the sum if there is one, becomes one unit in the place of the last:
+        ``nn.fusion.ResidualConvolution``."""
         produced, only_reader = _links(units, self._outputs)
 
         def constant(name: str) -> np.ndarray | None:
@@ -349,8 +350,10 @@ class Plan:
                 skip = add.inputs[1 - side]
                 if (
                     conv is not None
-                    and conv.layers is not None
-                    and conv.layers[2] is None
+                    and (
+                        (conv.layers is not None and conv.layers[2] is None)
+                        or isinstance(conv.run, GatedConvolution)
+                    )
                     and id(conv) not in gone
                     and skip
                     and skip != add.inputs[side]
@@ -363,9 +366,14 @@ class Plan:
             tail = None if act is None else _activation_tail(act, constant)
             if tail is None:
                 act = None
-            layer, bn, _, pads_first = conv.layers
-            frozen = FrozenConvolution(layer, bn, None, conv.run, pads_first)
-            run = ResidualConvolution(frozen, tail, add.run, act and act.run, side == 1)
+            if conv.layers is None:  # a gated projection
+                inner = conv.run
+                layer, bn = inner.frozen.conv, inner.frozen.bn
+            else:
+                layer, bn, _, pads_first = conv.layers
+                inner = FrozenConvolution(layer, bn, None, conv.run, pads_first)
+            arity = len(conv.inputs)
+            run = ResidualConvolution(inner, arity, tail, add.run, act and act.run, side == 1)
             last = act or add
             names = (*conv.inputs, skip, *(act.inputs[1:] if act else ()))
             op = "+".join((conv.op_type, "Add", *((act.op_type,) if act else ())))
