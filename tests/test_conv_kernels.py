@@ -269,6 +269,51 @@ def test_max_pool_without_gradient_blocks_channels_and_keeps_nan_and_ints(name, 
     np.testing.assert_array_equal(got, max_pool_loop(ints, kernel, stride, pads, dilation, ceil))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "short rows"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "2d-resnet",
+        "2d-no-pad",
+        "2d-ceil-drops-pad-window",
+        "2d-overlap",
+        "2d-stride-exceeds-kernel",
+    ],
+)
+def test_compiled_max_pool_matches_the_loop(name, layout, monkeypatch):
+    """The compiled 2x2 and 3x3 kernels (``pooling._MAX_KERNELS``) of a channels-last input, or
+    a row-major one with short rows (copied channels last): windows inside and across the
+    borders, NaN and infinities where they win or lose, ties (the first tap's value stays)."""
+    pytest.importorskip("numba")
+    from finetune.autograd import jit
+    from finetune.autograd.layout import as_nchw
+
+    monkeypatch.setattr(jit, "ENABLED", True)
+    jit.load()
+    shape, kernel, stride, pads, dilation, ceil = POOL_CASES[name]
+    opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
+    n, _, *spatial = shape
+    x = np.random.default_rng(7).standard_normal((n, 37, *spatial)).round(1)  # ties
+    flat = x.reshape(-1)
+    flat[::17], flat[5::23], flat[7::29] = np.nan, np.inf, -np.inf
+    want = max_pool_loop(x, kernel, stride, pads, dilation, ceil)
+    ran, original = [], pooling._max_compiled
+
+    def compiled(*args):
+        out = original(*args)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(pooling, "_max_compiled", compiled)
+    for dtype in (np.float32, np.float64):
+        data = x.astype(dtype)
+        if layout == "channels_last":
+            data = as_nchw(np.ascontiguousarray(data.transpose(0, 2, 3, 1)))
+        got = kernels.max_pool(torch.tensor(data), **opts).numpy()
+        np.testing.assert_array_equal(got, want.astype(dtype))
+    assert ran == [True, True]
+
+
 def test_max_pool_gradient_goes_to_first_maximum():
     """Ties send the whole gradient to one element (the first in the window), as PyTorch does."""
     x = leaf(np.ones((1, 1, 2, 2)))
