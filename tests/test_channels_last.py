@@ -15,7 +15,7 @@ from test_conv_kernels import CONV_CASES, conv_inputs, conv_loop, max_pool_loop
 import finetune as torch
 import finetune.nn.functional as F
 from finetune.autograd import conv as kernels
-from finetune.autograd import gradcheck, winograd
+from finetune.autograd import gradcheck, grouped, jit, winograd
 from finetune.autograd.layout import is_channels_last
 from finetune.errors import ShapeError
 from finetune.parallel import elementwise
@@ -54,9 +54,11 @@ def test_conv_output_layout_and_values(name, layout, im2col):
     )
     expected = conv_loop(x, w, b, opts["stride"], opts["padding"], opts["dilation"], opts["groups"])
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
-    # ungrouped and depthwise 2-d convolutions answer channels last, whatever their input's
-    # layout
-    answers_last = opts["groups"] in (1, x.shape[1]) and got.shape[1] > 1
+    # ungrouped, depthwise and compiled grouped 3x3 convolutions answer channels last, whatever
+    # their input's layout
+    plan = kernels.ConvPlan(x.shape, w.shape, **opts)
+    compiled = plan.grouped is not None and jit.compiled(grouped._grouped_3x3) is not None
+    answers_last = (opts["groups"] in (1, x.shape[1]) or compiled) and got.shape[1] > 1
     assert is_channels_last(got.numpy()) == answers_last
 
 

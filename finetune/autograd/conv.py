@@ -7,9 +7,11 @@ matmul, and the input gradient adds the column gradients back over the kernel of
 Stride-1 3x3 convolutions with enough channels take Winograd's algorithm instead, forward and
 backward (``winograd.py``; ``ConvPlan`` decides), and 2-d depthwise convolutions (one group per
 input channel) no im2col at all: one contraction of each block of rows' strided windows with
-the per-channel weights (``depthwise.py``). Ungrouped and depthwise 2-d convolutions answer
-channels last (``layout.py``): an ungrouped product is laid out pixels by channels, so it is the
-output with no copy, and a channels-last input is gathered a whole channel vector at a time.
+the per-channel weights (``depthwise.py``). Grouped 3x3 convolutions with several channels per
+group run their forward as compiled stencils over each channel's plane (``grouped.py``).
+Ungrouped, depthwise and those grouped 2-d convolutions answer channels last (``layout.py``): an
+ungrouped product is laid out pixels by channels, so it is the output with no copy, and a
+channels-last input is gathered a whole channel vector at a time.
 
 Padding is a tuple of ``(before, after)`` pairs, one per spatial dimension, so ONNX's asymmetric
 pads need no special case; callers normalise their arguments into these tuples.
@@ -33,7 +35,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..parallel import elementwise, split
 from ..tensor import Tensor
-from . import depthwise, jit, piecewise, pool, winograd
+from . import depthwise, grouped, jit, piecewise, pool, winograd
 from .engine import is_grad_enabled
 from .function import Function
 from .layout import as_nchw, channel_sums_last, is_channels_last, pad_last, pixels_by_channel
@@ -188,9 +190,13 @@ class ConvPlan:
             self.x_shape, self.w_shape, stride, padding, dilation, groups, self.outs
         )
         if self.depthwise:
-            self.winograd = self.winograd_grad = None
+            self.winograd = self.winograd_grad = self.grouped = None
             self.shifted = self.per_sample = self.channels_last = False
             return
+        # grouped 3x3 convolutions with several channels per group: a compiled forward
+        self.grouped = grouped.plan(
+            self.x_shape, self.w_shape, stride, padding, dilation, groups, self.outs
+        )
         self.winograd, self.winograd_grad = _winograd_tiles(
             self.x_shape, self.w_shape, stride, padding, dilation, groups
         )
@@ -523,6 +529,10 @@ def _convolve(plan, x, weight, bias, prepared, kept, fn, residual=None) -> np.nd
     ``Convolution``), ``fn`` and ``residual`` an ``epilogue``'s."""
     if prepared is not None and prepared.dtype != x.dtype:
         prepared = None
+    if plan.grouped is not None and kept is None:
+        out = plan.grouped.forward(x, weight, bias, fn if residual is None else None)
+        if out is not None:
+            return out if residual is None else _finish(out, residual, fn)
     if plan.winograd:
         if prepared is None:
             prepared = _transformed_weights(weight, plan.winograd)
