@@ -103,15 +103,17 @@ def test_gelu_of_a_strided_view_takes_the_numpy_chain(monkeypatch):
 @pytest.mark.filterwarnings("ignore:overflow")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
-def test_silu_epilogue_with_bias_matches_the_numpy_chain(bias, dtype, monkeypatch):
+@pytest.mark.parametrize("width", [24, 2500])  # rows shorter and longer than a block's values
+def test_silu_epilogue_with_bias_matches_the_numpy_chain(bias, dtype, width, monkeypatch):
     pytest.importorskip("numba")
     from finetune.autograd import nn_ops
 
     monkeypatch.setattr(jit, "ENABLED", True)
     r = np.random.default_rng(4)
-    rows = (r.standard_normal((3000, 24)) * 8).astype(dtype)  # several blocks, both threads
+    # several blocks (with rows split across none of them), both threads
+    rows = (r.standard_normal((72_000 // width, width)) * 8).astype(dtype)
     rows.flat[:10] = [np.inf, -np.inf, np.nan, 0.0, -0.0, -100.0, 100.0, -88.5, -89.0, 104.0]
-    b = r.standard_normal(24).astype(dtype) if bias else None
+    b = r.standard_normal(width).astype(dtype) if bias else None
     if bias:
         b[:10] = 0  # the special values reach the activation as they are
     x = rows + b if bias else rows.copy()

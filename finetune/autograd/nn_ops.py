@@ -644,6 +644,10 @@ class Silu(_SelfGated):
     backward_kernel = staticmethod(_silu_backward_kernel)
 
 
+# values per block of ``_silu_rows``: its scratch stays in the first-level cache
+_SILU_BLOCK = 2048
+
+
 class SiluEpilogue:
     """SiLU as a convolution's epilogue (``conv.epilogue``): ``silu_kernel``'s values, in place
     on a block; with the convolution's bias, on whole ``(pixels, channels)`` rows in cache-sized
@@ -657,10 +661,10 @@ class SiluEpilogue:
 
     def with_bias(self, rows: np.ndarray, bias: np.ndarray | None) -> bool:
         """``rows = silu(rows + bias)`` in place, split over the threads. float32: one compiled
-        pass per row with its own exp (``_silu_rows``); float64: per block of ``BLOCK_BYTES``,
-        a compiled pass adds the bias and writes ``-x`` aside, numpy's exp runs on that, a
-        compiled pass combines (``silu_kernel``'s operations in its order). False (nothing
-        done) without the compiled kernels or for other arrays."""
+        pass per block of rows with its own exp (``_silu_rows``); float64: per block of
+        ``BLOCK_BYTES``, a compiled pass adds the bias and writes ``-x`` aside, numpy's exp runs
+        on that, a compiled pass combines (``silu_kernel``'s operations in its order). False
+        (nothing done) without the compiled kernels or for other arrays."""
         if rows.ndim != 2 or not rows.flags.c_contiguous:
             return False
         if rows.dtype not in (np.float32, np.float64):
@@ -673,10 +677,12 @@ class SiluEpilogue:
             # no bias: none added (-0.0 + 0.0 would be +0.0)
             values = np.zeros(0, rows.dtype) if bias is None else bias.astype(rows.dtype)
 
+            block = max(width, _SILU_BLOCK)
+
             def rows_of(lo: int, hi: int) -> None:
-                p = scratch("silu polynomial", (width,), np.float32)
-                bits = scratch("silu scale", (2, width), np.int32)
-                kernel(rows[lo:hi], values, p, bits, bits.view(np.float32))
+                p = scratch("silu polynomial", (block,), np.float32)
+                bits = scratch("silu scale", (2, block), np.int32)
+                kernel(rows[lo:hi].reshape(-1), width, values, p, bits, bits.view(np.float32))
 
             split(rows_of, len(rows), rows.size * 4 // piecewise.WORK_RATIO)
             return True
@@ -701,23 +707,29 @@ class SiluEpilogue:
         return True
 
 
-def _silu_rows(rows, bias, p, bits, scale) -> None:
-    """``rows = v / (1 + exp(-v))``, ``v = rows + bias`` (``bias`` a row's values, or none),
-    in place, float32, row by row, compiled by ``jit`` with ``contract`` (fused multiply-adds),
-    the exp by ``special.exp_parts`` (numba's own is scalar; the three passes around numpy's
-    exp took 1.5-1.8x this pass's time). A NaN ``v`` stays NaN through the division. ``p`` and
-    ``bits`` (int32, two rows) are a row's scratch, ``scale`` the float32 view of ``bits``."""
+def _silu_rows(values, width, bias, p, bits, scale) -> None:
+    """``v = v / (1 + exp(-v))``, ``v = values + bias``, in place over rows of ``width`` laid
+    end to end in ``values`` (float32; ``bias`` a row's values, or none), compiled by ``jit``
+    with ``contract`` (fused multiply-adds), the exp by ``special.exp_parts`` (numba's own is
+    scalar; the three passes around numpy's exp took 1.5-1.8x this pass's time). Whole rows a
+    block at a time, as many as ``p`` (``bits``: int32, two such; ``scale`` their float32
+    view) holds: a depthwise layer's 32-channel rows one by one spent more in entering the
+    loops than in them (401k values: 420 against 110 us). A NaN ``v`` stays NaN through the
+    division."""
     first, second, scale_first, scale_second = bits[0], bits[1], scale[0], scale[1]
-    for i in range(rows.shape[0]):
-        row = rows[i]
+    step = max(1, p.shape[0] // width) * width
+    for start in range(0, values.shape[0], step):
+        block = values[start : min(start + step, values.shape[0])]
         if bias.shape[0]:
-            for c in range(row.shape[0]):
-                row[c] += bias[c]
-        for c in range(row.shape[0]):
-            p[c], first[c], second[c] = special.exp_parts(-row[c])
-        for c in range(row.shape[0]):
+            for r in range(0, block.shape[0], width):
+                row = block[r : r + width]
+                for c in range(width):
+                    row[c] += bias[c]
+        for c in range(block.shape[0]):
+            p[c], first[c], second[c] = special.exp_parts(-block[c])
+        for c in range(block.shape[0]):
             e = (p[c] * scale_first[c]) * scale_second[c]
-            row[c] = row[c] / (e + special.ONE)
+            block[c] = block[c] / (e + special.ONE)
 
 
 def _bias_negated(rows, bias, negated) -> None:
