@@ -714,8 +714,8 @@ def _silu_rows(values, width, bias, p, bits, scale) -> None:
     scalar; the three passes around numpy's exp took 1.5-1.8x this pass's time). Whole rows a
     block at a time, as many as ``p`` (``bits``: int32, two such; ``scale`` their float32
     view) holds: a depthwise layer's 32-channel rows one by one spent more in entering the
-    loops than in them (401k values: 420 against 110 us). A NaN ``v`` stays NaN through the
-    division."""
+    loops than in them (12544 such rows on one thread: 530 against 232 us). A NaN ``v`` stays
+    NaN through the division."""
     first, second, scale_first, scale_second = bits[0], bits[1], scale[0], scale[1]
     step = max(1, p.shape[0] // width) * width
     for start in range(0, values.shape[0], step):
