@@ -17,6 +17,7 @@ import threadpoolctl
 import finetune as torch
 from finetune import parallel
 from finetune.autograd import conv as kernels
+from finetune.autograd.matmul import stacked_matmul
 
 
 @pytest.fixture
@@ -421,3 +422,109 @@ def test_a_forked_child_gets_its_own_pool(threads):
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _blas_counts_inside(size: int) -> tuple[list, set]:
+    """Run ``split_products`` over ``size`` items; the chunks seen and the BLAS thread counts
+    each chunk saw."""
+    seen, counts = [], set()
+    lock = threading.Lock()
+
+    def chunk(lo, hi):
+        with lock:
+            seen.append((lo, hi))
+            counts.update(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                          if i["user_api"] == "blas")  # fmt: skip
+
+    parallel.split_products(chunk, size, work=10**6)
+    return seen, counts
+
+
+def test_split_products_runs_blas_on_one_thread_and_restores_it(threads):
+    if not parallel._blas_setters():
+        pytest.skip("numpy's BLAS is not an OpenBLAS with pthreads")
+    threads(2)
+    threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+    seen, counts = _blas_counts_inside(6)
+    assert _covers_once(seen, 6) and len(seen) > 1
+    assert counts == {1}
+    assert _blas_threads() == {2}
+
+
+def test_split_products_restores_blas_after_a_failed_chunk(threads):
+    if not parallel._blas_setters():
+        pytest.skip("numpy's BLAS is not an OpenBLAS with pthreads")
+    threads(2)
+    threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+
+    def chunk(lo, hi):
+        raise ValueError("a product failed")
+
+    with pytest.raises(ValueError, match="a product failed"):
+        parallel.split_products(chunk, 4, work=10**6)
+    assert _blas_threads() == {2}
+
+
+def test_split_products_from_two_threads_restores_blas_once_both_left(threads):
+    """Stretches on one thread per caller overlap: BLAS stays on one thread until the last
+    one leaves, then gets its count back."""
+    if not parallel._blas_setters():
+        pytest.skip("numpy's BLAS is not an OpenBLAS with pthreads")
+    threads(2)
+    threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+    inside, results = threading.Barrier(2, timeout=10), []
+
+    def caller():
+        def chunk(lo, hi):
+            if lo == 0:
+                inside.wait()  # both callers are inside their stretch here
+            results.append(parallel._alone_users)
+
+        parallel.split_products(chunk, 2, work=10**6)
+
+    callers = [threading.Thread(target=caller) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(20)
+    assert max(results) == 2
+    assert _blas_threads() == {2} and parallel._alone_users == 0
+
+
+def test_split_products_runs_small_work_whole_with_blas_as_it_is(threads):
+    threads(2)
+    parallel.MIN_WORK_PER_THREAD = 100
+    blas = _blas_threads()
+    seen, counts = _blas_counts_inside(8)  # work 10**6 against 100 per thread: shared out
+    parallel.MIN_WORK_PER_THREAD = 10**7
+    seen, counts = _blas_counts_inside(8)
+    assert seen == [(0, 8)] and counts == blas
+
+
+STACKS = [
+    ((8, 6, 17, 8), (8, 6, 8, 17)),  # attention's scores: samples, heads
+    ((1, 6, 17, 17), (1, 6, 17, 8)),  # one sample: the heads are split
+    ((5, 1, 4, 3), (1, 7, 3, 6)),  # both stacks broadcast
+    ((9, 4, 3), (3, 5)),  # a stack times one matrix
+    ((4, 3), (2, 3, 5)),  # one matrix times a stack
+    ((1, 1, 4, 3), (1, 1, 3, 2)),  # a single matrix
+]
+
+
+@pytest.mark.parametrize(("sa", "sb"), STACKS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threaded_stacked_matmul_equals_a_float64_reference(threads, sa, sb, dtype):
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(sa).astype(dtype), rng.standard_normal(sb).astype(dtype)
+    threads(3)
+    got = stacked_matmul(a, b)
+    want = np.einsum("...ik,...kj->...ij", a.astype(np.float64), b.astype(np.float64))
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_threaded_attention_products_pass_gradcheck(threads):
+    threads(2)
+    rng = np.random.default_rng(5)
+    q, k = (torch.tensor(rng.standard_normal((2, 3, 5, 4)), requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda q, k: q @ k.transpose(-1, -2), (q, k))

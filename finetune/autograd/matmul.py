@@ -3,9 +3,12 @@ its 2-D cases (``Mm``, ``Mv``, ``Dot``)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
+from ..parallel import split_products
 from .broadcast import _binary_operands
 from .function import Function
 
@@ -39,7 +42,7 @@ class MatMul(Function):
         if ctx.rows:
             product = as_rows(a) @ b.reshape(b.shape[-2:])
             return product.reshape(a.shape[:-1] + b.shape[-1:])
-        return np.matmul(a, b)
+        return stacked_matmul(a, b)
 
     @staticmethod
     def backward(ctx, grad):
@@ -66,11 +69,11 @@ class MatMul(Function):
         ga = gb = None
         if ctx.needs_input_grad[0]:
             b2 = b[:, None] if b_vec else b
-            ga = np.matmul(g, np.swapaxes(b2, -1, -2))
+            ga = stacked_matmul(g, np.swapaxes(b2, -1, -2))
             ga = ga[..., 0, :] if a_vec else ga
         if ctx.needs_input_grad[1]:
             a2 = a[None, :] if a_vec else a
-            gb = np.matmul(np.swapaxes(a2, -1, -2), g)
+            gb = stacked_matmul(np.swapaxes(a2, -1, -2), g)
             gb = gb[..., 0] if b_vec else gb
         return ga, gb
 
@@ -85,6 +88,35 @@ class Mv(MatMul):
 
 class Dot(MatMul):
     name = "DotBackward0"
+
+
+# multiply-adds worth one element of ``split``'s work (an element a copy moves): BLAS makes
+# ~50 G multiply-adds a second on one thread where numpy's copies move ~1 G elements
+_MACS_PER_ELEMENT = 64
+
+
+def stacked_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b)``, a stack of products (attention's, one per sample and head) shared
+    out among the library's threads along the first stacked axis of more than one matrix
+    (``parallel.split_products``), each thread multiplying whole matrices."""
+    if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.kind != "f":
+        return np.matmul(a, b)
+    stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    lead = next((axis for axis, count in enumerate(stack) if count > 1), None)
+    if lead is None:
+        return np.matmul(a, b)
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    out = np.empty((*stack, m, n), dtype=a.dtype)
+    # drop the single-matrix axes before ``lead``: the chunks slice the next one
+    first = (0,) * lead
+    a = np.broadcast_to(a, (*stack, m, k))[first]
+    b = np.broadcast_to(b, (*stack, k, n))[first]
+    target = out[first]
+    work = math.prod(stack) * m * k * n // _MACS_PER_ELEMENT
+    split_products(
+        lambda lo, hi: np.matmul(a[lo:hi], b[lo:hi], out=target[lo:hi]), len(target), work
+    )
+    return out
 
 
 def _rows_times_matrix(a: np.ndarray, b: np.ndarray) -> bool:
