@@ -13,17 +13,19 @@ helper to check in).
 
 OpenBLAS keeps its worker threads spinning for a while after every matrix product (2^28 cycles
 by default), which takes the second core from these threads. Its ``OPENBLAS_THREAD_TIMEOUT``
-setting shortens the spin; ``import finetune`` chooses 14 (2^14 cycles, a few microseconds: long
-enough to carry a worker across the back-to-back products of a batched ``matmul``, short against
-any copy) unless the user has chosen a value. OpenBLAS reads the setting when it starts its
-workers, and no public call changes it afterwards (threadpoolctl controls the thread count only),
-so the order of imports decides how: before numpy, the environment variable is set and numpy's
-OpenBLAS reads it when it loads; after numpy, ``import finetune`` sets it, makes OpenBLAS read
-its environment again (``openblas_read_env``) and stops its workers (``blas_thread_shutdown_``,
-what OpenBLAS itself does in a forked child), which the next product starts again with the
-short spin. Both are exported by every OpenBLAS built with pthreads, numpy's included; where they
-are missing (another BLAS, OpenMP threads) nothing changes. Stopping the workers must not race a
-product on another thread, so it happens once, at import.
+setting shortens the spin; ``import finetune`` chooses 19 (2^19 cycles, ~0.2 ms at 2.6 GHz: long
+enough to carry a worker across a batch-1 network's depthwise and elementwise kernels to its
+next product, where waking it costs ~30 us on a virtual machine; short against the copies of a
+larger batch, which need the second core) unless the user has chosen a value. OpenBLAS reads the
+setting when it starts its workers, and no public call changes it afterwards (threadpoolctl
+controls the thread count only), so the order of imports decides how: before numpy, the
+environment variable is set and numpy's OpenBLAS reads it when it loads; after numpy, ``import
+finetune`` sets it, makes OpenBLAS read its environment again (``openblas_read_env``) and stops
+its workers (``blas_thread_shutdown_``, what OpenBLAS itself does in a forked child), which the
+next product starts again with the short spin. Both are exported by every OpenBLAS built with
+pthreads, numpy's included; where they are missing (another BLAS, OpenMP threads) nothing
+changes. Stopping the workers must not race a product on another thread, so it happens once, at
+import.
 
 The thread count follows PyTorch's ``get_num_threads``/``set_num_threads``: one number for this
 library's threads and BLAS's, applied to BLAS at run time with threadpoolctl. By default it is
@@ -41,7 +43,7 @@ import threading
 from collections.abc import Callable
 
 # log2 of the cycles an idle OpenBLAS worker spins before it sleeps
-BLAS_THREAD_TIMEOUT = "14"
+BLAS_THREAD_TIMEOUT = "19"
 
 # below this many elements a kernel runs on the calling thread: the hand-over costs more
 MIN_WORK_PER_THREAD = 1 << 16
