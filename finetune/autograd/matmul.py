@@ -95,18 +95,20 @@ class Dot(MatMul):
 _MACS_PER_ELEMENT = 64
 
 
-def stacked_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``np.matmul(a, b)``, a stack of products (attention's, one per sample and head) shared
-    out among the library's threads along the first stacked axis of more than one matrix
-    (``parallel.split_products``), each thread multiplying whole matrices."""
+def stacked_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)``, a stack of products (attention's, one per sample and
+    head; Winograd's, one per tile position) shared out among the library's threads along the
+    first stacked axis of more than one matrix (``parallel.split_products``), each thread
+    multiplying whole matrices."""
     if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype.kind != "f":
-        return np.matmul(a, b)
+        return np.matmul(a, b, out=out)
     stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     lead = next((axis for axis, count in enumerate(stack) if count > 1), None)
     if lead is None:
-        return np.matmul(a, b)
+        return np.matmul(a, b, out=out)
     (m, k), n = a.shape[-2:], b.shape[-1]
-    out = np.empty((*stack, m, n), dtype=a.dtype)
+    if out is None:
+        out = np.empty((*stack, m, n), dtype=a.dtype)
     # drop the single-matrix axes before ``lead``: the chunks slice the next one
     first = (0,) * lead
     a = np.broadcast_to(a, (*stack, m, k))[first]

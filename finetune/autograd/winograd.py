@@ -37,6 +37,7 @@ import numpy as np
 from ..parallel import split
 from . import jit, winograd_compiled
 from .layout import as_nchw, pad_last
+from .matmul import stacked_matmul
 from .scratch import scratch
 
 # both channel counts at least this: Winograd. Narrower layers too, when the input has at least
@@ -226,7 +227,7 @@ def convolve(
     v = transformed_tiles(x, padding, m, tiles_out)
     # the input tiles are dead: their buffer takes the products
     products = scratch("winograd tiles", (a * a, tiles, o), x.dtype)
-    np.matmul(v, transformed, out=products)
+    stacked_matmul(v, transformed, out=products)  # (a a) tiles c, (a a) c o
     out = np.empty((n, *outs, o), dtype=x.dtype)
     kernel = _compiled(winograd_compiled.output_tiles, x.dtype)
     if kernel is not None:
@@ -283,7 +284,7 @@ def weight_gradient(v: np.ndarray, grad: np.ndarray, m: int) -> np.ndarray:
     # the products go into the gather's scratch slot, dead by now (a fresh 17 MB array per
     # call on layer4 paid ~340 page faults)
     du = scratch("winograd tiles", (a * a, o, c), grad.dtype)
-    np.matmul(dm.transpose(0, 2, 1), v, out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
+    stacked_matmul(dm.transpose(0, 2, 1), v, out=du)  # (a a) o tiles, (a a) tiles c -> (a a) o c
     # (o c) (a a) @ (a a) 9: the product lands in the weight's own o c 3 3 layout
     dw = np.matmul(du.reshape(a * a, o * c).T, _KRON[m][1].astype(grad.dtype))
     return dw.reshape(o, c, 3, 3)
