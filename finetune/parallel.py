@@ -49,6 +49,9 @@ BLAS_THREAD_TIMEOUT = "19"
 MIN_WORK_PER_THREAD = 1 << 16
 # chunks per thread: enough for a thread slowed by the machine to hand work to the others
 CHUNKS_PER_THREAD = 4
+# multiply-adds worth one element of work (one element a copy moves): BLAS makes ~50 G
+# multiply-adds a second on one thread where numpy's copies move ~1 G elements
+MACS_PER_ELEMENT = 64
 
 
 def _openblas_libraries() -> list:
@@ -254,15 +257,16 @@ def elementwise(fn: Callable[..., None], out, *inputs) -> None:
     split(lambda lo, hi: fn(*(a[lo:hi] for a in flat)), out.size, out.size * len(flat))
 
 
-def split_products(fn: Callable[[int, int], None], size: int, work: int) -> None:
+def split_products(fn: Callable[[int, int], None], size: int, macs: int) -> None:
     """``split`` for chunks that are BLAS products of their own (a stack of matrices, split
     along the stack), with BLAS on one thread while they run: each of the library's threads
     then multiplies whole matrices, where numpy would hand BLAS one small product at a time and
     wait for its threads to split each (ViT-S's 48 attention products of 197x64x197 at batch 8:
     2.49 -> 1.79 ms). Runs ``fn(0, size)`` as it is when the work would not be shared out, or
     when the BLAS in this process cannot be set to one thread around the chunks (not an
-    OpenBLAS with its own pthreads: its chunks would then compete for the cores)."""
-    threads = min(_threads, size, work // MIN_WORK_PER_THREAD)
+    OpenBLAS with its own pthreads: its chunks would then compete for the cores). ``macs``:
+    the multiply-adds of all the products."""
+    threads = min(_threads, size, macs // MACS_PER_ELEMENT // MIN_WORK_PER_THREAD)
     if threads < 2 or getattr(_inside, "active", False) or not _blas_setters():
         fn(0, size)
         return

@@ -4,6 +4,7 @@ exact walk (training mode, a gradient, export's trace, a new head) gets it."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -926,9 +927,17 @@ def _squeeze_excite_model(rng, c=6, o=4, size=5, gate_first=True) -> onnx.ModelP
 
 @pytest.mark.parametrize("gate_first", [True, False])
 @pytest.mark.parametrize("size", [5, 1])  # 1x1 pixels: the weights are larger, x * gate runs
-def test_a_gate_before_a_projection_scales_its_weights(monkeypatch, gate_first, size):
+@pytest.mark.parametrize("shared", [False, True])  # the samples' products on two threads
+def test_a_gate_before_a_projection_scales_its_weights(
+    monkeypatch, request, gate_first, size, shared
+):
+    from finetune import parallel
     from finetune.nn.fusion import GatedConvolution
 
+    if shared:
+        monkeypatch.setattr(parallel, "MIN_WORK_PER_THREAD", 1)
+        request.addfinalizer(functools.partial(ft.set_num_threads, ft.get_num_threads()))
+        ft.set_num_threads(2)
     direct, state = [], GatedConvolution._state
     monkeypatch.setattr(
         GatedConvolution, "_state", lambda *a: direct.append(state(*a) is not None) or state(*a)

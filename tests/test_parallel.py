@@ -436,7 +436,7 @@ def _blas_counts_inside(size: int) -> tuple[list, set]:
             counts.update(i["num_threads"] for i in threadpoolctl.threadpool_info()
                           if i["user_api"] == "blas")  # fmt: skip
 
-    parallel.split_products(chunk, size, work=10**6)
+    parallel.split_products(chunk, size, macs=10**8)
     return seen, counts
 
 
@@ -461,7 +461,7 @@ def test_split_products_restores_blas_after_a_failed_chunk(threads):
         raise ValueError("a product failed")
 
     with pytest.raises(ValueError, match="a product failed"):
-        parallel.split_products(chunk, 4, work=10**6)
+        parallel.split_products(chunk, 4, macs=10**8)
     assert _blas_threads() == {2}
 
 
@@ -480,7 +480,7 @@ def test_split_products_from_two_threads_restores_blas_once_both_left(threads):
                 inside.wait()  # both callers are inside their stretch here
             results.append(parallel._alone_users)
 
-        parallel.split_products(chunk, 2, work=10**6)
+        parallel.split_products(chunk, 2, macs=10**8)
 
     callers = [threading.Thread(target=caller) for _ in range(2)]
     for t in callers:
@@ -493,10 +493,8 @@ def test_split_products_from_two_threads_restores_blas_once_both_left(threads):
 
 def test_split_products_runs_small_work_whole_with_blas_as_it_is(threads):
     threads(2)
-    parallel.MIN_WORK_PER_THREAD = 100
     blas = _blas_threads()
-    seen, counts = _blas_counts_inside(8)  # work 10**6 against 100 per thread: shared out
-    parallel.MIN_WORK_PER_THREAD = 10**7
+    parallel.MIN_WORK_PER_THREAD = 10**7  # 10**8 multiply-adds are ~1.6 * 10**6 elements
     seen, counts = _blas_counts_inside(8)
     assert seen == [(0, 8)] and counts == blas
 

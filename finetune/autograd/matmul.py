@@ -90,11 +90,6 @@ class Dot(MatMul):
     name = "DotBackward0"
 
 
-# multiply-adds worth one element of ``split``'s work (an element a copy moves): BLAS makes
-# ~50 G multiply-adds a second on one thread where numpy's copies move ~1 G elements
-_MACS_PER_ELEMENT = 64
-
-
 def stacked_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, a stack of products (attention's, one per sample and
     head; Winograd's, one per tile position) shared out among the library's threads along the
@@ -114,9 +109,9 @@ def stacked_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) 
     a = np.broadcast_to(a, (*stack, m, k))[first]
     b = np.broadcast_to(b, (*stack, k, n))[first]
     target = out[first]
-    work = math.prod(stack) * m * k * n // _MACS_PER_ELEMENT
+    macs = math.prod(stack) * m * k * n
     split_products(
-        lambda lo, hi: np.matmul(a[lo:hi], b[lo:hi], out=target[lo:hi]), len(target), work
+        lambda lo, hi: np.matmul(a[lo:hi], b[lo:hi], out=target[lo:hi]), len(target), macs
     )
     return out
 

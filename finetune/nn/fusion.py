@@ -24,6 +24,7 @@ from ..autograd import nn_ops, piecewise
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..autograd.layout import as_nchw, is_channels_last
+from ..parallel import split_products
 from ..tensor import Tensor
 from . import functional as F
 from .layers.activation import ReLU
@@ -256,10 +257,14 @@ class GatedConvolution:
         gates = gate._data.reshape(n, c, 1)
         matrix = weight._data.reshape(o, c).T
         out = np.empty((n, h, w, o), dtype=rows.dtype)
+        products = out.reshape(n, h * w, o)
+
+        def samples(lo: int, hi: int) -> None:
+            for s in range(lo, hi):
+                np.matmul(rows[s], np.multiply(matrix, gates[s]), out=products[s])
+
         with np.errstate(all="ignore"):
-            for s in range(n):
-                scaled = np.multiply(matrix, gates[s])
-                np.matmul(rows[s], scaled, out=out[s].reshape(h * w, o))
+            split_products(samples, n, n * h * w * c * o)
             skip = None if residual is None else residual._data
             out = kernels.output_pass(as_nchw(out), bias, tail, skip)
         return Tensor._from_array(out)
