@@ -635,6 +635,12 @@ ACTIVATIONS = {
     ),
     "Clip-opset6": (lambda: [helper.make_node("Clip", ["c"], ["y"], min=-1.0, max=1.5)], 6),
     "HardSwish": (lambda: [helper.make_node("HardSwish", ["c"], ["y"])], 17),
+    "Sigmoid": (lambda: [helper.make_node("Sigmoid", ["c"], ["y"])], 17),  # an SE block's gate
+    "HardSigmoid": (
+        lambda: [helper.make_node("HardSigmoid", ["c"], ["y"], alpha=0.3, beta=0.4)],
+        17,
+    ),
+    "HardSigmoid-defaults": (lambda: [helper.make_node("HardSigmoid", ["c"], ["y"])], 6),
     "Silu(fused)": (
         lambda: [
             helper.make_node("Sigmoid", ["c"], ["s"]),
@@ -686,7 +692,7 @@ def _conv_activation_model(conv: str, act: str, rng, size=(7, 6)) -> tuple:
         nodes, [_tensor("x", ["n", c, *size])], [_tensor("y", 4)], inits, opset=max(opset, 9)
     )
     base = "Conv+BatchNormalization" if with_bn else "Conv"
-    op = {"Clip-min-only": "Clip", "Clip-opset6": "Clip"}.get(act, act)
+    op = act.split("-")[0]
     return proto, f"{base}+{op}"
 
 

@@ -373,6 +373,8 @@ def _correlate_compiled(
         bounds = _bounds(epilogue, out.dtype)
         if bounds is not None:
             epilogue = None  # in the kernel's stores
+        else:  # stores as they are; the epilogue runs on each thread turn's rows
+            bounds = _bounds(None, out.dtype)
     if epilogue is not None and getattr(epilogue, "with_bias", None) is not None:
         _correlate_compiled(kernel, x, weights, None, out, stride, dilation, padding, multiplier)
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)

@@ -8,6 +8,8 @@ parameters keeps nothing at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -648,6 +650,20 @@ class Silu(_SelfGated):
 _SILU_BLOCK = 2048
 
 
+class Epilogue:
+    """An elementwise ``kernel(out, x)`` that may write over its input (``sigmoid_into``,
+    ``hardsigmoid_into``) as a convolution's epilogue, in place on each block: the node's own
+    kernel, so the node's values."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel: Callable) -> None:
+        self.kernel = kernel
+
+    def __call__(self, block: np.ndarray) -> None:
+        self.kernel(block, block)
+
+
 class SiluEpilogue:
     """SiLU as a convolution's epilogue (``conv.epilogue``): ``silu_kernel``'s values, in place
     on a block; with the convolution's bias, on whole ``(pixels, channels)`` rows in cache-sized
@@ -762,7 +778,7 @@ class HardSigmoid(Function):
     def forward(ctx, x, *, alpha=1 / 6, beta=0.5):
         x = _as_float(x)
         out = empty_like_dense(x)
-        blockwise(lambda o, a: _hardsigmoid_into(o, a, alpha, beta), out, x)
+        blockwise(lambda o, a: hardsigmoid_into(o, a, alpha, beta), out, x)
         ctx.save_for_backward(out if ctx.needs_input_grad[0] else None)
         ctx.alpha = alpha
         return out
@@ -781,7 +797,7 @@ class HardSigmoid(Function):
         return gx
 
 
-def _hardsigmoid_into(out, x, alpha: float, beta: float) -> None:
+def hardsigmoid_into(out, x, alpha: float, beta: float) -> None:
     """``out = clamp(alpha x + beta, 0, 1)`` in ``out``'s dtype."""
     t = out.dtype.type
     np.multiply(x, t(alpha), out=out)
@@ -790,7 +806,7 @@ def _hardsigmoid_into(out, x, alpha: float, beta: float) -> None:
 
 
 def hardswish_kernel(out, x) -> None:
-    _hardsigmoid_into(out, x, 1 / 6, 0.5)
+    hardsigmoid_into(out, x, 1 / 6, 0.5)
     out *= x
 
 

@@ -17,9 +17,10 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
 - The legacy exporter's GELU (``Div sqrt2 -> Erf -> Add 1 -> Mul x -> Mul 0.5``) runs as one
   ``F.gelu``, ``Sigmoid(x) * x`` as ``F.silu``, ``HardSigmoid(x) * x`` as ``F.hardswish``:
   matched by structure and constant values.
-- A ReLU, a Clip with constant bounds, a HardSwish or a SiLU that alone reads a 2-d
-  convolution's output (BatchNorm folded in or not) runs inside the convolution's last pass over
-  its output (``autograd.conv.epilogue``), block by block while each is in cache. A ReLU,
+- A ReLU, a Clip with constant bounds, a HardSwish, a SiLU, a Sigmoid or a HardSigmoid (a
+  squeeze-and-excitation gate) that alone reads a 2-d convolution's output (BatchNorm folded in
+  or not) runs inside the convolution's last pass over its output (``autograd.conv.epilogue``),
+  block by block while each is in cache. A ReLU,
   clip or hard-swish that alone reads an eval BatchNorm's output (one no convolution precedes,
   as DenseNet's after each concatenation) runs on each block of the BatchNorm's pass
   (``nn.fusion.FrozenBatchNorm``).
@@ -55,6 +56,7 @@ import numpy as np
 
 from ..autograd import jit, nn_ops, piecewise
 from ..autograd.conv import epilogue
+from ..autograd.elementwise import sigmoid_into
 from ..autograd.engine import is_grad_enabled
 from ..autograd.function import is_tracing
 from ..errors import FinetuneError, OnnxImportError
@@ -716,6 +718,12 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
         return piecewise.hardswish()
     if op == "Silu(fused)":
         return nn_ops.SiluEpilogue()
+    if op == "Sigmoid" and len(act.inputs) == 1:  # squeeze-and-excitation's gate
+        return nn_ops.Epilogue(sigmoid_into)
+    if op == "HardSigmoid" and len(act.inputs) == 1 and isinstance(act.run, functools.partial):
+        defaults = inspect.signature(act.run.func).parameters
+        alpha, beta = (act.run.keywords.get(k, defaults[k].default) for k in ("alpha", "beta"))
+        return nn_ops.Epilogue(functools.partial(nn_ops.hardsigmoid_into, alpha=alpha, beta=beta))
     if op != "Clip":
         return None
     if len(act.inputs) == 1:  # before opset 11 the bounds are attributes, with defaults
