@@ -36,6 +36,7 @@ This module does not import numpy: it must run before numpy is loaded.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import sys
@@ -105,9 +106,13 @@ class _Job:
     many are running. The caller runs chunks too, then waits only for the chunks a helper took:
     a helper that wakes after the caller took the last chunk finds nothing to do, and nobody
     waits for it (waking a sleeping thread takes ~30 us on a virtual machine, which a
-    back-and-forth paid twice for every split, done or not)."""
+    back-and-forth paid twice for every split, done or not). A helper runs its chunks in a copy
+    of the caller's context, so numpy's error state (``np.errstate``, a context variable) is the
+    caller's: an overflow the caller silences stays silent on every thread."""
 
-    __slots__ = ("fn", "bounds", "lock", "taken", "running", "closed", "error", "finished")
+    __slots__ = (
+        "fn", "bounds", "lock", "taken", "running", "closed", "error", "finished", "context",
+    )  # fmt: skip
 
     def __init__(self, fn: Callable[[int, int], None], bounds: list[int]) -> None:
         self.fn, self.bounds = fn, bounds
@@ -116,8 +121,13 @@ class _Job:
         self.closed = False  # no chunk is handed out any more (all taken, or one failed)
         self.error: BaseException | None = None
         self.finished: threading.Lock | None = None  # released when the last running chunk ends
+        self.context = contextvars.copy_context()
 
     def work(self) -> None:
+        """A helper's turn: ``run_chunks`` in a copy of the caller's context."""
+        self.context.copy().run(self.run_chunks)
+
+    def run_chunks(self) -> None:
         """Run chunks until none is left or one failed (its error is kept for the caller)."""
         last = len(self.bounds) - 1
         while True:
@@ -176,9 +186,15 @@ class _Helpers:
 
 def _forget_helpers_after_fork() -> None:
     """A forked child has none of the parent's helper threads: work queued for them would
-    wait forever, so the child starts its own on first use."""
-    global _helpers, _helpers_lock
+    wait forever, so the child starts its own on first use. A stretch of one-thread BLAS
+    (``split_products``) that another of the parent's threads was in ends in the child."""
+    global _helpers, _helpers_lock, _alone_lock, _alone_users
     _helpers, _helpers_lock = None, threading.Lock()
+    _alone_lock = threading.Lock()
+    if _alone_users:
+        for (_, set_count), count in zip(_setters, _alone_counts):
+            set_count(count)
+        _alone_users = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -233,7 +249,7 @@ def _share(fn: Callable[[int, int], None], size: int, threads: int, chunks: int)
     helpers = _queue()
     for _ in range(threads - 1):
         helpers.put(job)
-    job.work()
+    job.run_chunks()
     job.wait()
 
 
@@ -291,31 +307,29 @@ def _blas_setters() -> list:
     if _setters is None:
         import threadpoolctl
 
-        found, controllers = [], threadpoolctl.ThreadpoolController()
-        blas = controllers.select(user_api="blas").lib_controllers
-        for lib in blas:
-            if lib.internal_api != "openblas" or lib.threading_layer != "pthreads":
-                found = []
-                break
-            names = [
-                (
-                    f"{prefix}openblas_get_num_threads{suffix}",
-                    f"{prefix}openblas_set_num_threads{suffix}",
-                )
-                for prefix in ("", "scipy_")
-                for suffix in ("", "64_")
+        found = []
+        for lib in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+            pair = [
+                _openblas_function(lib.dynlib, f"openblas_{verb}_num_threads")
+                for verb in ("get", "set")
             ]
-            pair = next(
-                ((getattr(lib.dynlib, g), getattr(lib.dynlib, s)) for g, s in names
-                 if hasattr(lib.dynlib, g) and hasattr(lib.dynlib, s)),
-                None,
-            )  # fmt: skip
-            if pair is None:
+            if lib.internal_api != "openblas" or lib.threading_layer != "pthreads" or None in pair:
                 found = []
                 break
-            found.append(pair)
+            found.append(tuple(pair))
         _setters = found
     return _setters
+
+
+def _openblas_function(dynlib, name: str):
+    """OpenBLAS's function ``name`` under whichever prefix and suffix its build gave the symbols
+    (numpy's scipy-openblas: ``scipy_openblas_set_num_threads64_``), or None."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            function = getattr(dynlib, f"{prefix}{name}{suffix}", None)
+            if function is not None:
+                return function
+    return None
 
 
 def _blas_alone(enter: bool) -> None:

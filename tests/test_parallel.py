@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -175,6 +176,31 @@ def test_nested_split_inside_a_worker_runs_serially(threads):
         assert _covers_once(pieces, 6)
         if any(nested for o, nested, _, _ in inner if o == lo):  # ran on a pool worker
             assert pieces == [(0, 6)]
+
+
+@pytest.mark.parametrize("setting", ["ignore", "raise"])
+def test_helpers_run_chunks_under_the_callers_numpy_error_state(threads, setting):
+    """An overflow the caller silences is silent on the helper too (a warning there would reach
+    the user from a library op that silences its own), and one it makes raise, raises."""
+    threads(2)
+    callers = set()
+    both = threading.Barrier(2, timeout=10)
+    big = np.full(4, 1e30, dtype=np.float32)
+
+    def chunk(lo, hi):
+        if threading.get_ident() not in callers:
+            callers.add(threading.get_ident())
+            both.wait()  # each thread runs a chunk
+        np.multiply(big, big)  # overflows to inf
+
+    with warnings.catch_warnings(), np.errstate(over=setting):
+        warnings.simplefilter("error")
+        if setting == "ignore":
+            parallel.split(chunk, 4, work=10**6)
+        else:
+            with pytest.raises(FloatingPointError):
+                parallel.split(chunk, 4, work=10**6)
+    assert len(callers) == 2
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -526,3 +552,25 @@ def test_threaded_attention_products_pass_gradcheck(threads):
     rng = np.random.default_rng(5)
     q, k = (torch.tensor(rng.standard_normal((2, 3, 5, 4)), requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(lambda q, k: q @ k.transpose(-1, -2), (q, k))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_one_thread_blas_stretch_gets_blas_back(threads):
+    if not parallel._blas_setters():
+        pytest.skip("numpy's BLAS is not an OpenBLAS with pthreads")
+    threads(2)
+    threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+    parallel._blas_alone(True)  # as another thread's split_products would be
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                restored = _blas_threads() == {2} and parallel._alone_users == 0
+                os._exit(0 if restored else 1)
+            finally:
+                os._exit(2)
+    finally:
+        parallel._blas_alone(False)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert _blas_threads() == {2}

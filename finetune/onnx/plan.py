@@ -20,10 +20,9 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
 - A ReLU, a Clip with constant bounds, a HardSwish, a SiLU, a Sigmoid or a HardSigmoid (a
   squeeze-and-excitation gate) that alone reads a 2-d convolution's output (BatchNorm folded in
   or not) runs inside the convolution's last pass over its output (``autograd.conv.epilogue``),
-  block by block while each is in cache. A ReLU,
-  clip or hard-swish that alone reads an eval BatchNorm's output (one no convolution precedes,
-  as DenseNet's after each concatenation) runs on each block of the BatchNorm's pass
-  (``nn.fusion.FrozenBatchNorm``).
+  block by block while each is in cache. A ReLU, clip or hard-swish that alone reads an eval
+  BatchNorm's output (one no convolution precedes, as DenseNet's after each concatenation) runs
+  on each block of the BatchNorm's pass (``nn.fusion.FrozenBatchNorm``).
 - A ``Mul`` whose product only a convolution reads (squeeze-and-excitation's gate before a
   projection) joins it: when the Mul turns out to be a per-sample, per-channel gate of a 1x1
   convolution, the gate scales the convolution's weights instead of the activation
