@@ -280,16 +280,19 @@ def split_products(fn: Callable[[int, int], None], size: int, macs: int) -> None
     wait for its threads to split each (ViT-S's 48 attention products of 197x64x197 at batch 8:
     2.49 -> 1.79 ms). Runs ``fn(0, size)`` as it is when the work would not be shared out, or
     when the BLAS in this process cannot be set to one thread around the chunks (not an
-    OpenBLAS with its own pthreads: its chunks would then compete for the cores). ``macs``:
-    the multiply-adds of all the products."""
+    OpenBLAS with its own pthreads: its chunks would then compete for the cores). A chunk's own
+    splits run on its thread: the chunks already keep the threads busy. ``macs``: the
+    multiply-adds of all the products."""
     threads = min(_threads, size, macs // MACS_PER_ELEMENT // MIN_WORK_PER_THREAD)
     if threads < 2 or getattr(_inside, "active", False) or not _blas_setters():
         fn(0, size)
         return
     _blas_alone(True)
+    _inside.active = True  # the caller's chunks run serially too, as a helper's do
     try:  # every chunk a few whole products: as many chunks as ``split`` makes at most
         _share(fn, size, threads, min(size, threads * CHUNKS_PER_THREAD))
     finally:
+        _inside.active = False
         _blas_alone(False)
 
 

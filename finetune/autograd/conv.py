@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import ShapeError
-from ..parallel import elementwise, split
+from ..parallel import elementwise, split, split_products
 from ..tensor import Tensor
 from . import depthwise, grouped, jit, piecewise, pool, winograd
 from .engine import is_grad_enabled
@@ -391,11 +391,15 @@ class ConvPlan:
 
         if self.channels_last:
             out = np.empty((n, *self.outs, o), dtype=x.dtype)
-            for s in range(n):
-                rows = out[s].reshape(self.length, o)
-                np.matmul(columns(s)[0].T, w[0].T, out=rows)
-                if fn is not None:
-                    piecewise.add_bias_rows(rows, bias, fn)
+
+            def samples(lo: int, hi: int) -> None:  # each thread its samples, start to end
+                for s in range(lo, hi):
+                    rows = out[s].reshape(self.length, o)
+                    np.matmul(columns(s)[0].T, w[0].T, out=rows)
+                    if fn is not None:
+                        piecewise.add_bias_rows(rows, bias, fn)
+
+            split_products(samples, n, n * self.length * w.shape[2] * o)
             return as_nchw(out)
         out = np.empty((n, o, *self.outs), dtype=x.dtype)
         for s in range(n):
