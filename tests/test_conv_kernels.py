@@ -343,9 +343,12 @@ def _avg_pool_options(name: str, count_include_pad: bool) -> dict:
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("name", POOL_CASES)
-def test_avg_pool_matches_direct_loop_and_gradcheck(name, count_include_pad):
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_avg_pool_matches_direct_loop_and_gradcheck(name, count_include_pad, layout):
     shape, kernel, stride, pads, _, ceil = POOL_CASES[name]
     x = np.random.default_rng(2).standard_normal(shape)
+    if layout == "channels-last" and x.ndim == 4:  # pooled in its own layout, unpadded in place
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     opts = _avg_pool_options(name, count_include_pad)
     got = kernels.avg_pool(const(x), **opts)
     expected = avg_pool_loop(x, kernel, stride, pads, ceil, count_include_pad)

@@ -514,9 +514,13 @@ class AvgPool(Function):
 
 def _avg_pool_last(x: np.ndarray, taps: _LastTaps, divisor: np.ndarray) -> np.ndarray:
     """The mean of each window of a channels-last ``x``, channels last (the taps added in the
-    phase planes' order, so the same values), split over output rows."""
-    padded = scratch("pool padded", taps.padded_shape, x.dtype)
-    pad_last(padded, x, taps.padding, 0)
+    phase planes' order, so the same values), split over output rows. Without padding the taps
+    read ``x`` itself (DenseNet's 2x2 transitions had copied their whole input first)."""
+    if any(lo or hi for lo, hi in taps.padding):
+        padded = scratch("pool padded", taps.padded_shape, x.dtype)
+        pad_last(padded, x, taps.padding, 0)
+    else:
+        padded = x.transpose(0, 2, 3, 1)  # n h w c, a view of the channels-last memory
     out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
     per_pixel = divisor[..., None]  # j k -> j k 1, against n j k c
 
