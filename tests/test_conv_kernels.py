@@ -236,9 +236,12 @@ def distinct_values(shape, seed=0):
 
 
 @pytest.mark.parametrize("name", {**POOL_CASES, **DILATED_POOL_CASES})
-def test_max_pool_matches_direct_loop_and_gradcheck(name):
+@pytest.mark.parametrize("layout", ["row-major", "channels-last"])
+def test_max_pool_matches_direct_loop_and_gradcheck(name, layout):
     shape, kernel, stride, pads, dilation, ceil = {**POOL_CASES, **DILATED_POOL_CASES}[name]
     x = distinct_values(shape)
+    if layout == "channels-last" and x.ndim == 4:  # pooled in its own layout, unpadded in place
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     opts = dict(kernel_size=kernel, stride=stride, padding=pads, dilation=dilation, ceil_mode=ceil)
     want = max_pool_loop(x, kernel, stride, pads, dilation, ceil)
     # without a gradient the maximum is separable (one axis at a time); with one, by tap

@@ -294,6 +294,16 @@ class _LastTaps:
             for tap in itertools.product(*(range(k) for k in kernel))
         ]
 
+    def padded(self, x: np.ndarray, value) -> np.ndarray:
+        """``x`` as ``n H W c`` padded with ``value``: a view of a channels-last ``x`` when there
+        is nothing to pad (DenseNet's 2x2 transitions had copied their whole input first), else
+        a copy in the scratch slot "pool padded"."""
+        if is_channels_last(x) and not any(lo or hi for lo, hi in self.padding):
+            return x.transpose(0, 2, 3, 1)
+        padded = scratch("pool padded", self.padded_shape, x.dtype)
+        pad_last(padded, x, self.padding, value)
+        return padded
+
     def tap(self, padded: np.ndarray, t: int) -> np.ndarray:
         """Tap ``t`` of every window: ``n H W c -> n j k c``."""
         return padded[(slice(None), *self.taps[t])]
@@ -404,8 +414,7 @@ def _max_pool_phases(x: np.ndarray, phases: _Phases, lowest) -> tuple[np.ndarray
 def _max_pool_last(x: np.ndarray, taps: _LastTaps, lowest) -> tuple[np.ndarray, np.ndarray]:
     """``_max_pool_phases`` for a channels-last ``x``: the output channels last, the winners
     ``n j k c``; split over output rows."""
-    padded = scratch("pool padded", taps.padded_shape, x.dtype)
-    pad_last(padded, x, taps.padding, lowest)
+    padded = taps.padded(x, lowest)
     out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
     winner = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps.taps) - 1))
 
@@ -514,13 +523,8 @@ class AvgPool(Function):
 
 def _avg_pool_last(x: np.ndarray, taps: _LastTaps, divisor: np.ndarray) -> np.ndarray:
     """The mean of each window of a channels-last ``x``, channels last (the taps added in the
-    phase planes' order, so the same values), split over output rows. Without padding the taps
-    read ``x`` itself (DenseNet's 2x2 transitions had copied their whole input first)."""
-    if any(lo or hi for lo, hi in taps.padding):
-        padded = scratch("pool padded", taps.padded_shape, x.dtype)
-        pad_last(padded, x, taps.padding, 0)
-    else:
-        padded = x.transpose(0, 2, 3, 1)  # n h w c, a view of the channels-last memory
+    phase planes' order, so the same values), split over output rows."""
+    padded = taps.padded(x, 0)
     out = np.empty((x.shape[0], *taps.outs, x.shape[1]), dtype=x.dtype)
     per_pixel = divisor[..., None]  # j k -> j k 1, against n j k c
 
