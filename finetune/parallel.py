@@ -50,8 +50,15 @@ BLAS_THREAD_TIMEOUT = "19"
 MIN_WORK_PER_THREAD = 1 << 16
 # chunks per thread: enough for a thread slowed by the machine to hand work to the others
 CHUNKS_PER_THREAD = 4
-# multiply-adds worth one element of work (one element a copy moves): BLAS makes ~50 G
-# multiply-adds a second on one thread where numpy's copies move ~1 G elements
+# compiled operations worth one element of work (one element a numpy pass moves), for the
+# compiled kernels' passes, multiply-adds and comparisons. Alone, one thread wins up to a few
+# million values (a bias and ReLU over 301k: 25 us, against 121 us shared out over two), but
+# after a convolution's product, which leaves the output in both cores' caches, sharing wins:
+# MNASNet 0.5 at batch 1 10.6-10.8 ms a forward with this ratio, 12.6-14.9 on one thread,
+# 10.6-11.5 with 32
+COMPILED_WORK_RATIO = 8
+# multiply-adds worth one element of work for BLAS's products: BLAS makes ~50 G multiply-adds a
+# second on one thread where numpy's copies move ~1 G elements
 MACS_PER_ELEMENT = 64
 
 

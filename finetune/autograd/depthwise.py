@@ -37,16 +37,13 @@ import math
 
 import numpy as np
 
-from ..parallel import MIN_WORK_PER_THREAD, split
+from ..parallel import COMPILED_WORK_RATIO, MIN_WORK_PER_THREAD, split
 from . import jit, piecewise
 from .layout import as_nchw, pad_last
 from .scratch import scratch
 
 # below this many channels a strided convolution pairs up input columns (see ``_correlate``)
 _SUPER_PIXEL_CHANNELS = 128
-# a compiled multiply-add costs about an eighth of an element of a numpy pass: below this much
-# work per thread (in ``split``'s unit) the hand-over to a second thread costs more than it saves
-_COMPILED_WORK_RATIO = 8
 # output elements per block of rows: enough blocks for the threads to share, few enough that a
 # block's Python overhead (~10 us) stays small against its work
 _BLOCK_ELEMENTS = 1 << 15
@@ -380,7 +377,7 @@ def _correlate_compiled(
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
-    work = out.size * math.prod(weights.shape[:2]) // _COMPILED_WORK_RATIO
+    work = out.size * math.prod(weights.shape[:2]) // COMPILED_WORK_RATIO
     if blocked is not None:
         kernel = jit.compiled(blocked)
         weights = np.ascontiguousarray(weights)

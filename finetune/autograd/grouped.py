@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel import split
+from ..parallel import COMPILED_WORK_RATIO, split
 from . import jit, piecewise
 from .layout import as_nchw
 from .scratch import scratch
 
 _STRIDES = (1, 2)
-# a compiled multiply-add costs about this fraction of an element of a numpy pass (``split``'s
-# unit of work)
-_COMPILED_WORK_RATIO = 8
 
 
 class GroupedPlan:
@@ -80,7 +77,7 @@ class GroupedPlan:
                 np.copyto(out[sample, first:last], source)
 
         split(prepare, n * self.hq, planes.size)
-        split(convolve, o, self.length * o * ipg * 9 // _COMPILED_WORK_RATIO)
+        split(convolve, o, self.length * o * ipg * 9 // COMPILED_WORK_RATIO)
         split(crop, n * oh, out.size)
         if epilogue is not None:
             piecewise.add_bias_rows(out.reshape(-1, o), None, epilogue)

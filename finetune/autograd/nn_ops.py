@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ShapeError
-from ..parallel import split
+from ..parallel import COMPILED_WORK_RATIO, split
 from . import jit, piecewise, special
 from .elementwise import sigmoid_into
 from .function import Function
@@ -520,7 +520,7 @@ def _gelu_backward_float32(grad: np.ndarray, x: np.ndarray) -> np.ndarray:
             np.exp(e, out=e)
             second(a[start:stop], g[start:stop], g_[start:stop], e, _GELU_CONSTANTS)
 
-    split(run, a.size, 3 * a.size // piecewise.WORK_RATIO)
+    split(run, a.size, 3 * a.size // COMPILED_WORK_RATIO)
     return gx
 
 
@@ -700,7 +700,7 @@ class SiluEpilogue:
                 bits = scratch("silu scale", (2, block), np.int32)
                 kernel(rows[lo:hi].reshape(-1), width, values, p, bits, bits.view(np.float32))
 
-            split(rows_of, len(rows), rows.size * 4 // piecewise.WORK_RATIO)
+            split(rows_of, len(rows), rows.size * 4 // COMPILED_WORK_RATIO)
             return True
         negate, combine = jit.compiled(_bias_negated), jit.compiled(_silu_combine)
         if negate is None or combine is None:
@@ -719,7 +719,7 @@ class SiluEpilogue:
                     np.exp(e, out=e)
                 combine(block, e, ones)
 
-        split(chunk, len(rows), rows.size * 4 // piecewise.WORK_RATIO)
+        split(chunk, len(rows), rows.size * 4 // COMPILED_WORK_RATIO)
         return True
 
 

@@ -25,18 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..parallel import elementwise, split
+from ..parallel import COMPILED_WORK_RATIO, elementwise, split
 from . import jit
 from .special import flat_in_memory_order
 
 IDENTITY, RELU, CLIP, HARDSWISH = 0, 1, 2, 3
 
-# a compiled pass costs about this fraction of a numpy pass per element (``split``'s unit of
-# work). Alone, one thread wins up to a few million values (a bias and ReLU over 301k: 25 us,
-# against 121 us shared out over two), but after a convolution's product, which leaves the
-# output in both cores' caches, sharing wins: MNASNet 0.5 at batch 1 10.6-10.8 ms a forward
-# with this ratio, 12.6-14.9 on one thread, 10.6-11.5 with 32
-WORK_RATIO = 8
 _COMPILED_DTYPES = (np.float32, np.float64)  # numba has no float16
 
 
@@ -230,7 +224,7 @@ def relu_backward(gx: np.ndarray, grad: np.ndarray, out: np.ndarray) -> None:
 
 
 def _work(elements: int) -> int:
-    return elements // WORK_RATIO
+    return elements // COMPILED_WORK_RATIO
 
 
 # -- compiled by ``jit`` ---------------------------------------------------------------------

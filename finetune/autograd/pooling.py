@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from ..parallel import split
+from ..parallel import COMPILED_WORK_RATIO, split
 from ..tensor import Tensor
 from . import jit
 from .conv import Pairs, _interior, _out_size, _reach, _tap
@@ -22,9 +22,6 @@ from .scratch import scratch
 
 # below this row length a row-major input is max-pooled channels last (``_separable_max``)
 _SHORT_ROWS = 64
-# a compiled comparison costs about this fraction of an element of a numpy pass (``split``'s
-# unit of work)
-_COMPILED_WORK_RATIO = 8
 
 
 def _pool_windows(sizes, kernel, stride, padding, dilation, ceil_mode) -> tuple:
@@ -212,7 +209,7 @@ def _max_compiled(x, kernel, stride, padding, dilation, outs, lowest) -> np.ndar
     def rows(lo: int, hi: int) -> None:
         kernel_fn(source, out, lo, hi, *geometry)
 
-    split(rows, n * outs[0], out.size * kernel[0] * kernel[1] // _COMPILED_WORK_RATIO)
+    split(rows, n * outs[0], out.size * kernel[0] * kernel[1] // COMPILED_WORK_RATIO)
     return as_nchw(out)
 
 
