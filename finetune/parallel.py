@@ -36,6 +36,7 @@ This module does not import numpy: it must run before numpy is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import queue
@@ -294,13 +295,12 @@ def split_products(fn: Callable[[int, int], None], size: int, macs: int) -> None
     if threads < 2 or getattr(_inside, "active", False) or not _blas_setters():
         fn(0, size)
         return
-    _blas_alone(True)
-    _inside.active = True  # the caller's chunks run serially too, as a helper's do
-    try:  # every chunk a few whole products: as many chunks as ``split`` makes at most
-        _share(fn, size, threads, min(size, threads * CHUNKS_PER_THREAD))
-    finally:
-        _inside.active = False
-        _blas_alone(False)
+    with _blas_alone():
+        _inside.active = True  # the caller's chunks run serially too, as a helper's do
+        try:  # every chunk a few whole products: as many chunks as ``split`` makes at most
+            _share(fn, size, threads, min(size, threads * CHUNKS_PER_THREAD))
+        finally:
+            _inside.active = False
 
 
 _setters: list | None = None  # (get, set) thread-count functions of each OpenBLAS, or []
@@ -342,19 +342,21 @@ def _openblas_function(dynlib, name: str):
     return None
 
 
-def _blas_alone(enter: bool) -> None:
-    """Enter (or leave) a stretch where BLAS runs each product on its calling thread alone.
-    Stretches on several threads overlap: the first entering saves the counts, the last
-    leaving restores them."""
+@contextlib.contextmanager
+def _blas_alone():
+    """A stretch where BLAS runs each product on its calling thread alone. Stretches on several
+    threads overlap: the first to enter saves the counts, the last to leave restores them."""
     global _alone_users, _alone_counts
     with _alone_lock:
-        if enter:
-            _alone_users += 1
-            if _alone_users == 1:
-                _alone_counts = [get() for get, _ in _setters]
-                for _, set_count in _setters:
-                    set_count(1)
-        else:
+        _alone_users += 1
+        if _alone_users == 1:
+            _alone_counts = [get() for get, _ in _setters]
+            for _, set_count in _setters:
+                set_count(1)
+    try:
+        yield
+    finally:
+        with _alone_lock:
             _alone_users -= 1
             if _alone_users == 0:
                 for (_, set_count), count in zip(_setters, _alone_counts):

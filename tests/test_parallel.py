@@ -560,8 +560,7 @@ def test_a_child_forked_during_a_one_thread_blas_stretch_gets_blas_back(threads)
         pytest.skip("numpy's BLAS is not an OpenBLAS with pthreads")
     threads(2)
     threadpoolctl.threadpool_limits(limits=2, user_api="blas")
-    parallel._blas_alone(True)  # as another thread's split_products would be
-    try:
+    with parallel._blas_alone():  # as another thread's split_products would be
         pid = os.fork()
         if pid == 0:
             try:
@@ -569,8 +568,6 @@ def test_a_child_forked_during_a_one_thread_blas_stretch_gets_blas_back(threads)
                 os._exit(0 if restored else 1)
             finally:
                 os._exit(2)
-    finally:
-        parallel._blas_alone(False)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert _blas_threads() == {2}
