@@ -691,9 +691,8 @@ def _gated(gate: _Unit, only_reader):
         return None
     x = gate.inputs[0]
     if gate.op_type == "HardSigmoid":
-        keywords = getattr(gate.run, "keywords", {})
-        alpha, beta = keywords.get("alpha", 0.2), keywords.get("beta", 0.5)
-        if abs(alpha - 1.0 / 6.0) > 1e-7 or beta != 0.5:
+        alpha, beta = _attributes(gate, "alpha", "beta") or (None, None)
+        if alpha is None or abs(alpha - 1.0 / 6.0) > 1e-7 or beta != 0.5:
             return None
     mul = only_reader(gate.outputs[0])
     if not _functional(mul, "Mul") or len(mul.inputs) != 2:
@@ -719,17 +718,19 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
         return nn_ops.SiluEpilogue()
     if op == "Sigmoid" and len(act.inputs) == 1:  # squeeze-and-excitation's gate
         return nn_ops.Epilogue(sigmoid_into)
-    if op == "HardSigmoid" and len(act.inputs) == 1 and isinstance(act.run, functools.partial):
-        defaults = inspect.signature(act.run.func).parameters
-        alpha, beta = (act.run.keywords.get(k, defaults[k].default) for k in ("alpha", "beta"))
+    if op == "HardSigmoid" and len(act.inputs) == 1:
+        attributes = _attributes(act, "alpha", "beta")
+        if attributes is None:
+            return None
+        alpha, beta = attributes
         return nn_ops.Epilogue(functools.partial(nn_ops.hardsigmoid_into, alpha=alpha, beta=beta))
     if op != "Clip":
         return None
     if len(act.inputs) == 1:  # before opset 11 the bounds are attributes, with defaults
-        if not isinstance(act.run, functools.partial):
+        attributes = _attributes(act, "min", "max")
+        if attributes is None:
             return None
-        defaults = inspect.signature(act.run.func).parameters
-        lo, hi = (act.run.keywords.get(k, defaults[k].default) for k in ("min", "max"))
+        lo, hi = attributes
     else:
         bounds = []
         for name in (*act.inputs[1:3], "")[:2]:
@@ -739,6 +740,16 @@ def _activation_tail(act: _Unit, constant: Callable) -> Callable | None:
             bounds.append(None if value is None else value.item())
         lo, hi = bounds
     return piecewise.clip(lo, hi)
+
+
+def _attributes(unit: _Unit, *names: str) -> tuple | None:
+    """The node attributes ``names`` of a functional unit (its converter called with the node's
+    attributes as keywords), the converter's defaults where the node gave none; None when the
+    unit's run is not such a call."""
+    if not isinstance(unit.run, functools.partial):
+        return None
+    defaults = inspect.signature(unit.run.func).parameters
+    return tuple(unit.run.keywords.get(name, defaults[name].default) for name in names)
 
 
 def _with_epilogue(conv: _Unit, act: _Unit, tail: Callable) -> _Unit:
