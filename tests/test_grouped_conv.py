@@ -96,6 +96,15 @@ def blocks(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["pixel-blocks", "four-rows"])
+def rows(request, monkeypatch):
+    """The compiled 3x3 kernels of unit horizontal stride both ways: four pixels at a time, and
+    four rows at a time along whole rows (``_four_rows``, else only from 56 pixels wide)."""
+    width = 1 if request.param == "four-rows" else 1 << 30
+    monkeypatch.setattr(depthwise, "_FOUR_ROWS_WIDTH", width)
+    return request.param
+
+
 @pytest.fixture(params=["super-pixels", "per-channel"])
 def strided(request, monkeypatch):
     """Both ways to run a horizontal stride: columns paired into super-pixels (few channels) and
@@ -113,7 +122,7 @@ def run(x, w, b, opts, requires_grad=False):
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("layout", ["nchw", "channels-last"])
-def test_forward_matches_loop(name, layout, blocks, strided):
+def test_forward_matches_loop(name, layout, blocks, strided, rows):
     x, w, b, opts = case_inputs(name)
     assert depthwise.plan(x.shape, w.shape, **opts, outs=(1, 1)) is not None
     y, _, _ = run(channels_last(x) if layout == "channels-last" else x, w, b, opts)
@@ -135,7 +144,7 @@ def test_float32_stays_float32(name):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_gradients_gradcheck(name, blocks):
+def test_gradients_gradcheck(name, blocks, rows):
     x, w, b, opts = case_inputs(name)
     _, args, bias = run(x, w, b, opts, requires_grad=True)
     inputs = args if bias is None else [*args, bias]
@@ -192,17 +201,18 @@ def test_threads_give_the_same_bits():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kh, kw, stride", list(depthwise._BLOCKED))
 def test_blocked_kernels_give_the_per_tap_kernels_bits(kh, kw, stride, dtype, kernel):
-    """``_blocked_rows`` (four pixels at a time, the common kernels) against the kernel that
-    adds one tap at a time over whole rows: the same sums in the same order, so the same
-    values, NaN and infinities included, for every padding (a negative one, as the input
-    gradient passes, skips taps) and width around the blocks' edges; and a ReLU or a clip in
-    the kernel's stores gives what numpy's pass after it gives, signs of zeros included."""
+    """``_blocked_rows`` (four pixels at a time, the common kernels; for a unit horizontal
+    stride also four rows at a time, ``_four_rows``) against the kernel that adds one tap at a
+    time over whole rows: the same sums in the same order, so the same values, NaN and
+    infinities included, for every padding (a negative one, as the input gradient passes,
+    skips taps), height and width around the blocks' edges; and a ReLU or a clip in the
+    kernel's stores gives what numpy's pass after it gives, signs of zeros included."""
     if kernel == "numpy":
         pytest.skip("compiled kernels only")
     per_tap = jit.compiled(depthwise._correlate_rows)
     blocked = jit.compiled(depthwise._BLOCKED[(kh, kw, stride)])
     r = np.random.default_rng(3)
-    shapes = itertools.product((1, 4, 9), (1, 3, 8, 13), (-1, 0, 1, 3), (1, 2), (1, 17))
+    shapes = itertools.product((1, 4, 9, 12), (1, 3, 8, 13), (-1, 0, 1, 3), (1, 2), (1, 17))
     for h, w, pad, sh, c in shapes:
         oh, ow = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // stride + 1
         if oh <= 0 or ow <= 0:
@@ -214,16 +224,47 @@ def test_blocked_kernels_give_the_per_tap_kernels_bits(kh, kw, stride, dtype, ke
         expected = np.empty((oh, ow, c), dtype)
         tiled = np.tile(weights, (1, 1, ow)) if stride == 1 else weights
         per_tap(x, tiled, np.tile(bias, ow), expected, 0, oh, sh, stride, 1, 1, pad, pad, 1)
-        for activation in (None, piecewise.relu(), piecewise.clip(-0.5, 1.0)):
+        rows = [(np.zeros((0, 0, 0), dtype), bias[:0])]  # four pixels at a time only
+        if stride == 1:
+            rows.append((tiled, np.tile(bias, ow)))  # and four rows at a time
+        cases = itertools.product((None, piecewise.relu(), piecewise.clip(-0.5, 1.0)), rows)
+        for activation, (along_rows, rows_bias) in cases:
             got = np.full_like(expected, 7)
             bounds = depthwise._bounds(activation, dtype)
-            blocked(x[None], weights, bias, got[None], 0, 1, 1, oh, sh, pad, pad, bounds)
+            blocked(
+                x[None], weights, bias, got[None], 0, 1, 1, oh, sh, pad, pad, bounds,
+                along_rows, rows_bias,
+            )  # fmt: skip
             want = expected.copy()
             if activation is not None:
                 activation(want)  # numpy's maximum or clip, after the per-tap kernel
-            message = f"{h}x{w} pad {pad} stride {sh} {activation}"
+            message = f"{h}x{w} pad {pad} stride {sh} {activation} rows {len(along_rows)}"
             np.testing.assert_array_equal(got, want, err_msg=message)
             assert np.array_equal(np.signbit(got), np.signbit(want)), message  # -0.0 too
+
+
+def test_frozen_inference_keeps_the_row_weights_until_the_weight_changes(kernel):
+    """A frozen 3x3 layer wide enough for the four-row kernel keeps its weights tiled along a
+    row on the weight (``conv._kept``) and gives the loop's values; an in-place change of the
+    weight is seen on the next call, not served from what was kept."""
+    r = np.random.default_rng(5)
+    x = channels_last(r.standard_normal((2, 5, 9, 60)))
+    w, b = r.standard_normal((5, 1, 3, 3)), r.standard_normal(5)
+    pads = ((1, 1), (1, 1))
+    weight = torch.tensor(w)
+    plan = kernels.ConvPlan(x.shape, w.shape, (1, 1), pads, (1, 1), 5)
+    relu = piecewise.relu()
+    with torch.no_grad():
+        for scale in (1.0, 1.0, -2.0):
+            if scale != 1.0:
+                weight.mul_(scale)
+                w = w * scale
+            y = kernels.infer(plan, x, weight, b, relu)
+            expected = np.maximum(depthwise_loop(x, w, b, (1, 1), pads, (1, 1)), 0)
+            np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    if kernel == "compiled":
+        key, kept = weight.__dict__["_kept"]
+        assert key[2] == ("rows", 60) and kept.shape == (3, 3, 60 * 5)
 
 
 def test_other_convolutions_keep_the_generic_path():

@@ -300,13 +300,13 @@ class ConvPlan:
         round, ``(n l) (c k...) @ (c k...) o``, and its product is the ``n j... o`` output with
         no copy (the bias is one pass in place). A channels-last input is gathered as
         ``(n l) (k... c)`` against the weights with their taps first (``taps``, that
-        ``(k... c) o`` matrix when the caller keeps it). ``epilogue`` and ``residual``: see
-        ``epilogue``."""
+        ``(k... c) o`` matrix when the caller keeps it; for a depthwise plan, its weights along
+        a row, ``row_weights``). ``epilogue`` and ``residual``: see ``epilogue``."""
         o, g = self.w_shape[0], self.groups
         if self.depthwise:
             if residual is None:
-                return self.depthwise.forward(x, weight, bias, epilogue)
-            return _finish(self.depthwise.forward(x, weight, bias), residual, epilogue)
+                return self.depthwise.forward(x, weight, bias, epilogue, taps)
+            return _finish(self.depthwise.forward(x, weight, bias, None, taps), residual, epilogue)
         if not self.channels_last:
             w = weight.reshape(g, o // g, -1)
             cols = self.columns(x)
@@ -745,9 +745,12 @@ def _kept_weights(weight: Tensor, plan: ConvPlan, x: np.ndarray) -> np.ndarray |
     last plan's ``(k... c) o`` matrix for a channels-last input, contiguous (a 3x3 512 -> 512
     layer at batch 1: 3.5 ms with the 9 MB reordered per call, ~1.7 with it kept). A 1x1
     layer's matrix is a transposed view of the weight, but OpenBLAS multiplies a few rows by
-    a transposed right operand slowly: 49 pixels 192 -> 1152 195 against 132 us contiguous."""
+    a transposed right operand slowly: 49 pixels 192 -> 1152 195 against 132 us contiguous.
+    A depthwise plan's weights along a row, for its four-row kernel (``row_weights``)."""
     if plan.winograd:
         return _kept_transform(weight, plan.winograd)
+    if plan.depthwise and plan.depthwise.along_rows:
+        return _kept(weight, ("rows", plan.outs[1]), plan.depthwise.row_weights)
     if plan.channels_last and not plan.per_sample and is_channels_last(x):
         return _kept(weight, "taps", _taps_matrix)
     return None

@@ -26,7 +26,10 @@ and without the padded copy; so does a unit stride's input gradient (the same co
 with the kernel turned around). The common kernels (3x3 and 5x5, horizontal stride 1 or 2, no
 dilation or channel multiplier) have one compiled kernel each, four output pixels at a time
 with the taps unrolled (``_blocked_rows``): 1.3-2.7x the kernel for any shape, the same values;
-a ReLU or clip after the layer is applied as each block is written.
+a ReLU or clip after the layer is applied as each block is written. On rows of 56 pixels or
+more a 3x3 kernel of unit horizontal stride does four output rows at a time instead, one loop
+along the rows' channels with the weights tiled along a row (``_four_rows``; a frozen weight
+keeps them tiled, ``conv._kept_weights``).
 Strided input gradients and the weight gradient keep the numpy kernels.
 """
 
@@ -44,6 +47,11 @@ from .scratch import scratch
 
 # below this many channels a strided convolution pairs up input columns (see ``_correlate``)
 _SUPER_PIXEL_CHANNELS = 128
+# a 3x3 kernel of unit horizontal stride does four output rows at a time along whole rows
+# (``_four_rows``) from this output width: alone, 0.46-0.78x the pixel blocks' time at 56 and
+# 112 (16@112 the best), 0.9-1.1x at 28, up to 1.24x at 14 (240@14 at batch 1); a 5x5 kernel's
+# 40 input streams ran 2-2.9x slower at every width
+_FOUR_ROWS_WIDTH = 56
 # output elements per block of rows: enough blocks for the threads to share, few enough that a
 # block's Python overhead (~10 us) stays small against its work
 _BLOCK_ELEMENTS = 1 << 15
@@ -239,7 +247,9 @@ def _correlate_rows(x, weights, bias, out, r0, r1, sh, sw, dh, dw, top, left, mu
 
 
 @jit.helper
-def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, bounds, kh, kw, sw):
+def _blocked_rows(
+    x, weights, bias, out, r0, r1, sh, top, left, bounds, kh, kw, sw, tiled, rows_bias
+):
     """Output rows ``r0:r1`` of one sample, as ``_correlate_rows`` computes them for a unit
     dilation and channel multiplier, ``x`` ``h w c``, ``weights`` ``kh kw c``, ``bias`` ``c``
     (zeros for none), all C-contiguous; ``kh``, ``kw`` and ``sw`` are constants of the kernel
@@ -247,29 +257,32 @@ def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, bounds, kh, kw, 
     pixels at a time, the channels innermost: each channel's four sums stay in registers over
     all the taps, and each input vector loaded serves up to four of them (2-3x the per-tap
     passes of ``_correlate_rows``, which load and store the sums at every tap). Pixels with a
-    tap outside the input are summed one at a time, those taps skipped. Each output adds its
-    taps in ``_correlate_rows``' order, so both give the same values. The pixels are then held
-    within ``bounds``, ``(lo, hi, inclusive)``, while in cache: a ReLU or a clip after the
-    convolution (NaN kept; at ``lo`` itself ``lo`` when ``inclusive``, as a ReLU turns -0.0
-    into 0.0 like numpy's maximum); infinite bounds for none, and no pass."""
+    tap outside the input are summed one at a time, those taps skipped. With ``tiled``, the
+    weights along a whole output row (``kh kw (ow c)``, a unit horizontal stride only; empty
+    for none) and ``rows_bias`` the bias so (``ow c``), four output rows whose taps all fall
+    inside the input are done at once by ``_four_rows`` instead. Each output adds its taps in
+    ``_correlate_rows``' order, so all give the same values. The pixels are then held within
+    ``bounds``, ``(lo, hi, inclusive)``, while in cache: a ReLU or a clip after the convolution
+    (NaN kept; at ``lo`` itself ``lo`` when ``inclusive``, as a ReLU turns -0.0 into 0.0 like
+    numpy's maximum); infinite bounds for none, and no pass."""
     h, w = x.shape[0], x.shape[1]
     ow = out.shape[1]
-    lo, hi, inclusive = bounds[0], bounds[1], bounds[2] != 0
-    clamping = lo > -np.inf or hi < np.inf
     # the output columns whose taps all fall inside the input; four at a time from ``first``
     first = min(ow, max(0, -(-left // sw)))
     last = max(first, min(ow, (w - kw + left) // sw + 1))
     blocked = first + (last - first) // 4 * 4
-    for y in range(r0, r1):
+    y = r0
+    while y < r1:
         base = y * sh - top
-        rows_inside = base >= 0 and base + kh <= h
-        col = 0
-        while col < ow:
-            s = col * sw - left
-            if not (rows_inside and first <= col < blocked):
-                _checked_pixel(x, weights, bias, out[y, col], base, s, kh, kw)
-                count = 1
-            else:
+        if tiled.shape[0] and y + 4 <= r1 and base >= 0 and base + 3 * sh + kh <= h:
+            _four_rows(x, tiled, rows_bias, out, y, base, sh, left, kh, kw, first, last)
+            rows, done, end = 4, first, last
+        else:
+            rows, done, end = 1, 0, 0
+            if base >= 0 and base + kh <= h:
+                done, end = first, blocked
+            for col in range(done, end, 4):
+                s = col * sw - left
                 o0, o1, o2, o3 = out[y, col], out[y, col + 1], out[y, col + 2], out[y, col + 3]
                 for k in range(out.shape[2]):
                     a0 = a1 = a2 = a3 = bias[k]
@@ -281,20 +294,65 @@ def _blocked_rows(x, weights, bias, out, r0, r1, sh, top, left, bounds, kh, kw, 
                             a2 += x[base + i, s + 2 * sw + j, k] * t
                             a3 += x[base + i, s + 3 * sw + j, k] * t
                     o0[k], o1[k], o2[k], o3[k] = a0, a1, a2, a3
-                count = 4
-            if clamping:  # the pixels just written, while in cache
-                pixels = out[y, col : col + count].reshape(-1)
-                for k in range(pixels.shape[0]):
-                    v = pixels[k]
-                    held = hi if v > hi else v
-                    pixels[k] = lo if (v < lo) | (inclusive & (v == lo)) else held
-            col += count
+        # the other columns of the rows, one pixel at a time: one call site, as numba inlines it
+        others = ow - (end - done)
+        for e in range(rows * others):
+            q, col = e // others, e % others
+            col = col if col < done else col + end - done
+            s = col * sw - left
+            _checked_pixel(x, weights, bias, out[y + q, col], base + q * sh, s, kh, kw)
+        _hold(out[y : y + rows].reshape(-1), bounds)  # the rows just written, in cache
+        y += rows
+
+
+@jit.helper
+def _four_rows(x, tiled, rows_bias, out, y, base, sh, left, kh, kw, first, last):
+    """Output rows ``y:y+4`` of one sample (input rows from ``base``, all inside), columns
+    ``first:last`` (all taps inside), for a unit horizontal stride: one loop over the rows'
+    ``(column, channel)`` values, the four rows' sums in registers over all the taps, weights
+    and bias tiled along the row (``_blocked_rows``). Few channels leave the four-pixel blocks
+    short loops that cost more to enter than to run (16 channels at 112x112: 0.46-0.62x their
+    time), and whole rows stream in from memory where the blocks hop along three rows.
+    Indices are unsigned: numba then adds no negative-index checks, and the loop vectorises."""
+    h, c = x.shape[0], x.shape[2]
+    flat_in, flat_out = x.reshape(h, -1), out.reshape(out.shape[0], -1)
+    start, stop = first * c, last * c
+    row, step, channels = np.uint64(base), np.uint64(sh), np.uint64(c)
+    shift = np.uint64(start - left * c)  # the first input value tap (0, 0) reads
+    o0, o1 = flat_out[y, start:stop], flat_out[y + 1, start:stop]
+    o2, o3 = flat_out[y + 2, start:stop], flat_out[y + 3, start:stop]
+    b = rows_bias[start:stop]
+    for m in range(stop - start):
+        v = np.uint64(m)
+        a0 = a1 = a2 = a3 = b[v]
+        for i in range(kh):
+            r = row + np.uint64(i)
+            for j in range(kw):
+                t = tiled[np.uint64(i), np.uint64(j), np.uint64(start) + v]
+                at = shift + v + np.uint64(j) * channels
+                a0 += flat_in[r, at] * t
+                a1 += flat_in[r + step, at] * t
+                a2 += flat_in[r + np.uint64(2) * step, at] * t
+                a3 += flat_in[r + np.uint64(3) * step, at] * t
+        o0[v], o1[v], o2[v], o3[v] = a0, a1, a2, a3
+
+
+@jit.helper
+def _hold(values, bounds) -> None:
+    """``values`` held within ``bounds`` (``_blocked_rows``), in place; nothing when infinite."""
+    lo, hi, inclusive = bounds[0], bounds[1], bounds[2] != 0
+    if lo > -np.inf or hi < np.inf:
+        for k in range(values.shape[0]):
+            v = values[k]
+            held = hi if v > hi else v
+            values[k] = lo if (v < lo) | (inclusive & (v == lo)) else held
 
 
 @jit.helper
 def _blocked_units(
-    x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, kh, kw, sw
-):
+    x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, tiled, rows_bias,
+    kh, kw, sw,
+):  # fmt: skip
     """``_blocked_rows`` for units ``start:stop`` of ``(sample, block of step rows)``,
     ``blocks`` a sample, of ``x`` ``n h w c`` into ``out`` ``n oh ow o``: one call per thread
     turn (a call per block cost ~1-2 us of numba's argument handling each, ~10% of a layer)."""
@@ -304,8 +362,9 @@ def _blocked_units(
         r0 = block * step
         r1 = min(oh, r0 + step)
         _blocked_rows(
-            x[sample], weights, bias, out[sample], r0, r1, sh, top, left, bounds, kh, kw, sw
-        )
+            x[sample], weights, bias, out[sample], r0, r1, sh, top, left, bounds, kh, kw, sw,
+            tiled, rows_bias,
+        )  # fmt: skip
 
 
 @jit.helper
@@ -326,21 +385,22 @@ def _checked_pixel(x, weights, bias, target, row, col, kh, kw):
         target[k] = acc
 
 
-# one compiled kernel per kernel size and horizontal stride, constants for ``_blocked_rows``
-def _blocked_3x3_s1(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
-    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 3, 3, 1)
+# one compiled kernel per kernel size and horizontal stride, constants for ``_blocked_rows``;
+# ``b``, ``t`` and ``tb`` its ``bias``, ``tiled`` and ``rows_bias``
+def _blocked_3x3_s1(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb):
+    _blocked_units(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb, 3, 3, 1)
 
 
-def _blocked_3x3_s2(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
-    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 3, 3, 2)
+def _blocked_3x3_s2(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb):
+    _blocked_units(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb, 3, 3, 2)
 
 
-def _blocked_5x5_s1(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
-    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 5, 5, 1)
+def _blocked_5x5_s1(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb):
+    _blocked_units(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb, 5, 5, 1)
 
 
-def _blocked_5x5_s2(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds):
-    _blocked_units(x, weights, bias, out, start, stop, blocks, step, sh, top, left, bounds, 5, 5, 2)
+def _blocked_5x5_s2(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb):
+    _blocked_units(x, w, b, out, start, stop, blocks, step, sh, top, left, bounds, t, tb, 5, 5, 2)
 
 
 # (kh, kw, horizontal stride) -> its ``_blocked_rows`` kernel
@@ -352,16 +412,37 @@ _BLOCKED = {
 }
 
 
+def _compiled_blocks(out_shape, kernel, stride, dilation, multiplier) -> tuple[int, bool]:
+    """The rows per block of ``_correlate_compiled`` for an ``n oh ow o`` output, and whether
+    the blocked kernel does four rows at a time (``_four_rows``: a 3x3 kernel, unit horizontal
+    stride, no dilation or channel multiplier, rows of ``_FOUR_ROWS_WIDTH`` pixels or more;
+    blocks of whole fours)."""
+    n, oh, ow, o = out_shape
+    work = n * oh * ow * o * math.prod(kernel) // COMPILED_WORK_RATIO
+    step = _rows_per_block(oh, ow * o, n, work)
+    four_rows = (
+        tuple(kernel) == (3, 3)
+        and stride[1] == 1
+        and tuple(dilation) == (1, 1)
+        and multiplier == 1
+        and ow >= _FOUR_ROWS_WIDTH
+        and oh >= 4
+    )
+    return (max(4, step // 4 * 4) if four_rows else step), four_rows
+
+
 def _correlate_compiled(
-    kernel, x, weights, bias, out, stride, dilation, padding, multiplier, epilogue=None
-):
+    kernel, x, weights, bias, out, stride, dilation, padding, multiplier, epilogue=None,
+    tiled=None,
+):  # fmt: skip
     """``_correlate_rows`` over blocks of rows of every sample, shared out over threads. An
     ``epilogue`` with a compiled pass of its own for the bias (``with_bias``, as ReLU, clip,
     hard-swish and SiLU have) runs it over the whole output afterwards (a numpy ReLU on each
     thread turn's rows took 35-120 us of MobileNet-sized layers at batch 1, the compiled pass
     ~10); any other runs on each thread turn's rows in place, while they are in cache. The
     blocked kernels hold their sums within a ReLU's or a clip's bounds as they store them
-    (``_bounds``), with no pass of its own."""
+    (``_bounds``), with no pass of its own. ``tiled``: the weights along an output row, ``kh kw
+    (ow o)``, when the caller keeps them for the four-row kernel (``row_weights``)."""
     n, oh, ow, o = out.shape
     blocked = bounds = None
     if multiplier == 1 and tuple(dilation) == (1, 1):
@@ -373,16 +454,25 @@ def _correlate_compiled(
         else:  # stores as they are; the epilogue runs on each thread turn's rows
             bounds = _bounds(None, out.dtype)
     if epilogue is not None and getattr(epilogue, "with_bias", None) is not None:
-        _correlate_compiled(kernel, x, weights, None, out, stride, dilation, padding, multiplier)
+        _correlate_compiled(
+            kernel, x, weights, None, out, stride, dilation, padding, multiplier, None, tiled
+        )
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
     work = out.size * math.prod(weights.shape[:2]) // COMPILED_WORK_RATIO
+    step, four_rows = _compiled_blocks(out.shape, weights.shape[:2], stride, dilation, multiplier)
+    four_rows = four_rows and blocked is not None
     if blocked is not None:
         kernel = jit.compiled(blocked)
         weights = np.ascontiguousarray(weights)
         bias = np.zeros(o, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
-        args = (stride[0], padding[0][0], padding[1][0], bounds)
+        if four_rows:  # weights and bias along a whole output row
+            tiled = np.tile(weights, (1, 1, ow)) if tiled is None else tiled
+            rows_bias = np.tile(bias, ow)
+        else:
+            tiled, rows_bias = np.zeros((0, 0, 0), out.dtype), bias[:0]
+        args = (stride[0], padding[0][0], padding[1][0], bounds, tiled, rows_bias)
     else:
         # the bias along a whole output row, ``ow o``: one copy starts each row (a copy per
         # pixel took longer than the taps: 125 of 281 us for 48 channels at 56x56)
@@ -390,7 +480,6 @@ def _correlate_compiled(
         if stride[1] == 1 and multiplier == 1:
             weights = np.tile(weights, (1, 1, ow))  # kh kw (ow o)
         args = (*stride, *dilation, padding[0][0], padding[1][0], multiplier)
-    step = _rows_per_block(oh, ow * o, n, work)
     blocks = -(-oh // step)
 
     def run(lo: int, hi: int) -> None:
@@ -469,10 +558,28 @@ class DepthwisePlan:
         """``o 1 kh kw -> kh kw o``."""
         return np.ascontiguousarray(weight.reshape(self.w_shape[0], -1).T).reshape(*self.kernel, -1)
 
+    @property
+    def along_rows(self) -> bool:
+        """Whether the compiled forward does four rows at a time (``_four_rows``)."""
+        out_shape = (self.x_shape[0], *self.outs, self.w_shape[0])
+        args = (self.kernel, self.stride, self.dilation, self.multiplier)
+        return _compiled_blocks(out_shape, *args)[1]
+
+    def row_weights(self, weight: np.ndarray) -> np.ndarray:
+        """The weights along an output row, ``kh kw (ow o)``, as the four-row kernel reads them
+        (a caller keeps them for a frozen weight: 9 x 56 x 72 values took ~30 us a call)."""
+        return np.tile(self._tap_weights(weight), (1, 1, self.outs[1]))
+
     def forward(
-        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, epilogue=None
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        epilogue=None,
+        tiled: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``n c h w -> n o oh ow``, stored channels last; ``epilogue``: see ``conv.epilogue``."""
+        """``n c h w -> n o oh ow``, stored channels last; ``epilogue``: see ``conv.epilogue``;
+        ``tiled``: ``row_weights(weight)`` when the caller keeps them."""
         n, o = self.x_shape[0], self.w_shape[0]
         out = np.empty((n, *self.outs, o), dtype=x.dtype)
         weights = self._tap_weights(weight)
@@ -480,7 +587,7 @@ class DepthwisePlan:
         if kernel is not None:
             _correlate_compiled(
                 kernel, x, weights, bias, out, self.stride, self.dilation, self.padding,
-                self.multiplier, epilogue,
+                self.multiplier, epilogue, tiled,
             )  # fmt: skip
         else:
             _correlate(self._padded(x), weights, out, self.stride, self.dilation, bias, epilogue)
