@@ -1,0 +1,132 @@
+"""A channel shuffle as one unit of the inference plan (``plan.py``).
+
+ShuffleNetV2 ends each block with ``torch.cat([a, b], 1)`` and a channel shuffle of two groups,
+exported as ``Concat -> Reshape (n, 2, c/2, h, w) -> Transpose (0, 2, 1, 3, 4) -> Reshape (n, c,
+h, w)``, and the next block takes the two halves of that with a ``Slice`` each (``chunk(2,
+1)``). Node by node that is a copy for the Concat, another for the second Reshape (the
+transposed view has no other shape), four calls that only make views, and a copy into each half
+for the convolutions that read them: at batch 1 ~90 us of calls per block for a few
+kilobytes. Channel ``k`` of the shuffled value is channel ``k // 2`` of ``a`` for an even ``k``
+and of ``b`` for an odd one, so each half (or, without the slices, the whole) is ``a``'s and
+``b``'s channels interleaved: ``ChannelShuffle`` writes them in one pass, channels last, straight
+from the two inputs. Whenever the values are not that (other shapes or layouts, reshape targets
+or slices that are not this shuffle's, a gradient to record) it runs the nodes it stands for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..autograd.engine import is_grad_enabled
+from ..autograd.layout import as_nchw, is_channels_last
+from ..parallel import split
+from ..tensor import Tensor
+
+
+class ChannelShuffle:
+    """``Concat(a, b) -> Reshape -> Transpose -> Reshape`` and, when ``halves``, the two
+    ``Slice`` nodes taking its halves: called with ``a``, ``b``, the two reshape targets and
+    the slices' other inputs (``counts`` of them each), gives the slices' outputs (or the
+    shuffled value). ``runs`` are the nodes' own runs, in that order, for the cases the
+    single pass does not cover; ``allowzero`` the reshapes' attributes."""
+
+    __slots__ = ("runs", "halves", "counts", "allowzero")
+
+    def __init__(self, runs: list[Callable], halves: bool, counts: tuple, allowzero: tuple):
+        self.runs, self.halves, self.counts, self.allowzero = runs, halves, counts, allowzero
+
+    def __call__(self, a, b, first, second, *slicing):
+        out = self._interleaved(a, b, first, second, slicing)
+        return self._nodes(a, b, first, second, slicing) if out is None else out
+
+    def _nodes(self, a, b, first, second, slicing):
+        """The nodes in turn."""
+        concat, reshape, transpose, reshape_again, *slices = self.runs
+        shuffled = reshape_again(transpose(reshape(concat(a, b), first)), second)
+        if not self.halves:
+            return shuffled
+        lo = self.counts[0]
+        return slices[0](shuffled, *slicing[:lo]), slices[1](shuffled, *slicing[lo:])
+
+    def _interleaved(self, a, b, first, second, slicing):
+        """The single pass, or None when the values are not a two-group shuffle of equal
+        channels-last halves that it covers."""
+        if type(a) is not Tensor or type(b) is not Tensor:
+            return None
+        x, y = a._data, b._data
+        if x.shape != y.shape or x.dtype != y.dtype or x.ndim != 4 or x.shape[1] % 2:
+            return None
+        if is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return None
+        if not (is_channels_last(x) and is_channels_last(y)):
+            return None
+        n, k, h, w = x.shape
+        c = 2 * k
+        if _target(first, (n, c, h, w), self.allowzero[0]) != (n, 2, k, h, w):
+            return None
+        if _target(second, (n, k, 2, h, w), self.allowzero[1]) != (n, c, h, w):
+            return None
+        if not self.halves:
+            return Tensor._from_array(_interleave(x, y, 0, k))
+        lo = self.counts[0]
+        if _channels(c, *slicing[:lo]) != (0, k) or _channels(c, *slicing[lo:]) != (k, c):
+            return None
+        if k % 2:
+            return None
+        return (
+            Tensor._from_array(_interleave(x, y, 0, k // 2)),
+            Tensor._from_array(_interleave(x, y, k // 2, k)),
+        )
+
+
+def _interleave(x: np.ndarray, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``x``'s and ``y``'s channels ``lo:hi`` interleaved (``x``'s first), ``n 2(hi-lo) h w``
+    stored channels last; ``x`` and ``y`` ``n c h w`` stored channels last. Split over rows."""
+    n, _, h, w = x.shape
+    out = np.empty((n * h, w, hi - lo, 2), dtype=x.dtype)
+    sources = [a.transpose(0, 2, 3, 1).reshape(n * h, w, -1)[:, :, lo:hi] for a in (x, y)]
+
+    def rows(r0: int, r1: int) -> None:
+        for part, source in enumerate(sources):
+            np.copyto(out[r0:r1, :, :, part], source[r0:r1])
+
+    split(rows, n * h, 2 * out.size)
+    return as_nchw(out.reshape(n, h, w, 2 * (hi - lo)))
+
+
+def _ints(value: Tensor) -> tuple[int, ...]:
+    """An int64 input as Python ints (``ops._common.ints``, which this module cannot import:
+    the converters import the graph, which imports the plan)."""
+    return tuple(np.asarray(value._data).reshape(-1).tolist())
+
+
+def _target(shape: Tensor | None, source: tuple, allowzero: int) -> tuple | None:
+    """What an ONNX Reshape of a ``source``-shaped value to ``shape`` gives (a 0 copies the
+    dimension unless ``allowzero``, one -1 takes what is left), or None when it is not
+    one."""
+    if not isinstance(shape, Tensor):
+        return None
+    dims = [source[i] if d == 0 and not allowzero and i < len(source) else d for i, d in
+            enumerate(_ints(shape))]  # fmt: skip
+    if dims.count(-1) == 1:
+        known = int(np.prod([d for d in dims if d != -1]))
+        if known <= 0 or int(np.prod(source)) % known:
+            return None
+        dims[dims.index(-1)] = int(np.prod(source)) // known
+    return tuple(dims)
+
+
+def _channels(c: int, starts=None, ends=None, axes=None, steps=None) -> tuple | None:
+    """The channels ``(lo, hi)`` an ONNX Slice (opset 10 and later) of an ``n c h w`` value
+    takes when it slices the channel axis alone with a step of 1, else None."""
+    if not all(isinstance(v, Tensor) for v in (starts, ends, axes)):
+        return None
+    starts, ends, axes = _ints(starts), _ints(ends), _ints(axes)
+    if len(starts) != 1 or len(ends) != 1 or axes not in ((1,), (-3,)):
+        return None
+    if steps is not None and (not isinstance(steps, Tensor) or _ints(steps) != (1,)):
+        return None
+    lo, hi = (v + c if v < 0 else v for v in (starts[0], ends[0]))
+    return min(max(lo, 0), c), min(max(hi, 0), c)
