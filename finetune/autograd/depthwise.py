@@ -541,6 +541,10 @@ class DepthwisePlan:
         self.multiplier = self.w_shape[0] // c
         self.kernel = self.w_shape[2:]
         self.padded = (h + sum(padding[0]), w + sum(padding[1]))
+        # whether the compiled forward does four rows at a time (``_four_rows``)
+        out_shape = (n, *outs, self.w_shape[0])
+        args = (self.kernel, stride, dilation, self.multiplier)
+        self.along_rows = _compiled_blocks(out_shape, *args)[1]
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` padded, channels last, each channel repeated ``multiplier`` times:
@@ -557,13 +561,6 @@ class DepthwisePlan:
     def _tap_weights(self, weight: np.ndarray) -> np.ndarray:
         """``o 1 kh kw -> kh kw o``."""
         return np.ascontiguousarray(weight.reshape(self.w_shape[0], -1).T).reshape(*self.kernel, -1)
-
-    @property
-    def along_rows(self) -> bool:
-        """Whether the compiled forward does four rows at a time (``_four_rows``)."""
-        out_shape = (self.x_shape[0], *self.outs, self.w_shape[0])
-        args = (self.kernel, self.stride, self.dilation, self.multiplier)
-        return _compiled_blocks(out_shape, *args)[1]
 
     def row_weights(self, weight: np.ndarray) -> np.ndarray:
         """The weights along an output row, ``kh kw (ow o)``, as the four-row kernel reads them
