@@ -11,6 +11,7 @@ from onnx import helper
 from onnx_builders import initializer, make_model, random_weights, run_onnxruntime, value_info
 
 import finetune as ft
+from finetune.autograd import jit
 from finetune.autograd.layout import as_nchw, is_channels_last
 from finetune.onnx import shuffle
 
@@ -227,9 +228,17 @@ def test_a_trainable_convolution_before_the_shuffle_gets_the_walks_gradient(pass
         assert np.abs(planned).sum() > 0
 
 
+@pytest.mark.parametrize("kernel", ["compiled", "numpy"])
 @pytest.mark.parametrize("shape", [(1, 8, 3, 5), (3, 12, 40, 41)])
-def test_interleave_matches_a_loop(shape):
-    """The single pass against one channel at a time, on both threads for the larger shape."""
+def test_interleave_matches_a_loop(shape, kernel, monkeypatch):
+    """The single pass (compiled, and numpy's copies) against one channel at a time, on both
+    threads for the larger shape."""
+    if kernel == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(jit, "ENABLED", True)
+        jit.load()
+    else:
+        monkeypatch.setattr(jit, "ENABLED", False)
     rng = np.random.default_rng(5)
     n, k, h, w = shape
     x, y = (as_nchw(rng.standard_normal((n, h, w, k)).astype(np.float32)) for _ in range(2))
