@@ -38,7 +38,7 @@ graph, BatchNorms included, with a symbolic batch). In the plan:
 - A two-group channel shuffle (ShuffleNetV2's ``Concat -> Reshape -> Transpose -> Reshape``,
   and the two ``Slice`` nodes taking its halves) is one pass interleaving the two inputs'
   channels (``shuffle.ChannelShuffle``) on later calls of an input signature: ShuffleNetV2 x0.5
-  0.82x at batch 1, 0.90x at batch 8.
+  0.77-0.82x at batch 1, 0.84-0.90x at batch 8.
 - Modules are looked up once; values live in a list indexed by position, not a dict by name.
 
 The plan keeps the modules it found: every call checks that each still sits where it was found
