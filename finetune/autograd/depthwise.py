@@ -412,11 +412,11 @@ _BLOCKED = {
 }
 
 
-def _compiled_blocks(out_shape, kernel, stride, dilation, multiplier) -> tuple[int, bool]:
-    """The rows per block of ``_correlate_compiled`` for an ``n oh ow o`` output, and whether
-    the blocked kernel does four rows at a time (``_four_rows``: a 3x3 kernel, unit horizontal
-    stride, no dilation or channel multiplier, rows of ``_FOUR_ROWS_WIDTH`` pixels or more;
-    blocks of whole fours)."""
+def _compiled_blocks(out_shape, kernel, stride, dilation, multiplier) -> tuple[int, int, bool]:
+    """``_correlate_compiled``'s work (``split``'s unit) and rows per block for an ``n oh ow o``
+    output, and whether the blocked kernel does four rows at a time (``_four_rows``: a 3x3
+    kernel, unit horizontal stride, no dilation or channel multiplier, rows of
+    ``_FOUR_ROWS_WIDTH`` pixels or more; blocks of whole fours)."""
     n, oh, ow, o = out_shape
     work = n * oh * ow * o * math.prod(kernel) // COMPILED_WORK_RATIO
     step = _rows_per_block(oh, ow * o, n, work)
@@ -428,7 +428,7 @@ def _compiled_blocks(out_shape, kernel, stride, dilation, multiplier) -> tuple[i
         and ow >= _FOUR_ROWS_WIDTH
         and oh >= 4
     )
-    return (max(4, step // 4 * 4) if four_rows else step), four_rows
+    return work, (max(4, step // 4 * 4) if four_rows else step), four_rows
 
 
 def _correlate_compiled(
@@ -460,8 +460,8 @@ def _correlate_compiled(
         piecewise.add_bias_rows(out.reshape(-1, o), bias, epilogue)
         return
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # n h w c: no copy when channels last
-    work = out.size * math.prod(weights.shape[:2]) // COMPILED_WORK_RATIO
-    step, four_rows = _compiled_blocks(out.shape, weights.shape[:2], stride, dilation, multiplier)
+    shapes = (out.shape, weights.shape[:2], stride, dilation, multiplier)
+    work, step, four_rows = _compiled_blocks(*shapes)
     four_rows = four_rows and blocked is not None
     if blocked is not None:
         kernel = jit.compiled(blocked)
@@ -544,7 +544,7 @@ class DepthwisePlan:
         # whether the compiled forward does four rows at a time (``_four_rows``)
         out_shape = (n, *outs, self.w_shape[0])
         args = (self.kernel, stride, dilation, self.multiplier)
-        self.along_rows = _compiled_blocks(out_shape, *args)[1]
+        self.along_rows = _compiled_blocks(out_shape, *args)[2]
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` padded, channels last, each channel repeated ``multiplier`` times:
