@@ -78,22 +78,25 @@ class ChannelShuffle:
 
     def _shuffles(self, shape: tuple, first, second, slicing: tuple) -> bool:
         """Whether the reshape targets (and the slices) make this a two-group shuffle of two
-        ``shape`` inputs (into halves of an even width): worked out once per signature."""
+        ``shape`` inputs: worked out once per signature."""
+        from .ops._common import ints  # not at the top: the converters import the plan
+
         values = (first, second, *slicing)
         fits = self._fits
         if fits is not None and fits[0] == shape and all(a is b for a, b in zip(fits[1], values)):
             return True
+        if not all(v is None or isinstance(v, Tensor) for v in values):
+            return False
         n, k, h, w = shape
         c = 2 * k
-        if _target(first, (n, c, h, w), self.allowzero[0]) != (n, 2, k, h, w):
+        if _target(ints(first), (n, c, h, w), self.allowzero[0]) != (n, 2, k, h, w):
             return False
-        if _target(second, (n, k, 2, h, w), self.allowzero[1]) != (n, c, h, w):
+        if _target(ints(second), (n, k, 2, h, w), self.allowzero[1]) != (n, c, h, w):
             return False
         if self.halves:
             lo = self.counts[0]
-            if _channels(c, *slicing[:lo]) != (0, k) or _channels(c, *slicing[lo:]) != (k, c):
-                return False
-            if k % 2:
+            ranges = [_channels(c, *map(ints, part)) for part in (slicing[:lo], slicing[lo:])]
+            if ranges != [(0, k), (k, c)]:
                 return False
         self._fits = (shape, values)
         return True
@@ -129,20 +132,14 @@ def _interleave_rows(x, y, out, lo) -> None:
             pairs[i, 1] = b[i]
 
 
-def _ints(value: Tensor) -> tuple[int, ...]:
-    """An int64 input as Python ints (``ops._common.ints``, which this module cannot import:
-    the converters import the graph, which imports the plan)."""
-    return tuple(np.asarray(value._data).reshape(-1).tolist())
-
-
-def _target(shape: Tensor | None, source: tuple, allowzero: int) -> tuple | None:
-    """What an ONNX Reshape of a ``source``-shaped value to ``shape`` gives (a 0 copies the
+def _target(dims: tuple | None, source: tuple, allowzero: int) -> tuple | None:
+    """What an ONNX Reshape of a ``source``-shaped value to ``dims`` gives (a 0 copies the
     dimension unless ``allowzero``, one -1 takes what is left), or None when it is not
     one."""
-    if not isinstance(shape, Tensor):
+    if dims is None:
         return None
     dims = [source[i] if d == 0 and not allowzero and i < len(source) else d for i, d in
-            enumerate(_ints(shape))]  # fmt: skip
+            enumerate(dims)]  # fmt: skip
     if dims.count(-1) == 1:
         known = int(np.prod([d for d in dims if d != -1]))
         if known <= 0 or int(np.prod(source)) % known:
@@ -152,14 +149,14 @@ def _target(shape: Tensor | None, source: tuple, allowzero: int) -> tuple | None
 
 
 def _channels(c: int, starts=None, ends=None, axes=None, steps=None) -> tuple | None:
-    """The channels ``(lo, hi)`` an ONNX Slice (opset 10 and later) of an ``n c h w`` value
-    takes when it slices the channel axis alone with a step of 1, else None."""
-    if not all(isinstance(v, Tensor) for v in (starts, ends, axes)):
+    """The channels ``(lo, hi)`` an ONNX Slice (opset 10 and later; its inputs as ints) of an
+    ``n c h w`` value takes when it slices the channel axis alone with a step of 1, else
+    None."""
+    if starts is None or ends is None or axes is None:
         return None
-    starts, ends, axes = _ints(starts), _ints(ends), _ints(axes)
     if len(starts) != 1 or len(ends) != 1 or axes not in ((1,), (-3,)):
         return None
-    if steps is not None and (not isinstance(steps, Tensor) or _ints(steps) != (1,)):
+    if steps is not None and steps != (1,):
         return None
     lo, hi = (v + c if v < 0 else v for v in (starts[0], ends[0]))
     return min(max(lo, 0), c), min(max(hi, 0), c)
